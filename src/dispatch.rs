@@ -1,0 +1,397 @@
+//! The dispatcher: one per process, serving every request of every record through per-model lanes.
+//!
+//! A lane (one per endpoint+model) owns the provider, a concurrency cap, RPM/TPM pacing
+//! (governor), an adaptive pause set by 429s and rate-limit headers, and retry with exponential
+//! backoff and jitter. Before any of that the response cache is consulted, and every successful
+//! answer is committed to it before the caller sees it.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rand::Rng;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+
+use crate::cache::{CacheKey, CachedReply, ResponseCache};
+use crate::models::{ModelSpec, ModelsError, ProviderKind};
+use crate::provider::{ChatRequest, ErrorKind, Provider, ProviderError, ProviderReply, Usage};
+use crate::sample::{Response, StepError};
+
+/// Errors setting up lanes.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Models(#[from] ModelsError),
+    #[error("model '{alias}': {message}")]
+    Provider { alias: String, message: String },
+}
+
+/// How the response cache is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheMode {
+    /// Replay cached answers, store new ones.
+    #[default]
+    ReadWrite,
+    /// Ignore cached answers but store new ones (`--refresh`).
+    Refresh,
+    /// Neither read nor write (`--no-cache`).
+    Off,
+}
+
+/// Counters shared by the whole process (progress bars and summaries read them).
+#[derive(Debug, Default)]
+pub struct DispatchStats {
+    pub requests_sent: AtomicU64,
+    pub responses_ok: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub retries: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub failed: AtomicU64,
+    pub input_tokens: AtomicU64,
+    pub output_tokens: AtomicU64,
+    pub in_flight: AtomicU64,
+}
+
+impl DispatchStats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Options of the dispatcher for one process.
+#[derive(Debug, Clone)]
+pub struct DispatchOptions {
+    /// Global cap on requests in flight (`--workers`); `None` = only per-model caps.
+    pub workers: Option<usize>,
+    pub cache_mode: CacheMode,
+    /// When `k` processes share the same models (parallel `data`), each takes 1/k of every limit.
+    pub budget_share: u32,
+    /// Base delay of exponential backoff.
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+}
+
+impl Default for DispatchOptions {
+    fn default() -> Self {
+        Self {
+            workers: None,
+            cache_mode: CacheMode::ReadWrite,
+            budget_share: 1,
+            backoff_base: Duration::from_millis(500),
+            backoff_cap: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One endpoint+model: provider, caps, pacing, pause.
+pub struct Lane {
+    provider: Arc<dyn Provider>,
+    concurrency: Semaphore,
+    requests: Option<DefaultDirectRateLimiter>,
+    tokens: Option<(DefaultDirectRateLimiter, NonZeroU32)>,
+    paused_until: Mutex<Option<Instant>>,
+    max_retries: u32,
+    timeout: Duration,
+    input_tokens: AtomicU64,
+    output_tokens: AtomicU64,
+}
+
+impl Lane {
+    fn new(spec: &ModelSpec, provider: Arc<dyn Provider>, share: u32) -> Self {
+        let share = share.max(1);
+        let concurrency = spec.max_concurrency.div_ceil(share as usize).max(1);
+        // Pace evenly (burst 1) slightly under the limit: providers count over short windows.
+        let requests = spec.rpm.map(|rpm| {
+            let per_minute = (rpm as f64 / share as f64 * 0.99).max(1e-3);
+            let period = Duration::from_secs_f64(60.0 / per_minute);
+            RateLimiter::direct(Quota::with_period(period).expect("non-zero period").allow_burst(NonZeroU32::MIN))
+        });
+        let tokens = spec.tpm.map(|tpm| {
+            let per_minute = (tpm as f64 / share as f64 * 0.99).max(1.0);
+            let period = Duration::from_secs_f64(60.0 / per_minute);
+            let burst = NonZeroU32::new(((per_minute / 60.0) as u32).max(1)).expect("burst >= 1");
+            (RateLimiter::direct(Quota::with_period(period).expect("non-zero period").allow_burst(burst)), burst)
+        });
+        Self {
+            provider,
+            concurrency: Semaphore::new(concurrency),
+            requests,
+            tokens,
+            paused_until: Mutex::new(None),
+            max_retries: spec.max_retries,
+            timeout: spec.timeout,
+            input_tokens: AtomicU64::new(0),
+            output_tokens: AtomicU64::new(0),
+        }
+    }
+
+    /// Tokens used through this lane so far (input, output).
+    pub fn usage(&self) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens.load(Ordering::Relaxed),
+            output_tokens: self.output_tokens.load(Ordering::Relaxed),
+        }
+    }
+
+    fn pause_for(&self, duration: Duration) {
+        let until = Instant::now() + duration;
+        let mut paused = self.paused_until.lock().expect("pause lock");
+        if paused.is_none_or(|p| p < until) {
+            *paused = Some(until);
+        }
+    }
+
+    async fn wait_while_paused(&self) {
+        loop {
+            let until = *self.paused_until.lock().expect("pause lock");
+            match until {
+                Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
+                _ => return,
+            }
+        }
+    }
+
+    async fn take_tokens(&self, n: u64) {
+        if let Some((limiter, burst)) = &self.tokens {
+            let mut left = n;
+            while left > 0 {
+                let chunk = left.min(burst.get() as u64) as u32;
+                let _ = limiter.until_n_ready(NonZeroU32::new(chunk).expect("chunk > 0")).await;
+                left -= chunk as u64;
+            }
+        }
+    }
+}
+
+/// The process-wide dispatcher.
+pub struct Dispatcher {
+    lanes: Mutex<HashMap<String, Arc<Lane>>>,
+    global: Semaphore,
+    cache: Option<Arc<ResponseCache>>,
+    options: DispatchOptions,
+    pub stats: Arc<DispatchStats>,
+    cancel: watch::Sender<bool>,
+}
+
+/// Build the provider for a spec (reads API keys from the environment now, so a missing key fails before any request).
+pub fn make_provider(spec: &ModelSpec) -> Result<Arc<dyn Provider>, DispatchError> {
+    let err = |message: String| DispatchError::Provider { alias: spec.alias.clone(), message };
+    match spec.provider {
+        ProviderKind::OpenAi => {
+            let key = spec.api_key()?;
+            Ok(Arc::new(crate::provider::openai::OpenAiProvider::new(spec, key).map_err(|e| err(e.to_string()))?))
+        }
+        ProviderKind::Anthropic => {
+            let key = spec.api_key()?;
+            Ok(Arc::new(crate::provider::anthropic::AnthropicProvider::new(spec, key).map_err(|e| err(e.to_string()))?))
+        }
+        ProviderKind::LlamaCpp => make_local_provider(spec),
+    }
+}
+
+#[cfg(feature = "local-model")]
+fn make_local_provider(spec: &ModelSpec) -> Result<Arc<dyn Provider>, DispatchError> {
+    crate::provider::llama_cpp::provider_for_spec(spec)
+        .map_err(|e| DispatchError::Provider { alias: spec.alias.clone(), message: e.to_string() })
+}
+
+#[cfg(not(feature = "local-model"))]
+fn make_local_provider(spec: &ModelSpec) -> Result<Arc<dyn Provider>, DispatchError> {
+    Err(DispatchError::Provider {
+        alias: spec.alias.clone(),
+        message: "this build has no local model support (enable the `local-model` feature of shaping)".into(),
+    })
+}
+
+impl Dispatcher {
+    pub fn new(options: DispatchOptions, cache: Option<Arc<ResponseCache>>) -> Self {
+        let global = Semaphore::new(options.workers.unwrap_or(Semaphore::MAX_PERMITS).clamp(1, Semaphore::MAX_PERMITS));
+        let cache = if options.cache_mode == CacheMode::Off { None } else { cache };
+        Self {
+            lanes: Mutex::default(),
+            global,
+            cache,
+            options,
+            stats: Arc::default(),
+            cancel: watch::channel(false).0,
+        }
+    }
+
+    /// The lane for a spec, creating it (and its provider) on first use.
+    pub fn lane(&self, spec: &ModelSpec) -> Result<Arc<Lane>, DispatchError> {
+        let key = spec.lane_key();
+        if let Some(lane) = self.lanes.lock().expect("lanes lock").get(&key) {
+            return Ok(Arc::clone(lane));
+        }
+        let provider = make_provider(spec)?;
+        let lane = Arc::new(Lane::new(spec, provider, self.options.budget_share));
+        Ok(Arc::clone(self.lanes.lock().expect("lanes lock").entry(key).or_insert(lane)))
+    }
+
+    /// Register a lane with a ready-made provider (tests, benchmarks, custom backends).
+    pub fn insert_lane(&self, spec: &ModelSpec, provider: Arc<dyn Provider>) -> Arc<Lane> {
+        let lane = Arc::new(Lane::new(spec, provider, self.options.budget_share));
+        self.lanes.lock().expect("lanes lock").insert(spec.lane_key(), Arc::clone(&lane));
+        lane
+    }
+
+    /// Stop sending: queued and in-flight requests end as `cancelled`.
+    pub fn cancel(&self) {
+        self.cancel.send_replace(true);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        *self.cancel.borrow()
+    }
+
+    async fn cancelled(&self) {
+        let mut rx = self.cancel.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    /// Execute one request: cache, caps, pacing, retries. Never fails: failures come back as an
+    /// unsuccessful [`Response`].
+    pub async fn execute(&self, lane: &Lane, request: ChatRequest, key: CacheKey) -> Response {
+        if self.options.cache_mode == CacheMode::ReadWrite
+            && let Some(cache) = &self.cache
+        {
+            match cache.get(&key) {
+                Ok(Some(hit)) => {
+                    DispatchStats::add(&self.stats.cache_hits, 1);
+                    return Response {
+                        text: hit.text,
+                        finish_reason: hit.finish_reason,
+                        usage: hit.usage,
+                        error: None,
+                        cached: true,
+                    };
+                }
+                Ok(None) => {}
+                Err(e) => return failure(ErrorKind::Local, e.to_string()),
+            }
+        }
+        tokio::select! {
+            response = self.send_with_retries(lane, &request, key) => response,
+            () = self.cancelled() => failure(ErrorKind::Cancelled, "interrupted before an answer arrived".into()),
+        }
+    }
+
+    async fn send_with_retries(&self, lane: &Lane, request: &ChatRequest, key: CacheKey) -> Response {
+        let estimate = lane.provider.estimate_prompt_tokens(&request.messages) + request.params.max_tokens.unwrap_or(256) as u64;
+        let mut attempt = 0u32;
+        loop {
+            let outcome = {
+                let Ok(_global) = self.global.acquire().await else { return failure(ErrorKind::Cancelled, "dispatcher closed".into()) };
+                let Ok(_lane_permit) = lane.concurrency.acquire().await else {
+                    return failure(ErrorKind::Cancelled, "dispatcher closed".into());
+                };
+                lane.wait_while_paused().await;
+                if let Some(limiter) = &lane.requests {
+                    limiter.until_ready().await;
+                }
+                lane.take_tokens(estimate).await;
+                DispatchStats::add(&self.stats.requests_sent, 1);
+                self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+                let result = match tokio::time::timeout(lane.timeout, lane.provider.send(request)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(ProviderError::new(ErrorKind::Timeout, format!("no complete answer within {:?}", lane.timeout))),
+                };
+                self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                result
+            };
+            match outcome {
+                Ok(reply) => return self.accept(lane, reply, estimate, key).await,
+                Err(error) => {
+                    if error.kind == ErrorKind::RateLimited {
+                        DispatchStats::add(&self.stats.rate_limited, 1);
+                    }
+                    if !error.kind.is_retryable() || attempt >= lane.max_retries {
+                        DispatchStats::add(&self.stats.failed, 1);
+                        let message = if error.kind.is_retryable() {
+                            format!("{error} (gave up after {} attempts)", attempt + 1)
+                        } else {
+                            error.to_string()
+                        };
+                        return failure(error.kind, message);
+                    }
+                    let backoff = self.backoff(attempt);
+                    let delay = match error.hints.pause() {
+                        // The server said how long: pause the whole lane, so in-flight peers don't hammer it.
+                        Some(pause) => {
+                            lane.pause_for(pause);
+                            pause
+                        }
+                        None if error.kind == ErrorKind::RateLimited => {
+                            lane.pause_for(backoff);
+                            backoff
+                        }
+                        None => backoff,
+                    };
+                    DispatchStats::add(&self.stats.retries, 1);
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Exponential backoff with "equal jitter": half fixed, half random.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self.options.backoff_base.saturating_mul(1u32 << attempt.min(16)).min(self.options.backoff_cap);
+        let half = exp / 2;
+        half + Duration::from_secs_f64(half.as_secs_f64() * rand::rng().random::<f64>())
+    }
+
+    async fn accept(&self, lane: &Lane, reply: ProviderReply, estimate: u64, key: CacheKey) -> Response {
+        let usage = reply.usage;
+        lane.input_tokens.fetch_add(usage.input_tokens, Ordering::Relaxed);
+        lane.output_tokens.fetch_add(usage.output_tokens, Ordering::Relaxed);
+        DispatchStats::add(&self.stats.input_tokens, usage.input_tokens);
+        DispatchStats::add(&self.stats.output_tokens, usage.output_tokens);
+        DispatchStats::add(&self.stats.responses_ok, 1);
+        if let Some(pause) = reply.hints.pause() {
+            lane.pause_for(pause);
+        }
+        if let Some(cache) = &self.cache {
+            let entry = CachedReply {
+                text: reply.text.clone(),
+                finish_reason: reply.finish_reason.clone(),
+                usage,
+                stored_at: crate::cache::unix_now(),
+            };
+            if let Err(e) = cache.put(key, &entry).await {
+                return failure(ErrorKind::Local, format!("answer received but not cached: {e}"));
+            }
+        }
+        let actual = usage.input_tokens + usage.output_tokens;
+        if actual > estimate {
+            lane.take_tokens(actual - estimate).await;
+        }
+        Response { text: reply.text, finish_reason: reply.finish_reason, usage, error: None, cached: false }
+    }
+
+    /// Lanes by key, for summaries.
+    pub fn lanes(&self) -> Vec<(String, Arc<Lane>)> {
+        let lanes = self.lanes.lock().expect("lanes lock");
+        let mut v: Vec<_> = lanes.iter().map(|(k, l)| (k.clone(), Arc::clone(l))).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
+fn failure(kind: ErrorKind, message: String) -> Response {
+    Response {
+        text: String::new(),
+        finish_reason: None,
+        usage: Usage::default(),
+        error: Some(StepError { kind, message }),
+        cached: false,
+    }
+}

@@ -1,0 +1,28 @@
+//! shaping: LLM training data as a build artifact — pipelines, one shared dispatcher, fingerprints and manifests.
+//!
+//! A pipeline crate declares its dependencies (files, model aliases, its own code) and describes
+//! per-record inference as async Rust; [`run_main`] turns it into a command-line program that
+//! writes `training/data/<name>.jsonl` plus a manifest, and that `cargo xtask` drives like `make`.
+//! See ARCHITECTURE.md for the map and the invariants.
+
+pub mod cache;
+pub mod cli;
+pub mod dispatch;
+pub mod fingerprint;
+pub mod graph;
+pub mod manifest;
+pub mod models;
+pub mod output;
+pub mod pipeline;
+pub mod progress;
+pub mod provider;
+pub mod repo;
+pub mod sample;
+
+pub use cli::run_main;
+pub use pipeline::{Ctx, Declare, FileDep, ModelDep, Pipeline, Task, model_request};
+pub use provider::{Message, Params};
+pub use sample::{PipelineError, Response, TrainingSample};
+
+/// Re-exported so pipeline crates need no direct dependency for the common pieces.
+pub use serde_json::json;

@@ -1,0 +1,346 @@
+//! `models.toml` (+ the git-ignored `models.local.toml`): model aliases resolved to provider specs and fingerprints.
+//!
+//! The local file overrides the shared one field by field, so a developer can point an alias at
+//! their own endpoint without touching what is committed. Fingerprints hold only what changes
+//! outputs (provider, model id, endpoint, default parameters, model file hash) — never secrets,
+//! never limits.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::provider::Params;
+
+pub const MODELS_FILE: &str = "models.toml";
+pub const LOCAL_MODELS_FILE: &str = "models.local.toml";
+
+/// Errors reading or resolving model configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("unknown model alias '{alias}'; known aliases: {known}")]
+    UnknownAlias { alias: String, known: String },
+    #[error("model '{alias}' in {path}: {message}")]
+    Invalid { alias: String, path: PathBuf, message: String },
+    #[error(
+        "model '{alias}' needs an API key: the environment variable {var} is not set (set it, or point the alias elsewhere in models.local.toml)"
+    )]
+    MissingKey { alias: String, var: String },
+}
+
+/// Which wire protocol / backend serves an alias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ProviderKind {
+    /// OpenAI-compatible chat completions (OpenAI, vLLM, SGLang, llama.cpp server, Ollama…).
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Anthropic Messages API.
+    #[serde(rename = "anthropic")]
+    Anthropic,
+    /// In-process llama.cpp with a GGUF file.
+    #[serde(rename = "llama-cpp")]
+    LlamaCpp,
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+            Self::LlamaCpp => "llama-cpp",
+        })
+    }
+}
+
+/// One `[models.<alias>]` table as written; every field optional so the local file can override any subset.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelEntry {
+    provider: Option<ProviderKind>,
+    model: Option<String>,
+    base_url: Option<String>,
+    api_key_env: Option<String>,
+    path: Option<String>,
+    sha256: Option<String>,
+    context_size: Option<u32>,
+    max_concurrency: Option<usize>,
+    rpm: Option<u32>,
+    tpm: Option<u64>,
+    timeout_secs: Option<f64>,
+    connect_timeout_secs: Option<f64>,
+    max_retries: Option<u32>,
+    price_input_per_mtok: Option<f64>,
+    price_output_per_mtok: Option<f64>,
+    params: Option<Params>,
+}
+
+impl ModelEntry {
+    fn override_with(&mut self, local: ModelEntry) {
+        macro_rules! take {
+            ($($field:ident),*) => { $( if local.$field.is_some() { self.$field = local.$field; } )* };
+        }
+        take!(
+            provider, model, base_url, api_key_env, path, sha256, context_size, max_concurrency, rpm, tpm,
+            timeout_secs, connect_timeout_secs, max_retries, price_input_per_mtok, price_output_per_mtok
+        );
+        if let Some(local_params) = local.params {
+            let base = self.params.take().unwrap_or_default();
+            self.params = Some(local_params.or(&base));
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelsFile {
+    #[serde(default)]
+    models: BTreeMap<String, ModelEntry>,
+}
+
+/// Everything the dispatcher and providers need about one alias.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    pub alias: String,
+    pub provider: ProviderKind,
+    /// Model id sent to the provider (or a label for local models).
+    pub model: String,
+    pub base_url: Option<String>,
+    /// Name of the environment variable holding the key (the key itself is never stored).
+    pub api_key_env: Option<String>,
+    /// Local model file (absolute) and its expected sha256.
+    pub path: Option<PathBuf>,
+    pub sha256: Option<String>,
+    pub context_size: u32,
+    pub max_concurrency: usize,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_retries: u32,
+    pub price_input_per_mtok: Option<f64>,
+    pub price_output_per_mtok: Option<f64>,
+    pub params: Params,
+}
+
+impl ModelSpec {
+    /// The key used to share one lane between aliases that reach the same endpoint and model.
+    pub fn lane_key(&self) -> String {
+        match self.provider {
+            ProviderKind::LlamaCpp => format!("llama-cpp:{}", self.path.as_deref().unwrap_or(Path::new("")).display()),
+            _ => format!("{}:{}:{}", self.provider, self.base_url.as_deref().unwrap_or(""), self.model),
+        }
+    }
+
+    /// What outputs depend on, for manifests and cache keys. Never contains secrets.
+    pub fn fingerprint(&self) -> ModelFingerprint {
+        let endpoint = match self.provider {
+            ProviderKind::LlamaCpp => format!("sha256:{}", self.sha256.as_deref().unwrap_or("unknown")),
+            _ => self.base_url.clone().unwrap_or_default(),
+        };
+        ModelFingerprint {
+            alias: self.alias.clone(),
+            provider: self.provider.to_string(),
+            model: self.model.clone(),
+            endpoint,
+            params: self.params.clone(),
+        }
+    }
+
+    /// Estimated cost in dollars of the given usage, if prices are configured.
+    pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> Option<f64> {
+        if self.price_input_per_mtok.is_none() && self.price_output_per_mtok.is_none() {
+            return None;
+        }
+        Some(
+            input_tokens as f64 / 1e6 * self.price_input_per_mtok.unwrap_or(0.0)
+                + output_tokens as f64 / 1e6 * self.price_output_per_mtok.unwrap_or(0.0),
+        )
+    }
+
+    /// The API key from the environment, or an error naming the variable. Local models need none.
+    pub fn api_key(&self) -> Result<Option<String>, ModelsError> {
+        let Some(var) = &self.api_key_env else { return Ok(None) };
+        match std::env::var(var) {
+            Ok(value) if !value.is_empty() => Ok(Some(value)),
+            _ => Err(ModelsError::MissingKey { alias: self.alias.clone(), var: var.clone() }),
+        }
+    }
+}
+
+/// The resolved configuration of a model alias that outputs depend on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelFingerprint {
+    pub alias: String,
+    pub provider: String,
+    pub model: String,
+    pub endpoint: String,
+    #[serde(default)]
+    pub params: Params,
+}
+
+impl fmt::Display for ModelFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{} @ {}", self.provider, self.model, self.endpoint)?;
+        let params = serde_json::to_string(&self.params).unwrap_or_default();
+        if params != "{}" {
+            write!(f, " {params}")?;
+        }
+        Ok(())
+    }
+}
+
+/// All aliases of a repository, resolved.
+#[derive(Debug, Clone, Default)]
+pub struct ModelsConfig {
+    specs: BTreeMap<String, ModelSpec>,
+}
+
+fn read_models_file(path: &Path) -> Result<Option<ModelsFile>, ModelsError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(ModelsError::Read { path: path.to_owned(), source }),
+    };
+    toml::from_str(&text)
+        .map(Some)
+        .map_err(|e| ModelsError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })
+}
+
+/// Where local model files (GGUF) are cached: `$SHAPING_MODEL_DIR`, else
+/// `$XDG_CACHE_HOME/shaping/models`, else `~/.cache/shaping/models`.
+pub fn model_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SHAPING_MODEL_DIR") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("shaping").join("models")
+}
+
+impl ModelsConfig {
+    /// Read `models.toml` and `models.local.toml` from the repository root.
+    pub fn load(root: &Path) -> Result<Self, ModelsError> {
+        let shared_path = root.join(MODELS_FILE);
+        let local_path = root.join(LOCAL_MODELS_FILE);
+        let shared = read_models_file(&shared_path)?.ok_or_else(|| ModelsError::Read {
+            path: shared_path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+        })?;
+        let local = read_models_file(&local_path)?.unwrap_or_default();
+        let mut entries: BTreeMap<String, (ModelEntry, PathBuf)> =
+            shared.models.into_iter().map(|(alias, e)| (alias, (e, shared_path.clone()))).collect();
+        for (alias, local_entry) in local.models {
+            match entries.get_mut(&alias) {
+                Some((entry, path)) => {
+                    entry.override_with(local_entry);
+                    *path = local_path.clone();
+                }
+                None => {
+                    entries.insert(alias, (local_entry, local_path.clone()));
+                }
+            }
+        }
+        let mut specs = BTreeMap::new();
+        for (alias, (entry, path)) in entries {
+            let spec = resolve_entry(&alias, entry, &path)?;
+            specs.insert(alias, spec);
+        }
+        Ok(Self { specs })
+    }
+
+    pub fn get(&self, alias: &str) -> Result<&ModelSpec, ModelsError> {
+        self.specs.get(alias).ok_or_else(|| ModelsError::UnknownAlias {
+            alias: alias.to_owned(),
+            known: if self.specs.is_empty() {
+                "(none: models.toml defines no [models.*] table)".to_owned()
+            } else {
+                self.specs.keys().cloned().collect::<Vec<_>>().join(", ")
+            },
+        })
+    }
+
+    pub fn aliases(&self) -> impl Iterator<Item = &str> {
+        self.specs.keys().map(String::as_str)
+    }
+}
+
+fn resolve_entry(alias: &str, entry: ModelEntry, path: &Path) -> Result<ModelSpec, ModelsError> {
+    let invalid = |message: &str| ModelsError::Invalid { alias: alias.to_owned(), path: path.to_owned(), message: message.to_owned() };
+    let provider = entry.provider.ok_or_else(|| invalid("missing field `provider` (openai, anthropic or llama-cpp)"))?;
+    let model_path = match provider {
+        ProviderKind::LlamaCpp => {
+            let file = entry.path.as_deref().ok_or_else(|| invalid("a llama-cpp model needs `path` (a GGUF file)"))?;
+            let file = PathBuf::from(file);
+            Some(if file.is_absolute() { file } else { model_cache_dir().join(file) })
+        }
+        _ => None,
+    };
+    let model = match (&entry.model, &model_path) {
+        (Some(m), _) => m.clone(),
+        (None, Some(p)) => p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        (None, None) => return Err(invalid("missing field `model` (the provider's model id)")),
+    };
+    let base_url = match provider {
+        ProviderKind::OpenAi => Some(entry.base_url.clone().unwrap_or_else(|| "https://api.openai.com/v1".to_owned())),
+        ProviderKind::Anthropic => Some(entry.base_url.clone().unwrap_or_else(|| "https://api.anthropic.com".to_owned())),
+        ProviderKind::LlamaCpp => None,
+    };
+    let api_key_env = match provider {
+        ProviderKind::LlamaCpp => None,
+        ProviderKind::Anthropic => entry.api_key_env.clone().or_else(|| Some("ANTHROPIC_API_KEY".to_owned())),
+        // An OpenAI-compatible local server often needs no key: only require one when named or on api.openai.com.
+        ProviderKind::OpenAi => entry.api_key_env.clone().or_else(|| {
+            base_url.as_deref().filter(|u| u.contains("api.openai.com")).map(|_| "OPENAI_API_KEY".to_owned())
+        }),
+    };
+    if let Some(var) = &api_key_env
+        && (var.is_empty() || var.contains(char::is_whitespace))
+    {
+        return Err(invalid("`api_key_env` must be the NAME of an environment variable, not the key itself"));
+    }
+    let secs = |v: Option<f64>, default: f64, field: &str| -> Result<Duration, ModelsError> {
+        let v = v.unwrap_or(default);
+        if v.is_finite() && v > 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(invalid(&format!("`{field}` must be a positive number of seconds")))
+        }
+    };
+    let max_concurrency = entry.max_concurrency.unwrap_or(match provider {
+        ProviderKind::LlamaCpp => 8,
+        _ => 32,
+    });
+    if max_concurrency == 0 {
+        return Err(invalid("`max_concurrency` must be at least 1"));
+    }
+    if entry.rpm == Some(0) || entry.tpm == Some(0) {
+        return Err(invalid("`rpm` and `tpm` must be positive (leave them out for no limit)"));
+    }
+    Ok(ModelSpec {
+        alias: alias.to_owned(),
+        provider,
+        model,
+        base_url,
+        api_key_env,
+        path: model_path,
+        sha256: entry.sha256.map(|s| s.to_ascii_lowercase()),
+        context_size: entry.context_size.unwrap_or(2048),
+        max_concurrency,
+        rpm: entry.rpm,
+        tpm: entry.tpm,
+        timeout: secs(entry.timeout_secs, 600.0, "timeout_secs")?,
+        connect_timeout: secs(entry.connect_timeout_secs, 10.0, "connect_timeout_secs")?,
+        max_retries: entry.max_retries.unwrap_or(6),
+        price_input_per_mtok: entry.price_input_per_mtok,
+        price_output_per_mtok: entry.price_output_per_mtok,
+        params: entry.params.unwrap_or_default(),
+    })
+}

@@ -1,0 +1,420 @@
+//! The pipeline API: the `Pipeline` trait, dependency handles, the run context and the per-record task handle.
+//!
+//! A pipeline declares file and model dependencies in [`Pipeline::declare`], then [`Pipeline::run`]
+//! orchestrates stages with [`Ctx::query`] (one call, for setup) and [`Ctx::run_task`] /
+//! [`Ctx::stream_task`] (an async task per record, run concurrently through the shared
+//! dispatcher). Inside a task, [`Task::request`] and [`Task::all`] send requests; every request
+//! and response is recorded as a [`Step`] without the author writing anything.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::{FutureExt, StreamExt};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::cache::CacheKey;
+use crate::dispatch::{Dispatcher, Lane};
+use crate::models::{ModelFingerprint, ModelSpec};
+use crate::provider::{ChatRequest, Message, Params};
+use crate::sample::{ErrorDetail, ErrorRecord, PipelineError, Provenance, Response, Step, TrainingSample};
+
+/// A data-generating pipeline. Implement it in a crate under `pipelines/` and hand it to
+/// [`crate::run_main`] (or the [`crate::pipeline_main!`] macro) from `main`.
+pub trait Pipeline: Sized + Send + Sync + 'static {
+    /// The pipeline's name: output goes to `training/data/<NAME>.jsonl`.
+    const NAME: &'static str;
+    /// Whether output carries provenance by default (`--annotate` / `--no-annotate` override).
+    const ANNOTATED: bool = true;
+
+    /// Declare dependencies; keep the returned handles in `Self`.
+    fn declare(deps: &mut Declare) -> Self;
+
+    /// Produce the samples. Samples written by [`Ctx::stream_task`] are already in the output;
+    /// the returned ones are appended after them.
+    fn run(&self, ctx: &Ctx) -> impl Future<Output = Result<Vec<TrainingSample>, PipelineError>>;
+}
+
+/// Errors of dependency handles.
+#[derive(Debug, thiserror::Error)]
+pub enum DepError {
+    #[error("file dependency '{name}' ({path}): {source}")]
+    Read { name: String, path: String, source: std::io::Error },
+    #[error("file dependency '{name}' ({path}) is not valid UTF-8 (byte {offset})")]
+    NotUtf8 { name: String, path: String, offset: usize },
+}
+
+/// A file (or directory) the output depends on, relative to the repository root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileDep {
+    name: Arc<str>,
+    rel: Arc<str>,
+    abs: PathBuf,
+}
+
+impl FileDep {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The path as declared (relative to the repository root).
+    pub fn rel_path(&self) -> &str {
+        &self.rel
+    }
+    /// The absolute path.
+    pub fn path(&self) -> &Path {
+        &self.abs
+    }
+    /// The file's text (UTF-8 is required).
+    pub fn read(&self) -> Result<String, DepError> {
+        let bytes = std::fs::read(&self.abs).map_err(|source| DepError::Read {
+            name: self.name.to_string(),
+            path: self.rel.to_string(),
+            source,
+        })?;
+        String::from_utf8(bytes).map_err(|e| DepError::NotUtf8 {
+            name: self.name.to_string(),
+            path: self.rel.to_string(),
+            offset: e.utf8_error().valid_up_to(),
+        })
+    }
+}
+
+/// A model alias from `models.toml` the output depends on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ModelDep {
+    alias: Arc<str>,
+}
+
+impl ModelDep {
+    pub fn alias(&self) -> &str {
+        &self.alias
+    }
+}
+
+/// Collects a pipeline's declarations (see [`Pipeline::declare`]).
+#[derive(Debug)]
+pub struct Declare {
+    root: PathBuf,
+    pub(crate) files: Vec<FileDep>,
+    pub(crate) models: Vec<ModelDep>,
+    pub(crate) errors: Vec<String>,
+}
+
+impl Declare {
+    pub(crate) fn new(root: &Path) -> Self {
+        Self { root: root.to_owned(), files: Vec::new(), models: Vec::new(), errors: Vec::new() }
+    }
+
+    /// Declare a file or directory dependency (relative to the repository root; must stay inside it).
+    pub fn file(&mut self, name: &str, path: &str) -> FileDep {
+        let abs = match crate::repo::resolve_inside(&self.root, path) {
+            Ok(abs) => abs,
+            Err(e) => {
+                self.errors.push(format!("file dependency '{name}': {e}"));
+                self.root.join(path)
+            }
+        };
+        if self.files.iter().any(|f| &*f.name == name) {
+            self.errors.push(format!("file dependency name '{name}' is declared twice"));
+        }
+        let dep = FileDep { name: name.into(), rel: path.into(), abs };
+        self.files.push(dep.clone());
+        dep
+    }
+
+    /// Declare a model dependency by its alias in `models.toml`.
+    pub fn model(&mut self, alias: &str) -> ModelDep {
+        let dep = ModelDep { alias: alias.into() };
+        if !self.models.contains(&dep) {
+            self.models.push(dep.clone());
+        }
+        dep
+    }
+}
+
+/// A request being built: `model_request(messages, &model).temperature(0.7)`.
+#[derive(Debug, Clone)]
+pub struct ModelRequest {
+    model: ModelDep,
+    messages: Vec<Message>,
+    params: Params,
+}
+
+/// Start a request to `model`.
+pub fn model_request(messages: Vec<Message>, model: &ModelDep) -> ModelRequest {
+    ModelRequest { model: model.clone(), messages, params: Params::default() }
+}
+
+impl ModelRequest {
+    pub fn temperature(mut self, t: f32) -> Self {
+        self.params.temperature = Some(t);
+        self
+    }
+    pub fn top_p(mut self, p: f32) -> Self {
+        self.params.top_p = Some(p);
+        self
+    }
+    pub fn max_tokens(mut self, n: u32) -> Self {
+        self.params.max_tokens = Some(n);
+        self
+    }
+    pub fn stop(mut self, stop: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.params.stop = stop.into_iter().map(Into::into).collect();
+        self
+    }
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.params.seed = Some(seed);
+        self
+    }
+    /// Constrain the reply to JSON matching `schema`.
+    pub fn json_schema(mut self, schema: serde_json::Value) -> Self {
+        self.params.json_schema = Some(schema);
+        self
+    }
+}
+
+/// A resolved model: spec, fingerprint and lane.
+pub(crate) struct BoundModel {
+    pub spec: ModelSpec,
+    pub fingerprint: ModelFingerprint,
+    pub lane: Arc<Lane>,
+}
+
+/// Where samples and errors go while a run is in progress.
+pub(crate) trait SampleSink: std::any::Any + Send {
+    fn sample(&mut self, sample: TrainingSample) -> Result<(), PipelineError>;
+    fn error(&mut self, record: ErrorRecord) -> Result<(), PipelineError>;
+}
+
+pub(crate) struct CtxInner {
+    pub pipeline: String,
+    pub root: PathBuf,
+    pub dispatcher: Arc<Dispatcher>,
+    pub models: BTreeMap<String, BoundModel>,
+    pub limit: Option<usize>,
+    pub window: usize,
+    pub commit: String,
+    pub queries: AtomicU32,
+    pub sink: Mutex<Box<dyn SampleSink>>,
+    pub reports: Mutex<BTreeMap<String, serde_json::Value>>,
+    pub progress: Arc<crate::progress::Progress>,
+    pub records_done: AtomicU64,
+    pub records_failed: AtomicU64,
+}
+
+impl CtxInner {
+    async fn execute(&self, request: &ModelRequest, record_key: &str, step: u32) -> (Response, Step) {
+        let alias = request.model.alias();
+        let bound = self.models.get(alias).expect("model handles come from declare(); lanes are bound for all of them");
+        let params = request.params.clone().or(&bound.spec.params);
+        let key = CacheKey::new(&bound.fingerprint, &request.messages, &params, record_key, step);
+        let derived_seed = u64::from_le_bytes(key.0[..8].try_into().expect("8 bytes"));
+        let chat = ChatRequest { messages: request.messages.clone(), params: params.clone(), derived_seed };
+        let response = self.dispatcher.execute(&bound.lane, chat, key).await;
+        let step = Step {
+            model: alias.to_owned(),
+            messages: request.messages.clone(),
+            params,
+            text: response.text.clone(),
+            success: response.is_success(),
+            finish_reason: response.finish_reason.clone(),
+            usage: response.usage,
+            error: response.error.clone(),
+            cached: response.cached,
+        };
+        (response, step)
+    }
+}
+
+/// The run context handed to [`Pipeline::run`].
+pub struct Ctx {
+    pub(crate) inner: Arc<CtxInner>,
+}
+
+impl Ctx {
+    pub fn pipeline_name(&self) -> &str {
+        &self.inner.pipeline
+    }
+    /// The repository root.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+    /// `--limit`, if given.
+    pub fn limit(&self) -> Option<usize> {
+        self.inner.limit
+    }
+
+    /// One request, for setup stages (e.g. extracting facts before the per-record stage).
+    pub async fn query(&self, request: ModelRequest) -> Response {
+        let n = self.inner.queries.fetch_add(1, Ordering::Relaxed);
+        let (response, _) = self.inner.execute(&request, &format!("query:{}", self.inner.pipeline), n).await;
+        response
+    }
+
+    /// Store a report (source mix, skipped rows…) in the manifest and the run summary.
+    pub fn report(&self, key: &str, value: impl Serialize) {
+        let value = serde_json::to_value(value).unwrap_or_else(|e| serde_json::json!({ "unserializable": e.to_string() }));
+        self.inner.reports.lock().expect("reports lock").insert(key.to_owned(), value);
+    }
+
+    /// Run `task` for every record concurrently; returns the successful samples in input order.
+    /// Failed records go to the errors file. With `--limit N` only the first N records run.
+    pub async fn run_task<R, F, Fut>(&self, records: impl IntoIterator<Item = R>, task: F) -> Result<Vec<TrainingSample>, PipelineError>
+    where
+        R: Serialize,
+        F: Fn(Task, R) -> Fut,
+        Fut: Future<Output = Result<TrainingSample, PipelineError>>,
+    {
+        let mut samples = Vec::new();
+        self.drive(records, task, |sample| {
+            samples.push(sample);
+            Ok(())
+        })
+        .await?;
+        Ok(samples)
+    }
+
+    /// Like [`Ctx::run_task`], but writes each sample straight to the output (in input order)
+    /// instead of collecting them: memory stays bounded for any number of records. Returns the
+    /// number of samples written.
+    pub async fn stream_task<R, F, Fut>(&self, records: impl IntoIterator<Item = R>, task: F) -> Result<u64, PipelineError>
+    where
+        R: Serialize,
+        F: Fn(Task, R) -> Fut,
+        Fut: Future<Output = Result<TrainingSample, PipelineError>>,
+    {
+        let inner = Arc::clone(&self.inner);
+        let mut written = 0;
+        self.drive(records, task, |sample| {
+            written += 1;
+            inner.sink.lock().expect("sink lock").sample(sample)
+        })
+        .await?;
+        Ok(written)
+    }
+
+    async fn drive<R, F, Fut>(
+        &self,
+        records: impl IntoIterator<Item = R>,
+        task: F,
+        mut on_sample: impl FnMut(TrainingSample) -> Result<(), PipelineError>,
+    ) -> Result<(), PipelineError>
+    where
+        R: Serialize,
+        F: Fn(Task, R) -> Fut,
+        Fut: Future<Output = Result<TrainingSample, PipelineError>>,
+    {
+        let inner = &self.inner;
+        let records = records.into_iter().take(inner.limit.unwrap_or(usize::MAX));
+        if let (_, Some(upper)) = records.size_hint() {
+            inner.progress.add_total(upper as u64);
+        }
+        let mut outcomes = futures::stream::iter(records)
+            .map(|record| {
+                let input = serde_json::to_value(&record).unwrap_or(serde_json::Value::Null);
+                let record_key = crate::fingerprint::sha256_hex(serde_json::to_vec(&input).unwrap_or_default());
+                let handle = Task {
+                    state: Arc::new(TaskState {
+                        ctx: Arc::clone(inner),
+                        record_key,
+                        steps: Mutex::default(),
+                        next_step: AtomicU32::new(0),
+                    }),
+                };
+                let started_at = OffsetDateTime::now_utc();
+                let future = task(handle.clone(), record);
+                async move {
+                    let outcome = AssertUnwindSafe(future).catch_unwind().await;
+                    (input, handle, started_at, outcome)
+                }
+            })
+            .buffered(inner.window.max(1));
+        while let Some((input, handle, started_at, outcome)) = outcomes.next().await {
+            if inner.dispatcher.is_cancelled() {
+                return Err(PipelineError::new("the run was interrupted", "interrupted"));
+            }
+            let steps = handle.take_steps();
+            let failure = match outcome {
+                Ok(Ok(mut sample)) => {
+                    sample.provenance =
+                        Some(Provenance { input_data: input, steps, started_at, completed_at: OffsetDateTime::now_utc() });
+                    inner.records_done.fetch_add(1, Ordering::Relaxed);
+                    inner.progress.record_done(false);
+                    on_sample(sample)?;
+                    continue;
+                }
+                Ok(Err(error)) => error,
+                Err(panic) => PipelineError::unexpected(format!("task panicked: {}", panic_message(&*panic))),
+            };
+            inner.records_failed.fetch_add(1, Ordering::Relaxed);
+            inner.progress.record_done(true);
+            let record = ErrorRecord {
+                error: ErrorDetail {
+                    error: failure.error_type,
+                    message: failure.message,
+                    input_data: input,
+                    steps,
+                    pipeline_commit: inner.commit.clone(),
+                    failed_at: OffsetDateTime::now_utc(),
+                },
+            };
+            inner.sink.lock().expect("sink lock").error(record)?;
+        }
+        if inner.dispatcher.is_cancelled() {
+            return Err(PipelineError::new("the run was interrupted", "interrupted"));
+        }
+        Ok(())
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_owned()
+    }
+}
+
+struct TaskState {
+    ctx: Arc<CtxInner>,
+    record_key: String,
+    steps: Mutex<Vec<Option<Step>>>,
+    next_step: AtomicU32,
+}
+
+/// The handle a task uses to send requests for its record.
+#[derive(Clone)]
+pub struct Task {
+    state: Arc<TaskState>,
+}
+
+impl Task {
+    /// Send one request; resolves to its response (check [`Response::is_success`]). The step's
+    /// position is fixed when this is called, so caching and seeds are deterministic.
+    pub fn request(&self, request: ModelRequest) -> impl Future<Output = Response> + Send + 'static {
+        let step = self.state.next_step.fetch_add(1, Ordering::Relaxed);
+        self.state.steps.lock().expect("steps lock").push(None);
+        let state = Arc::clone(&self.state);
+        async move {
+            let (response, recorded) = state.ctx.execute(&request, &state.record_key, step).await;
+            state.steps.lock().expect("steps lock")[step as usize] = Some(recorded);
+            response
+        }
+    }
+
+    /// Send several requests concurrently; responses come back in request order.
+    pub async fn all(&self, requests: impl IntoIterator<Item = ModelRequest>) -> Vec<Response> {
+        let pending: Vec<_> = requests.into_iter().map(|r| self.request(r)).collect();
+        futures::future::join_all(pending).await
+    }
+
+    fn take_steps(&self) -> Vec<Step> {
+        std::mem::take(&mut *self.state.steps.lock().expect("steps lock")).into_iter().flatten().collect()
+    }
+}

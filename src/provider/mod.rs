@@ -1,0 +1,210 @@
+//! Providers: the one small trait every model backend implements, and the wire-neutral request/reply types.
+//!
+//! The dispatcher owns scheduling, limits, retries and caching; a provider only turns one
+//! [`ChatRequest`] into one [`ProviderReply`] (or a classified [`ProviderError`]). API keys are read
+//! by the provider from the environment at construction and never leave it.
+
+pub mod anthropic;
+pub mod openai;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// One chat message, as it appears in training samples and provider requests.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self { role: role.into(), content: content.into() }
+    }
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new("system", content)
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new("user", content)
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new("assistant", content)
+    }
+}
+
+/// Sampling parameters of one request. `None` means "the model's default from models.toml".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// A JSON schema the reply must satisfy (OpenAI `response_format`, a grammar locally).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<serde_json::Value>,
+}
+
+impl Params {
+    /// Fill every unset field from `defaults`.
+    pub fn or(mut self, defaults: &Params) -> Params {
+        self.temperature = self.temperature.or(defaults.temperature);
+        self.top_p = self.top_p.or(defaults.top_p);
+        self.max_tokens = self.max_tokens.or(defaults.max_tokens);
+        if self.stop.is_empty() {
+            self.stop = defaults.stop.clone();
+        }
+        self.seed = self.seed.or(defaults.seed);
+        if self.json_schema.is_none() {
+            self.json_schema = defaults.json_schema.clone();
+        }
+        self
+    }
+}
+
+/// What a provider is asked to do: messages plus fully resolved parameters.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    pub params: Params,
+    /// A seed derived from (record, step); providers that sample locally use it when
+    /// `params.seed` is `None`, so identical inputs give identical outputs.
+    pub derived_seed: u64,
+}
+
+/// Token counts reported (or, for local models, counted) for one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// Rate-limit information a provider read from response headers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RateLimitHints {
+    /// `Retry-After` / `retry-after-ms`.
+    pub retry_after: Option<Duration>,
+    pub remaining_requests: Option<u64>,
+    pub remaining_tokens: Option<u64>,
+    /// Time until the request allowance resets.
+    pub reset_requests: Option<Duration>,
+    /// Time until the token allowance resets.
+    pub reset_tokens: Option<Duration>,
+}
+
+impl RateLimitHints {
+    /// How long the lane should pause before the next request, if the headers ask for one.
+    pub fn pause(&self) -> Option<Duration> {
+        if let Some(d) = self.retry_after {
+            return Some(d);
+        }
+        let mut pause = None;
+        if self.remaining_requests == Some(0) {
+            pause = self.reset_requests.or(Some(Duration::from_secs(1)));
+        }
+        if self.remaining_tokens == Some(0) {
+            let t = self.reset_tokens.unwrap_or(Duration::from_secs(1));
+            pause = Some(pause.map_or(t, |p: Duration| p.max(t)));
+        }
+        pause
+    }
+}
+
+/// A successful reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderReply {
+    pub text: String,
+    pub finish_reason: Option<String>,
+    pub usage: Usage,
+    pub hints: RateLimitHints,
+}
+
+/// Why a request failed, as far as retrying is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// 429.
+    RateLimited,
+    /// 408 or a client-side timeout.
+    Timeout,
+    /// Connection refused, reset, or closed mid-body.
+    Connection,
+    /// 5xx.
+    Server,
+    /// The body was not the JSON we expected (undecodable, truncated).
+    BadBody,
+    /// 400 that is not a context-length error.
+    BadRequest,
+    /// 401 / 403.
+    Auth,
+    /// 404: unknown model id or endpoint.
+    NotFound,
+    /// The prompt does not fit the model's context.
+    ContextLength,
+    /// The local model failed (load, decode).
+    Local,
+    /// The run was interrupted (Ctrl-C) before an answer arrived.
+    Cancelled,
+}
+
+impl ErrorKind {
+    /// Whether the dispatcher retries this kind of failure.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Self::RateLimited | Self::Timeout | Self::Connection | Self::Server | Self::BadBody)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RateLimited => "rate_limited",
+            Self::Timeout => "timeout",
+            Self::Connection => "connection",
+            Self::Server => "server_error",
+            Self::BadBody => "bad_body",
+            Self::BadRequest => "bad_request",
+            Self::Auth => "auth",
+            Self::NotFound => "not_found",
+            Self::ContextLength => "context_length",
+            Self::Local => "local_model",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A failed request. The message never contains an API key.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{kind_str}{status}: {message}", kind_str = kind.as_str(), status = status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
+pub struct ProviderError {
+    pub kind: ErrorKind,
+    pub status: Option<u16>,
+    pub message: String,
+    pub hints: RateLimitHints,
+}
+
+impl ProviderError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, status: None, message: message.into(), hints: RateLimitHints::default() }
+    }
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A model backend. Implementations must be cheap to call concurrently.
+pub trait Provider: Send + Sync {
+    /// Send one request and wait for its complete reply.
+    fn send<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ProviderReply, ProviderError>>;
+
+    /// Rough token count of a request's prompt, used to pace tokens-per-minute limits before
+    /// the provider reports real usage. The default is ~4 characters a token.
+    fn estimate_prompt_tokens(&self, messages: &[Message]) -> u64 {
+        messages.iter().map(|m| m.content.len() as u64 / 4 + 4).sum()
+    }
+}
