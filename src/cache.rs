@@ -70,7 +70,18 @@ type WriteJob = (CacheKey, Vec<u8>, tokio::sync::oneshot::Sender<Result<(), Stri
 pub struct ResponseCache {
     path: PathBuf,
     db: Arc<Database>,
-    writer: mpsc::Sender<WriteJob>,
+    writer: Option<mpsc::Sender<WriteJob>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for ResponseCache {
+    /// Close the writer and wait for it, so the database file is released when this returns.
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn store_err(path: &Path, e: impl std::fmt::Display) -> CacheError {
@@ -97,11 +108,11 @@ impl ResponseCache {
         let db = Arc::new(open_db(path)?);
         let (writer, jobs) = mpsc::channel::<WriteJob>();
         let writer_db = Arc::clone(&db);
-        std::thread::Builder::new()
+        let writer_thread = std::thread::Builder::new()
             .name("response-cache-writer".into())
             .spawn(move || group_commit_loop(&writer_db, jobs))
             .map_err(|e| store_err(path, e))?;
-        Ok(Self { path: path.to_owned(), db, writer })
+        Ok(Self { path: path.to_owned(), db, writer: Some(writer), writer_thread: Some(writer_thread) })
     }
 
     pub fn path(&self) -> &Path {
@@ -124,7 +135,8 @@ impl ResponseCache {
     pub async fn put(&self, key: CacheKey, reply: &CachedReply) -> Result<(), CacheError> {
         let bytes = serde_json::to_vec(reply).expect("reply serializes");
         let (done, wait) = tokio::sync::oneshot::channel();
-        self.writer.send((key, bytes, done)).map_err(|_| CacheError::WriterGone)?;
+        let writer = self.writer.as_ref().ok_or(CacheError::WriterGone)?;
+        writer.send((key, bytes, done)).map_err(|_| CacheError::WriterGone)?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(CacheError::Store { path: self.path.clone(), message }),
@@ -133,7 +145,7 @@ impl ResponseCache {
     }
 }
 
-fn group_commit_loop(db: &Database, jobs: mpsc::Receiver<WriteJob>) {
+fn group_commit_loop(db: &Arc<Database>, jobs: mpsc::Receiver<WriteJob>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while let Ok(more) = jobs.try_recv() {

@@ -141,3 +141,37 @@ pub fn evaluate(root: &Path, descriptions: &[Description], models: &ModelsConfig
     }
     Ok(evaluated)
 }
+
+/// What `data` will run: pipelines in dependency order with their level (0 = no upstream in the plan).
+/// A pipeline runs when it is selected (or upstream of a selected one) and not CURRENT, when it
+/// is forced, or when an upstream of it runs.
+pub fn plan<'a>(evaluated: &'a [Evaluated], selected: &[String], force: bool) -> Vec<(&'a Evaluated, usize)> {
+    let by_name: BTreeMap<&str, &Evaluated> = evaluated.iter().map(|e| (e.name.as_str(), e)).collect();
+    let mut wanted: BTreeSet<&str> =
+        if selected.is_empty() { by_name.keys().copied().collect() } else { selected.iter().map(String::as_str).collect() };
+    let mut frontier: Vec<&str> = wanted.iter().copied().collect();
+    while let Some(name) = frontier.pop() {
+        for up in by_name.get(name).map(|e| e.upstream.as_slice()).unwrap_or_default() {
+            if wanted.insert(up.as_str()) {
+                frontier.push(up.as_str());
+            }
+        }
+    }
+    let forced: BTreeSet<&str> = match (force, selected.is_empty()) {
+        (false, _) => BTreeSet::new(),
+        (true, true) => wanted.clone(),
+        (true, false) => selected.iter().map(String::as_str).collect(),
+    };
+    let mut level: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut plan = Vec::new();
+    for e in evaluated {
+        let name = e.name.as_str();
+        let upstream_running = e.upstream.iter().filter_map(|u| level.get(u.as_str())).max().copied();
+        if wanted.contains(name) && (e.status.state != State::Current || forced.contains(name) || upstream_running.is_some()) {
+            let l = upstream_running.map_or(0, |l| l + 1);
+            level.insert(name, l);
+            plan.push((e, l));
+        }
+    }
+    plan
+}

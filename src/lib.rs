@@ -11,6 +11,7 @@ pub mod dispatch;
 pub mod fingerprint;
 pub mod graph;
 pub mod manifest;
+pub mod model_fetch;
 pub mod models;
 pub mod output;
 pub mod pipeline;

