@@ -180,8 +180,8 @@ pub fn describe_in<P: Pipeline>(root: &Path, crate_dir: &Path) -> Result<Descrip
     })
 }
 
-fn pipeline_quality<P: Pipeline>(_pipeline: &P) -> serde_json::Value {
-    serde_json::Value::Null
+fn pipeline_quality<P: Pipeline>(pipeline: &P) -> serde_json::Value {
+    serde_json::to_value(pipeline.quality()).expect("quality config serializes")
 }
 
 /// The current git commit and whether the work tree has uncommitted changes.
@@ -256,6 +256,7 @@ pub fn run<P: Pipeline>(crate_dir: &Path, args: RunArgs) -> Result<ExitCode, Run
 pub fn run_in<P: Pipeline>(root: &Path, crate_dir: &Path, args: RunArgs) -> Result<ExitCode, RunError> {
     let root = root.to_owned();
     let (pipeline, declared) = declare::<P>(&root)?;
+    let quality = pipeline.quality();
     let models = ModelsConfig::load(&root)?;
     let hasher = FileHasher::for_repo(&root);
 
@@ -417,6 +418,11 @@ pub fn run_in<P: Pipeline>(root: &Path, crate_dir: &Path, args: RunArgs) -> Resu
             wall_time_secs: (progress.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
         };
         let reports = std::mem::take(&mut *ctx_inner.reports.lock().expect("reports lock"));
+        // The quality checks of what was just written (reported, not enforced: `cargo xtask check` gates).
+        let checks = crate::quality::Voice::load(&root)
+            .and_then(|voice| crate::quality::check(&output, &quality, &voice))
+            .map(|report| serde_json::to_value(report).expect("check report serializes"))
+            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
         let manifest = Manifest {
             schema: crate::manifest::MANIFEST_SCHEMA,
             pipeline: P::NAME.to_owned(),
@@ -434,8 +440,8 @@ pub fn run_in<P: Pipeline>(root: &Path, crate_dir: &Path, args: RunArgs) -> Resu
             output_sha256,
             run: summary.clone(),
             reports,
-            quality: None,
-            checks: None,
+            quality: Some(serde_json::to_value(&quality).expect("quality config serializes")),
+            checks: Some(checks),
         };
         manifest.write(&Manifest::path_for(&output))?;
         print_summary(P::NAME, &manifest, &output);
@@ -471,5 +477,16 @@ fn print_summary(name: &str, manifest: &Manifest, output: &Path) {
     );
     for (key, value) in &manifest.reports {
         eprintln!("  {key}: {value}");
+    }
+    if let Some(checks) = &manifest.checks {
+        let failed: Vec<&str> = checks["checks"]
+            .as_array()
+            .map(|c| c.iter().filter(|c| c["passed"] == false).filter_map(|c| c["name"].as_str()).collect())
+            .unwrap_or_default();
+        if failed.is_empty() {
+            eprintln!("  quality checks: all passed");
+        } else {
+            eprintln!("  quality checks failing: {} (details: cargo xtask check {name})", failed.join(", "));
+        }
     }
 }

@@ -17,6 +17,7 @@ pub mod output;
 pub mod pipeline;
 pub mod progress;
 pub mod provider;
+pub mod quality;
 pub mod repo;
 pub mod sample;
 

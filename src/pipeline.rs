@@ -34,6 +34,11 @@ pub trait Pipeline: Sized + Send + Sync + 'static {
     /// Declare dependencies; keep the returned handles in `Self`.
     fn declare(deps: &mut Declare) -> Self;
 
+    /// Quality thresholds for `cargo xtask check` (defaults: the seed's validation checklist).
+    fn quality(&self) -> crate::quality::QualityConfig {
+        crate::quality::QualityConfig::default()
+    }
+
     /// Produce the samples. Samples written by [`Ctx::stream_task`] are already in the output;
     /// the returned ones are appended after them.
     fn run(&self, ctx: &Ctx) -> impl Future<Output = Result<Vec<TrainingSample>, PipelineError>>;

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's command line — a thin layer over the `shaping` library.
 
+mod quality_cmds;
 mod workspace;
 
 use std::process::ExitCode;
@@ -65,6 +66,37 @@ enum Command {
     },
     /// Install build prerequisites (cmake, clang) and fetch the default local model.
     Setup,
+    /// Random samples of a dataset, readable in a terminal.
+    Sample {
+        name: String,
+        #[arg(short = 'n', long = "n", default_value_t = quality_cmds::DEFAULT_SAMPLE_N)]
+        n: usize,
+        /// Complete prompts and responses instead of truncated ones.
+        #[arg(long)]
+        full: bool,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// The validation checklist, automated; exits non-zero on failure.
+    Check {
+        names: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a self-contained HTML report per dataset.
+    Report {
+        names: Vec<String>,
+        /// Directory for the pages (default training/report).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Run the review snapshot tests and open the review of changed datasets.
+    Review,
+    /// Run every test of the workspace (after setup). Extra arguments go to `cargo test`.
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -162,7 +194,63 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("ready: prerequisites installed, pipelines built, local models present");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sample { name, n, full, seed } => {
+            let datasets = datasets(&ws, std::slice::from_ref(&name))?;
+            quality_cmds::sample_cmd(&datasets[0], n, full, seed)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { names, json } => {
+            let datasets = datasets(&ws, &names)?;
+            let passed = quality_cmds::check_cmd(&datasets, json, ws.root())?;
+            Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Report { names, out } => {
+            let datasets = datasets(&ws, &names)?;
+            let out = out.unwrap_or_else(|| ws.root().join("training").join("report"));
+            for page in quality_cmds::report_cmd(&datasets, &out)? {
+                println!("wrote {}", page.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Review => {
+            let passed = quality_cmds::review_cmd(ws.root())?;
+            Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Test { args } => {
+            workspace::ensure_build_prerequisites()?;
+            ws.ensure_all_local_models()?;
+            let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["test", "--workspace"])
+                .args(&args)
+                .current_dir(ws.root())
+                .status()
+                .context("running cargo test")?;
+            Ok(exit_code(status))
+        }
     }
+}
+
+/// The datasets of the named pipelines (all when `names` is empty).
+fn datasets(ws: &Workspace, names: &[String]) -> Result<Vec<quality_cmds::DatasetInfo>> {
+    let pipelines = ws.describe_all()?;
+    for name in names {
+        if !pipelines.iter().any(|d| &d.name == name) {
+            bail!("no pipeline named '{name}'; known: {}", self::names(&pipelines));
+        }
+    }
+    pipelines
+        .iter()
+        .filter(|d| names.is_empty() || names.contains(&d.name))
+        .map(|d| {
+            let output = ws.root().join(&d.output);
+            Ok(quality_cmds::DatasetInfo {
+                name: d.name.clone(),
+                manifest: shaping::manifest::Manifest::path_for(&output),
+                output,
+                quality: serde_json::from_value(d.quality.clone()).with_context(|| format!("quality config of '{}'", d.name))?,
+            })
+        })
+        .collect()
 }
 
 fn names(pipelines: &[shaping::cli::Description]) -> String {

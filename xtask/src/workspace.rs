@@ -141,6 +141,19 @@ impl Workspace {
         Ok(())
     }
 
+    /// Fetch/check the model file of every llama-cpp alias in models.toml (for the test suite).
+    pub fn ensure_all_local_models(&self) -> Result<()> {
+        let models = ModelsConfig::load(&self.root)?;
+        let mut seen = BTreeSet::new();
+        for alias in models.aliases() {
+            let spec = models.get(alias)?;
+            if spec.provider == ProviderKind::LlamaCpp && seen.insert(spec.path.clone()) {
+                shaping::model_fetch::ensure_model_file(spec)?;
+            }
+        }
+        Ok(())
+    }
+
     /// `cargo xtask data`: regenerate what is not CURRENT, in dependency order.
     pub fn data(&self, selected: &[String], dry_run: bool, force: bool, jobs: usize) -> Result<ExitCode> {
         let pipelines = self.describe_all()?;

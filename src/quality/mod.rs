@@ -1,0 +1,75 @@
+//! The quality gate: statistics, checks, review samples and an HTML report for a built dataset.
+//!
+//! A dataset is `training/data/<name>.jsonl` (one sample per line) with failed records beside it in
+//! `<name>.errors.jsonl`. Everything here reads those files in one streaming pass:
+//!
+//! - [`analyze`] computes [`DatasetStats`] and runs the checks of a [`QualityConfig`] into a
+//!   [`CheckReport`]; [`check`] is the short form that returns only the report.
+//! - [`review_sample`] picks a deterministic sample (smallest `sha256(id)`), and [`ReviewSnapshot`]
+//!   bundles stats, checks and that sample for an insta snapshot, so a changed dataset shows up in review.
+//! - [`sample`] renders a seeded random sample for the terminal (`cargo xtask sample`).
+//! - [`render_report`] renders one self-contained HTML page (`cargo xtask report`).
+//!
+//! Identity voice markers come from the pipeline's [`QualityConfig::voice_markers`] and from
+//! `identity/voice.toml` ([`Voice`]).
+
+mod checks;
+mod config;
+mod read;
+mod report;
+mod review;
+mod stats;
+mod terminal;
+mod text;
+
+pub use checks::{CheckReport, CheckResult, Comparison, advice, analyze, check};
+pub use config::{QualityConfig, VOICE_FILE, Voice};
+pub use read::{
+    ChatMessage, ErrorRecord, JsonlReader, Record, Step, StepError, Usage, read_errors,
+    read_records,
+};
+pub use report::{REPORT_SAMPLE_CAP, render_report};
+pub use review::{REVIEW_TEXT_CHARS, ReviewSample, ReviewSnapshot, review_sample};
+pub use stats::{Bucket, DatasetStats, LengthStats, StatsBuilder, TokenTotals};
+pub use terminal::{sample, sample_records};
+pub use text::{Sample, SampleStep, errors_path_for};
+
+use std::path::PathBuf;
+
+/// Errors of the quality gate. Every variant names the file, and the line where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum QualityError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: malformed JSON line: {source}")]
+    Json {
+        path: PathBuf,
+        line: u64,
+        source: serde_json::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
+    #[error("cannot parse {path}: {message}")]
+    Config { path: PathBuf, message: String },
+}
+
+/// Result alias for the quality gate.
+pub type Result<T, E = QualityError> = std::result::Result<T, E>;
+
+/// The dataset name of a dataset path: the file name without `.jsonl`.
+pub fn dataset_name(path: &std::path::Path) -> String {
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    file.strip_suffix(".jsonl")
+        .map(str::to_owned)
+        .unwrap_or(file)
+}

@@ -1,0 +1,135 @@
+//! Deterministic review samples ([`review_sample`]) and the [`ReviewSnapshot`] that insta keeps for review.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::checks::{CheckReport, analyze};
+use super::config::{QualityConfig, Voice};
+use super::read::read_records;
+use super::stats::DatasetStats;
+use super::text::{Sample, truncate_chars};
+use super::{Result, dataset_name};
+
+/// Characters of prompt and response kept in a [`ReviewSample`].
+pub const REVIEW_TEXT_CHARS: usize = 600;
+
+/// The `n` samples whose `sha256(id)` is smallest, in that order.
+///
+/// The choice depends only on the ids present: unchanged data give the same sample, and adding
+/// one record changes at most one member. Memory holds `n` samples.
+pub fn review_sample(path: &Path, n: usize) -> Result<Vec<Sample>> {
+    struct Entry {
+        key: ([u8; 32], u64),
+        sample: Box<Sample>,
+    }
+    impl Ord for Entry {
+        fn cmp(&self, other: &Self) -> Ordering {
+            self.key.cmp(&other.key)
+        }
+    }
+    impl PartialEq for Entry {
+        fn eq(&self, other: &Self) -> bool {
+            self.key == other.key
+        }
+    }
+    impl Eq for Entry {}
+    impl PartialOrd for Entry {
+        fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    // A max-heap of the n smallest keys seen so far.
+    let mut heap: BinaryHeap<Entry> = BinaryHeap::with_capacity(n + 1);
+    for item in read_records(path)? {
+        let (line, record) = item?;
+        let key = (id_hash(&record.id), line);
+        if heap.len() == n && heap.peek().is_some_and(|top| top.key <= key) {
+            continue;
+        }
+        heap.push(Entry {
+            key,
+            sample: Box::new(Sample::from_record(line, record)),
+        });
+        if heap.len() > n {
+            heap.pop();
+        }
+    }
+    Ok(heap
+        .into_sorted_vec()
+        .into_iter()
+        .map(|e| *e.sample)
+        .collect())
+}
+
+fn id_hash(id: &str) -> [u8; 32] {
+    Sha256::digest(id.as_bytes()).into()
+}
+
+/// What insta keeps for one dataset: statistics, check results and a deterministic sample with
+/// truncated text. Contains no paths and no timestamps, so it changes only when the data change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReviewSnapshot {
+    pub dataset: String,
+    pub stats: DatasetStats,
+    pub checks: CheckReport,
+    pub samples: Vec<ReviewSample>,
+}
+
+/// One sample in a [`ReviewSnapshot`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReviewSample {
+    pub id: String,
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// Model aliases of the steps, in order (empty for minimal data).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    pub prompt: String,
+    pub response: String,
+}
+
+impl ReviewSample {
+    fn new(sample: &Sample) -> Self {
+        Self {
+            id: sample.id.clone(),
+            source: sample.source.clone(),
+            category: sample.category.clone(),
+            models: sample.steps.iter().map(|s| s.model.clone()).collect(),
+            system: sample
+                .messages
+                .iter()
+                .find(|m| m.role == "system")
+                .map(|m| truncate_chars(&m.content, REVIEW_TEXT_CHARS / 3)),
+            prompt: truncate_chars(sample.prompt(), REVIEW_TEXT_CHARS),
+            response: truncate_chars(sample.response(), REVIEW_TEXT_CHARS),
+        }
+    }
+}
+
+impl ReviewSnapshot {
+    /// Build the snapshot of the dataset at `path` with `n` review samples.
+    pub fn build(path: &Path, config: &QualityConfig, voice: &Voice, n: usize) -> Result<Self> {
+        let (stats, checks) = analyze(path, config, voice)?;
+        let samples = review_sample(path, n)?
+            .iter()
+            .map(ReviewSample::new)
+            .collect();
+        Ok(Self {
+            dataset: dataset_name(path),
+            stats,
+            checks,
+            samples,
+        })
+    }
+}

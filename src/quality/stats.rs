@@ -1,0 +1,271 @@
+//! [`DatasetStats`]: counts and distributions of a dataset, accumulated in one streaming pass.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::read::{ErrorRecord, Record};
+
+/// Counts and distributions of one dataset and its errors file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DatasetStats {
+    /// Lines in the dataset.
+    pub samples: u64,
+    /// Samples carrying `input_data` or `steps`.
+    pub annotated: u64,
+    /// Samples with a system message.
+    pub with_system: u64,
+    /// Samples with more than one user message.
+    pub multi_turn: u64,
+    /// Length of the prompt (first user message), in characters.
+    pub prompt_chars: LengthStats,
+    /// Length of the response (last assistant message), in characters.
+    pub response_chars: LengthStats,
+    /// Samples per `input_data.source` (`unknown` when absent).
+    pub sources: BTreeMap<String, u64>,
+    /// Samples per `input_data.category` (only samples that have one).
+    pub categories: BTreeMap<String, u64>,
+    /// Steps per finish reason (`none` when absent), over all steps.
+    pub finish_reasons: BTreeMap<String, u64>,
+    /// Steps per model alias.
+    pub models: BTreeMap<String, u64>,
+    /// Steps over all samples.
+    pub steps: u64,
+    /// Steps served from the cache.
+    pub cached_steps: u64,
+    /// Steps with `success: false`.
+    pub failed_steps: u64,
+    /// Token usage over all steps (annotated data only).
+    pub tokens: Option<TokenTotals>,
+    /// Lines in the errors file.
+    pub errors: u64,
+    /// Error lines per error type.
+    pub error_types: BTreeMap<String, u64>,
+}
+
+/// Summary of a length distribution.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LengthStats {
+    pub min: u64,
+    pub median: u64,
+    pub p90: u64,
+    pub max: u64,
+    pub mean: u64,
+    /// Equal-width buckets from 0; a last bucket without `to` collects the long tail.
+    pub histogram: Vec<Bucket>,
+}
+
+/// One histogram bucket: lengths in `from..to` (`to` absent: `from` and above).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub from: u64,
+    pub to: Option<u64>,
+    pub count: u64,
+}
+
+/// Token totals over all steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenTotals {
+    pub input: u64,
+    pub output: u64,
+    /// Tokens of steps served from the cache (input + output).
+    pub cached: u64,
+}
+
+/// Accumulates [`DatasetStats`] record by record. Keeps one `u32` per sample for each length
+/// distribution; everything else is counters.
+#[derive(Debug, Default)]
+pub struct StatsBuilder {
+    stats: DatasetStats,
+    prompt_lengths: Vec<u32>,
+    response_lengths: Vec<u32>,
+}
+
+impl StatsBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Count one dataset record.
+    pub fn add(&mut self, record: &Record) {
+        let stats = &mut self.stats;
+        stats.samples += 1;
+        if record.is_annotated() {
+            stats.annotated += 1;
+        }
+        if record.system().is_some() {
+            stats.with_system += 1;
+        }
+        if record.messages.iter().filter(|m| m.role == "user").count() > 1 {
+            stats.multi_turn += 1;
+        }
+        self.prompt_lengths.push(char_len(record.prompt()));
+        self.response_lengths.push(char_len(record.response()));
+        *stats.sources.entry(record.source()).or_default() += 1;
+        if let Some(category) = record.category() {
+            *stats.categories.entry(category).or_default() += 1;
+        }
+        for step in record.steps() {
+            stats.steps += 1;
+            let reason = step
+                .finish_reason
+                .clone()
+                .unwrap_or_else(|| "none".to_owned());
+            *stats.finish_reasons.entry(reason).or_default() += 1;
+            *stats
+                .models
+                .entry(step.model.clone().unwrap_or_else(|| "?".to_owned()))
+                .or_default() += 1;
+            let cached = step.cached == Some(true);
+            if cached {
+                stats.cached_steps += 1;
+            }
+            if step.success == Some(false) {
+                stats.failed_steps += 1;
+            }
+            if step.usage.input_tokens.is_some() || step.usage.output_tokens.is_some() {
+                let tokens = stats.tokens.get_or_insert_with(TokenTotals::default);
+                let (input, output) = (
+                    step.usage.input_tokens.unwrap_or(0),
+                    step.usage.output_tokens.unwrap_or(0),
+                );
+                tokens.input += input;
+                tokens.output += output;
+                if cached {
+                    tokens.cached += input + output;
+                }
+            }
+        }
+    }
+
+    /// Count one line of the errors file.
+    pub fn add_error(&mut self, error: &ErrorRecord) {
+        self.stats.errors += 1;
+        let kind = if error.error.is_empty() {
+            "unknown".to_owned()
+        } else {
+            error.error.clone()
+        };
+        *self.stats.error_types.entry(kind).or_default() += 1;
+    }
+
+    /// The statistics so far.
+    pub fn finish(mut self) -> DatasetStats {
+        self.stats.prompt_chars = LengthStats::from_lengths(&mut self.prompt_lengths);
+        self.stats.response_chars = LengthStats::from_lengths(&mut self.response_lengths);
+        self.stats
+    }
+}
+
+fn char_len(text: &str) -> u32 {
+    u32::try_from(text.chars().count()).unwrap_or(u32::MAX)
+}
+
+/// Histogram bucket count aimed for (the actual count is between 5 and 2× this).
+const TARGET_BUCKETS: u64 = 12;
+
+impl LengthStats {
+    /// Summarize lengths (sorts them in place).
+    pub fn from_lengths(lengths: &mut [u32]) -> Self {
+        if lengths.is_empty() {
+            return Self::default();
+        }
+        lengths.sort_unstable();
+        let n = lengths.len();
+        let at = |q: f64| u64::from(lengths[((q * n as f64).ceil() as usize).clamp(1, n) - 1]);
+        let sum: u64 = lengths.iter().map(|&l| u64::from(l)).sum();
+        let (min, max) = (u64::from(lengths[0]), u64::from(lengths[n - 1]));
+        let p99 = at(0.99);
+        // A long tail beyond 1.5× the 99th percentile goes into one open bucket.
+        let top = if max > p99 + p99 / 2 && p99 > 0 {
+            p99
+        } else {
+            max
+        };
+        let width = nice_width(top.div_ceil(TARGET_BUCKETS).max(1));
+        let closed = top / width + 1;
+        let mut histogram: Vec<Bucket> = (0..closed)
+            .map(|i| Bucket {
+                from: i * width,
+                to: Some((i + 1) * width),
+                count: 0,
+            })
+            .collect();
+        if top < max {
+            histogram.push(Bucket {
+                from: closed * width,
+                to: None,
+                count: 0,
+            });
+        }
+        for &len in lengths.iter() {
+            let index = usize::try_from((u64::from(len) / width).min(histogram.len() as u64 - 1))
+                .unwrap_or(0);
+            histogram[index].count += 1;
+        }
+        Self {
+            min,
+            median: at(0.5),
+            p90: at(0.9),
+            max,
+            mean: sum / n as u64,
+            histogram,
+        }
+    }
+}
+
+/// The smallest 1, 2 or 5 × 10^k that is at least `raw`.
+fn nice_width(raw: u64) -> u64 {
+    let mut scale = 1u64;
+    loop {
+        for step in [1, 2, 5] {
+            if step * scale >= raw {
+                return step * scale;
+            }
+        }
+        scale = scale.saturating_mul(10);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_buckets() {
+        let mut lengths: Vec<u32> = (1..=100).collect();
+        let s = LengthStats::from_lengths(&mut lengths);
+        assert_eq!(
+            (s.min, s.median, s.p90, s.max, s.mean),
+            (1, 50, 90, 100, 50)
+        );
+        assert_eq!(s.histogram.iter().map(|b| b.count).sum::<u64>(), 100);
+        assert_eq!(
+            s.histogram[0],
+            Bucket {
+                from: 0,
+                to: Some(10),
+                count: 9
+            }
+        );
+        assert!(s.histogram.iter().all(|b| b.to.is_some()));
+    }
+
+    #[test]
+    fn long_tail_goes_to_open_bucket() {
+        let mut lengths: Vec<u32> = (0..200).map(|i| 100 + i % 50).collect();
+        lengths.push(100_000);
+        let s = LengthStats::from_lengths(&mut lengths);
+        let last = s.histogram.last().unwrap();
+        assert_eq!((last.to, last.count), (None, 1));
+        assert!(s.histogram.len() < 30);
+    }
+
+    #[test]
+    fn nice_widths() {
+        assert_eq!(nice_width(1), 1);
+        assert_eq!(nice_width(3), 5);
+        assert_eq!(nice_width(11), 20);
+        assert_eq!(nice_width(501), 1000);
+    }
+}

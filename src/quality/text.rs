@@ -1,0 +1,304 @@
+//! Text helpers of the quality gate: the [`Sample`] view of a record, phrase matching, truncation.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::read::{ChatMessage, Record};
+
+/// A dataset sample prepared for display: the conversation, its source and, for annotated data, its steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Line number in the dataset file (1-based).
+    pub line: u64,
+    pub id: String,
+    /// `input_data.source`, or `"unknown"`.
+    pub source: String,
+    /// `input_data.category`, if any.
+    pub category: Option<String>,
+    pub messages: Vec<ChatMessage>,
+    /// The model calls (empty for minimal data).
+    pub steps: Vec<SampleStep>,
+}
+
+/// One model call of a [`Sample`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleStep {
+    pub model: String,
+    /// The last user message sent to the model.
+    pub prompt: String,
+    /// The text the model returned (or the error message of a failed step).
+    pub response: String,
+    pub finish_reason: Option<String>,
+    pub success: Option<bool>,
+    pub cached: Option<bool>,
+    /// `kind: message` of a failed step.
+    pub error: Option<String>,
+}
+
+impl Sample {
+    /// The display view of a record read at `line`.
+    pub fn from_record(line: u64, record: Record) -> Self {
+        let steps = record
+            .steps()
+            .iter()
+            .map(|step| SampleStep {
+                model: step.model.clone().unwrap_or_else(|| "?".to_owned()),
+                prompt: step
+                    .messages
+                    .iter()
+                    .rev()
+                    .find(|m| m.role == "user")
+                    .map(|m| m.content.clone())
+                    .unwrap_or_default(),
+                response: step.text.clone().unwrap_or_default(),
+                finish_reason: step.finish_reason.clone(),
+                success: step.success,
+                cached: step.cached,
+                error: step
+                    .error
+                    .as_ref()
+                    .map(|e| format!("{}: {}", e.kind, e.message)),
+            })
+            .collect();
+        Self {
+            line,
+            source: record.source(),
+            category: record.category(),
+            id: record.id,
+            messages: record.messages,
+            steps,
+        }
+    }
+
+    /// The first user message's content, or `""`.
+    pub fn prompt(&self) -> &str {
+        self.messages
+            .iter()
+            .find(|m| m.role == "user")
+            .map_or("", |m| m.content.as_str())
+    }
+
+    /// The last assistant message's content, or `""`.
+    pub fn response(&self) -> &str {
+        self.messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "assistant")
+            .map_or("", |m| m.content.as_str())
+    }
+}
+
+/// `training/data/<name>.errors.jsonl` for `training/data/<name>.jsonl`.
+pub fn errors_path_for(dataset: &Path) -> PathBuf {
+    let name = super::dataset_name(dataset);
+    dataset.with_file_name(format!("{name}.errors.jsonl"))
+}
+
+/// At most `max` characters of `text`, with `…` appended when cut.
+pub(crate) fn truncate_chars(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((cut, _)) => format!("{}…", text[..cut].trim_end()),
+    }
+}
+
+/// Lowercase, typographic apostrophes made plain, whitespace runs collapsed to one space.
+pub(crate) fn normalize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for word in text.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        for c in word.chars() {
+            match c {
+                '\u{2018}' | '\u{2019}' | '\u{02bc}' => out.push('\''),
+                c => out.extend(c.to_lowercase()),
+            }
+        }
+    }
+    out
+}
+
+/// A set of phrases matched case-insensitively against normalized text.
+#[derive(Debug, Clone)]
+pub(crate) struct Phrases {
+    phrases: Vec<String>,
+    whole_words: bool,
+}
+
+impl Phrases {
+    /// Phrases that match only as whole words (a phrase edge that is a letter or digit must not
+    /// touch another letter or digit).
+    pub fn words<I: IntoIterator<Item = S>, S: AsRef<str>>(phrases: I) -> Self {
+        Self::build(phrases, true)
+    }
+
+    /// Phrases that match anywhere.
+    pub fn substrings<I: IntoIterator<Item = S>, S: AsRef<str>>(phrases: I) -> Self {
+        Self::build(phrases, false)
+    }
+
+    fn build<I: IntoIterator<Item = S>, S: AsRef<str>>(phrases: I, whole_words: bool) -> Self {
+        let mut phrases: Vec<String> = phrases
+            .into_iter()
+            .map(|p| normalize(p.as_ref()))
+            .filter(|p| !p.is_empty())
+            .collect();
+        phrases.sort();
+        phrases.dedup();
+        Self {
+            phrases,
+            whole_words,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.phrases.is_empty()
+    }
+
+    /// The first phrase found in `normalized` (text already passed through [`normalize`]).
+    pub fn find(&self, normalized: &str) -> Option<&str> {
+        self.phrases
+            .iter()
+            .find(|p| self.occurs(normalized, p))
+            .map(String::as_str)
+    }
+
+    fn occurs(&self, haystack: &str, phrase: &str) -> bool {
+        if !self.whole_words {
+            return haystack.contains(phrase);
+        }
+        let edge_start = phrase.chars().next().is_some_and(char::is_alphanumeric);
+        let edge_end = phrase
+            .chars()
+            .next_back()
+            .is_some_and(char::is_alphanumeric);
+        haystack.match_indices(phrase).any(|(at, _)| {
+            let before_ok = !edge_start
+                || !haystack[..at]
+                    .chars()
+                    .next_back()
+                    .is_some_and(char::is_alphanumeric);
+            let after_ok = !edge_end
+                || !haystack[at + phrase.len()..]
+                    .chars()
+                    .next()
+                    .is_some_and(char::is_alphanumeric);
+            before_ok && after_ok
+        })
+    }
+}
+
+/// Built-in phrases of a generic assistant: refusals and AI self-references.
+pub(crate) const REFUSAL_PHRASES: &[&str] = &[
+    "I'm sorry, but I can't",
+    "I'm sorry, but I cannot",
+    "I am sorry, but I cannot",
+    "I'm sorry, I can't",
+    "I cannot assist",
+    "I can't assist",
+    "I cannot help with that",
+    "I can't help with that",
+    "I'm unable to help",
+    "I am unable to help",
+    "I'm not able to help",
+    "As an AI language model",
+    "as an AI",
+    "as a language model",
+    "as a large language model",
+    "I'm just an AI",
+    "I am just an AI",
+    "I'm an AI assistant",
+    "I am an AI assistant",
+    "I don't have personal opinions",
+    "I do not have personal opinions",
+    "I don't have personal experiences",
+    "I do not have personal experiences",
+    "I don't have feelings",
+    "I do not have feelings",
+    "I don't have personal preferences",
+    "my knowledge cutoff",
+    "my training data",
+];
+
+/// Built-in signs of provider error text leaking into a response.
+pub(crate) const ERROR_TEXT_PATTERNS: &[&str] = &[
+    "error code: 4",
+    "error code: 5",
+    "internal server error",
+    "{\"error\":",
+    "{\"error\" :",
+    "rate limit",
+    "rate_limit",
+    "ratelimit",
+    "too many requests",
+    "service unavailable",
+    "bad gateway",
+    "gateway timeout",
+    "overloaded_error",
+    "context_length_exceeded",
+    "<!doctype html",
+    "traceback (most recent call last)",
+];
+
+/// 64-bit FNV-1a: a small, stable hash for in-memory sets.
+pub(crate) fn fnv1a(parts: &[&str]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            hash ^= 0x1f;
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        for byte in part.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// The words of a prompt for distinct-n: lowercase, split on whitespace, edge punctuation removed.
+pub(crate) fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split_whitespace()
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_alphanumeric())
+                .to_lowercase()
+        })
+        .filter(|w| !w.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_counts_chars() {
+        assert_eq!(truncate_chars("héllo", 10), "héllo");
+        assert_eq!(truncate_chars("héllo wörld", 5), "héllo…");
+    }
+
+    #[test]
+    fn whole_word_phrases() {
+        let p = Phrases::words(["hon", "as an AI"]);
+        assert!(p.find(&normalize("Thanks, hon!")).is_some());
+        assert!(p.find(&normalize("Be honest")).is_none());
+        assert!(p.find(&normalize("speaking As an   AI, I")).is_some());
+        assert!(p.find(&normalize("as an aide")).is_none());
+        assert!(
+            Phrases::words(["I\u{2019}m sorry"])
+                .find(&normalize("I'm sorry"))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn substrings_match_anywhere() {
+        let p = Phrases::substrings(ERROR_TEXT_PATTERNS);
+        assert_eq!(
+            p.find(&normalize("Error code: 429 - rate limited")),
+            Some("error code: 4")
+        );
+        assert!(p.find(&normalize("The Cubs won 4-2.")).is_none());
+    }
+}

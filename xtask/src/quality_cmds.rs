@@ -1,0 +1,295 @@
+//! `cargo xtask sample|check|report|review`: the quality gate's commands, as plain functions that
+//! take already-parsed arguments (the clap CLI lives in `main.rs`).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+use shaping::quality::{self, QualityConfig, Voice};
+
+/// A dataset as found by pipeline discovery.
+#[derive(Debug, Clone)]
+pub struct DatasetInfo {
+    /// The pipeline's name (`training/data/<name>.jsonl`).
+    pub name: String,
+    /// The dataset file.
+    pub output: PathBuf,
+    /// The manifest file beside it.
+    pub manifest: PathBuf,
+    /// The pipeline's declared quality config.
+    pub quality: QualityConfig,
+}
+
+/// Default number of samples of `cargo xtask sample`.
+pub const DEFAULT_SAMPLE_N: usize = 10;
+
+/// `cargo xtask sample <name> [-n N] [--full] [--seed S]`: print `n` random samples; without a seed,
+/// one is taken from the clock and printed so the same sample can be shown again.
+pub fn sample_cmd(dataset: &DatasetInfo, n: usize, full: bool, seed: Option<u64>) -> Result<()> {
+    ensure_built(dataset)?;
+    let seed = seed.unwrap_or_else(seed_from_clock);
+    let text = quality::sample(&dataset.output, n, seed, full)?;
+    let mut stdout = std::io::stdout().lock();
+    // A closed pipe (`| head`) is not an error worth reporting.
+    let _ = stdout.write_all(text.as_bytes());
+    Ok(())
+}
+
+/// `cargo xtask check [names...] [--json]`: run the quality checks of each dataset. Prints every
+/// failing check with its example ids and what to do (or, with `json`, one JSON object keyed by
+/// dataset name). Returns whether all datasets passed; a dataset that is not built fails.
+pub fn check_cmd(datasets: &[DatasetInfo], json: bool, repo_root: &Path) -> Result<bool> {
+    let voice = Voice::load(repo_root)?;
+    let mut all_passed = true;
+    let mut json_out = serde_json::Map::new();
+    for dataset in datasets {
+        if !dataset.output.is_file() {
+            all_passed = false;
+            if json {
+                json_out.insert(
+                    dataset.name.clone(),
+                    serde_json::json!({ "passed": false, "error": "not built" }),
+                );
+            } else {
+                println!(
+                    "✗ {}: not built ({} is missing)",
+                    dataset.name,
+                    dataset.output.display()
+                );
+                println!("  → run `cargo xtask build {}` first", dataset.name);
+            }
+            continue;
+        }
+        let config = effective_config(dataset)?;
+        let (stats, report) = quality::analyze(&dataset.output, &config, &voice)
+            .with_context(|| format!("checking dataset {}", dataset.name))?;
+        all_passed &= report.passed;
+        if json {
+            json_out.insert(dataset.name.clone(), serde_json::to_value(&report)?);
+            continue;
+        }
+        let failed: Vec<_> = report.failures().collect();
+        if failed.is_empty() {
+            println!(
+                "✓ {}: all {} checks passed ({} samples, {} errors)",
+                dataset.name,
+                report.checks.len(),
+                stats.samples,
+                stats.errors
+            );
+            continue;
+        }
+        println!(
+            "✗ {}: {} of {} checks failed ({} samples)",
+            dataset.name,
+            failed.len(),
+            report.checks.len(),
+            stats.samples
+        );
+        for check in failed {
+            println!("  ✗ {}: {}", check.name, check.message);
+            if !check.example_ids.is_empty() {
+                println!("      e.g. {}", check.example_ids.join(", "));
+            }
+            println!("      → {}", check.advice());
+        }
+        println!(
+            "  look at samples with `cargo xtask sample {0}`, or open the report from `cargo xtask report {0}`",
+            dataset.name
+        );
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::Value::Object(json_out))?
+        );
+    }
+    Ok(all_passed)
+}
+
+/// `cargo xtask report [names...] [--out DIR]`: write `<out_dir>/<name>.html` for each built
+/// dataset (default `out_dir`: `training/report`). Returns the files written.
+pub fn report_cmd(datasets: &[DatasetInfo], out_dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let mut written = Vec::new();
+    for dataset in datasets {
+        if !dataset.output.is_file() {
+            eprintln!(
+                "skipping {}: not built ({} is missing)",
+                dataset.name,
+                dataset.output.display()
+            );
+            continue;
+        }
+        let config = effective_config(dataset)?;
+        let voice = match dataset_repo_root(dataset) {
+            Some(root) => Voice::load(&root)?,
+            None => Voice::default(),
+        };
+        let (stats, report) = quality::analyze(&dataset.output, &config, &voice)
+            .with_context(|| format!("analyzing dataset {}", dataset.name))?;
+        // The stats pass already validated every line, so a read error here means the file changed.
+        let mut read_error = None;
+        let samples = quality::read_records(&dataset.output)?.map_while(|item| match item {
+            Ok((line, record)) => Some(quality::Sample::from_record(line, record)),
+            Err(e) => {
+                read_error = Some(e);
+                None
+            }
+        });
+        let html = quality::render_report(&dataset.name, &stats, &report, samples);
+        if let Some(e) = read_error {
+            return Err(e).with_context(|| format!("reading dataset {}", dataset.name));
+        }
+        let path = out_dir.join(format!("{}.html", dataset.name));
+        std::fs::write(&path, html).with_context(|| format!("writing {}", path.display()))?;
+        println!(
+            "{} {}",
+            if report.passed { "✓" } else { "✗" },
+            path.display()
+        );
+        written.push(path);
+    }
+    if written.is_empty() && !datasets.is_empty() {
+        bail!("no dataset is built; run `cargo xtask build` first");
+    }
+    Ok(written)
+}
+
+/// `cargo xtask review`: run the review snapshots (`tests/review.rs`) writing new or changed
+/// snapshots as `.snap.new`, then open `cargo insta review` when cargo-insta is installed (else
+/// say how to install it or accept everything). Returns whether the snapshots were already up to date.
+pub fn review_cmd(repo_root: &Path) -> Result<bool> {
+    let status = Command::new(cargo())
+        .current_dir(repo_root)
+        .args(["test", "--quiet", "--test", "review"])
+        .env("INSTA_UPDATE", "new")
+        .env("INSTA_FORCE_PASS", "1")
+        .env_remove("CI")
+        .status()
+        .context("running cargo test --test review")?;
+    if !status.success() {
+        bail!("`cargo test --test review` failed (see above)");
+    }
+    let snapshots = repo_root.join("tests/snapshots");
+    for stale in stale_snapshots(repo_root, &snapshots) {
+        println!(
+            "stale review snapshot (its dataset is gone), deleting: {}",
+            stale.display()
+        );
+        std::fs::remove_file(&stale).with_context(|| format!("deleting {}", stale.display()))?;
+    }
+    let pending = pending_snapshots(&snapshots);
+    if pending.is_empty() {
+        println!("review snapshots are up to date: nothing to review");
+        return Ok(true);
+    }
+    println!("{} review snapshot(s) new or changed:", pending.len());
+    for path in &pending {
+        println!(
+            "  {}",
+            path.strip_prefix(repo_root).unwrap_or(path).display()
+        );
+    }
+    let has_insta = Command::new(cargo())
+        .args(["insta", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if has_insta {
+        let status = Command::new(cargo())
+            .current_dir(repo_root)
+            .args(["insta", "review"])
+            .status()
+            .context("running cargo insta review")?;
+        if !status.success() {
+            bail!("`cargo insta review` failed");
+        }
+    } else {
+        println!("cargo-insta is not installed; read the .snap.new files above, then either:");
+        println!(
+            "  accept all:  INSTA_UPDATE=always cargo test --test review && rm -f tests/snapshots/*.snap.new"
+        );
+        println!("  reject all:  rm -f tests/snapshots/*.snap.new");
+        println!(
+            "or install it to review one by one: cargo install cargo-insta --locked && cargo xtask review"
+        );
+    }
+    Ok(false)
+}
+
+/// The dataset's quality config: the manifest's `quality` field when it has one (what the data
+/// were built with), else the pipeline's declared config.
+fn effective_config(dataset: &DatasetInfo) -> Result<QualityConfig> {
+    Ok(QualityConfig::from_manifest(&dataset.manifest)?.unwrap_or_else(|| dataset.quality.clone()))
+}
+
+fn ensure_built(dataset: &DatasetInfo) -> Result<()> {
+    if !dataset.output.is_file() {
+        bail!(
+            "dataset {} is not built ({} is missing); run `cargo xtask build {}`",
+            dataset.name,
+            dataset.output.display(),
+            dataset.name
+        );
+    }
+    Ok(())
+}
+
+fn seed_from_clock() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    // Short seeds are easier to retype.
+    (nanos % 1_000_000_007) as u64
+}
+
+/// The repository root of a dataset at `<root>/training/data/<name>.jsonl`.
+fn dataset_repo_root(dataset: &DatasetInfo) -> Option<PathBuf> {
+    let data = dataset.output.parent()?;
+    let training = data.parent()?;
+    let root = training.parent()?;
+    (data.file_name()? == "data" && training.file_name()? == "training").then(|| root.to_path_buf())
+}
+
+/// Review snapshots (`review__dataset@<file>.snap`) whose dataset file no longer exists.
+fn stale_snapshots(repo_root: &Path, snapshots: &Path) -> Vec<PathBuf> {
+    let data = repo_root.join("training/data");
+    let Ok(entries) = std::fs::read_dir(snapshots) else {
+        return Vec::new();
+    };
+    let mut stale: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|path| {
+            let file = path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            file.strip_prefix("review__dataset@")
+                .and_then(|f| f.strip_suffix(".snap"))
+                .is_some_and(|dataset| !data.join(dataset).is_file())
+        })
+        .collect();
+    stale.sort();
+    stale
+}
+
+fn pending_snapshots(dir: &Path) -> Vec<PathBuf> {
+    let mut pending: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|ext| ext == "new"))
+                .collect()
+        })
+        .unwrap_or_default();
+    pending.sort();
+    pending
+}
+
+fn cargo() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
