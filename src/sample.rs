@@ -16,12 +16,19 @@ pub struct TrainingSample {
 
 impl TrainingSample {
     pub fn new(id: impl Into<String>, messages: Vec<Message>) -> Self {
-        Self { id: id.into(), messages, provenance: None }
+        Self {
+            id: id.into(),
+            messages,
+            provenance: None,
+        }
     }
 
     /// The provenance `run_task` recorded for this sample (input record and steps), if any.
     pub fn steps(&self) -> &[Step] {
-        self.provenance.as_ref().map(|p| p.steps.as_slice()).unwrap_or(&[])
+        self.provenance
+            .as_ref()
+            .map(|p| p.steps.as_slice())
+            .unwrap_or(&[])
     }
 }
 
@@ -88,7 +95,10 @@ impl Response {
     pub fn ok_text(&self) -> Result<&str, PipelineError> {
         match &self.error {
             None => Ok(&self.text),
-            Some(e) => Err(PipelineError::new(format!("request failed ({}): {}", e.kind.as_str(), e.message), "api_error")),
+            Some(e) => Err(PipelineError::new(
+                format!("request failed ({}): {}", e.kind.as_str(), e.message),
+                "api_error",
+            )),
         }
     }
 }
@@ -104,7 +114,10 @@ pub struct PipelineError {
 
 impl PipelineError {
     pub fn new(message: impl Into<String>, error_type: impl Into<String>) -> Self {
-        Self { message: message.into(), error_type: error_type.into() }
+        Self {
+            message: message.into(),
+            error_type: error_type.into(),
+        }
     }
     /// An error of type `unexpected_error`.
     pub fn unexpected(message: impl Into<String>) -> Self {

@@ -10,7 +10,10 @@ use shaping::fingerprint::FileHasher;
 use shaping::graph::{Evaluated, evaluate, plan};
 use shaping::manifest::State;
 use shaping::models::ModelsConfig;
-use shaping::{Ctx, Declare, FileDep, Message, ModelDep, Pipeline, PipelineError, Task, TrainingSample, model_request};
+use shaping::{
+    Ctx, Declare, FileDep, Message, ModelDep, Pipeline, PipelineError, Task, TrainingSample,
+    model_request,
+};
 use testkit::{MockConfig, MockServer};
 
 /// A test repository with a mock server behind alias `m`.
@@ -22,10 +25,18 @@ struct Env {
 
 impl Env {
     fn new(config: MockConfig) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let server = runtime.block_on(MockServer::start(config));
         let dir = tempfile::tempdir().unwrap();
-        let env = Self { _runtime: runtime, server, dir };
+        let env = Self {
+            _runtime: runtime,
+            server,
+            dir,
+        };
         env.write_models("mock-model", "");
         env.write("inputs/prompts.txt", "alpha\nbravo\ncharlie\ndelta\n");
         env.write("crates/echo/src/main.rs", "// echo v1\n");
@@ -62,16 +73,33 @@ impl Env {
     }
 
     fn run<P: Pipeline>(&self, args: RunArgs) -> Result<ExitCode, RunError> {
-        run_in::<P>(self.root(), &self.crate_dir(P::NAME), RunArgs { quiet: true, max_error_share: 0.5, ..args })
+        run_in::<P>(
+            self.root(),
+            &self.crate_dir(P::NAME),
+            RunArgs {
+                quiet: true,
+                max_error_share: 0.5,
+                ..args
+            },
+        )
     }
 
     fn descriptions(&self) -> Vec<Description> {
-        vec![describe_in::<Echo>(self.root(), &self.crate_dir("echo")).unwrap(), describe_in::<Down>(self.root(), &self.crate_dir("down")).unwrap()]
+        vec![
+            describe_in::<Echo>(self.root(), &self.crate_dir("echo")).unwrap(),
+            describe_in::<Down>(self.root(), &self.crate_dir("down")).unwrap(),
+        ]
     }
 
     fn status(&self) -> Vec<Evaluated> {
         let models = ModelsConfig::load(self.root()).unwrap();
-        evaluate(self.root(), &self.descriptions(), &models, &FileHasher::for_repo(self.root())).unwrap()
+        evaluate(
+            self.root(),
+            &self.descriptions(),
+            &models,
+            &FileHasher::for_repo(self.root()),
+        )
+        .unwrap()
     }
 
     fn status_of(&self, name: &str) -> Evaluated {
@@ -79,7 +107,10 @@ impl Env {
     }
 
     fn lines(&self, rel: &str) -> Vec<Value> {
-        self.read(rel).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        self.read(rel)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 }
 
@@ -103,13 +134,22 @@ impl Pipeline for Echo {
     const NAME: &'static str = "echo";
 
     fn declare(deps: &mut Declare) -> Self {
-        Self { prompts: deps.file("prompts", "inputs/prompts.txt"), model: deps.model("m") }
+        Self {
+            prompts: deps.file("prompts", "inputs/prompts.txt"),
+            model: deps.model("m"),
+        }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Vec<TrainingSample>, PipelineError> {
         let text = self.prompts.read()?;
-        let records: Vec<Prompt> =
-            text.lines().enumerate().map(|(i, l)| Prompt { id: format!("echo-{i}"), prompt: l.to_owned() }).collect();
+        let records: Vec<Prompt> = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| Prompt {
+                id: format!("echo-{i}"),
+                prompt: l.to_owned(),
+            })
+            .collect();
         let abort = records.iter().any(|r| r.prompt == "ABORT-RUN");
         let samples = ctx
             .run_task(records, |t: Task, r: Prompt| async move {
@@ -123,7 +163,12 @@ impl Pipeline for Echo {
                     let second = t.request(ask(format!("then {}", first.ok_text()?))).await;
                     second.ok_text()?.to_owned()
                 } else if r.prompt.starts_with("PAR") {
-                    let replies = t.all([ask(format!("A {}", r.prompt)), ask(format!("B {}", r.prompt))]).await;
+                    let replies = t
+                        .all([
+                            ask(format!("A {}", r.prompt)),
+                            ask(format!("B {}", r.prompt)),
+                        ])
+                        .await;
                     format!("{} | {}", replies[0].ok_text()?, replies[1].ok_text()?)
                 } else {
                     let reply = t.request(ask(r.prompt.clone()).temperature(0.5)).await;
@@ -132,11 +177,17 @@ impl Pipeline for Echo {
                     }
                     reply.ok_text()?.to_owned()
                 };
-                Ok(TrainingSample::new(r.id, vec![Message::user(r.prompt), Message::assistant(answer)]))
+                Ok(TrainingSample::new(
+                    r.id,
+                    vec![Message::user(r.prompt), Message::assistant(answer)],
+                ))
             })
             .await?;
         if abort {
-            return Err(PipelineError::new("aborting after the task stage", "test_abort"));
+            return Err(PipelineError::new(
+                "aborting after the task stage",
+                "test_abort",
+            ));
         }
         Ok(samples)
     }
@@ -153,7 +204,10 @@ impl Pipeline for Down {
     const ANNOTATED: bool = false;
 
     fn declare(deps: &mut Declare) -> Self {
-        Self { upstream: deps.file("echo_output", "training/data/echo.jsonl"), model: deps.model("m") }
+        Self {
+            upstream: deps.file("echo_output", "training/data/echo.jsonl"),
+            model: deps.model("m"),
+        }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Vec<TrainingSample>, PipelineError> {
@@ -162,12 +216,26 @@ impl Pipeline for Down {
             .lines()
             .map(|l| {
                 let v: Value = serde_json::from_str(l).unwrap();
-                Prompt { id: format!("down-{}", v["id"].as_str().unwrap()), prompt: format!("summarize {}", v["messages"][1]["content"]) }
+                Prompt {
+                    id: format!("down-{}", v["id"].as_str().unwrap()),
+                    prompt: format!("summarize {}", v["messages"][1]["content"]),
+                }
             })
             .collect();
         ctx.run_task(records, |t: Task, r: Prompt| async move {
-            let reply = t.request(model_request(vec![Message::user(r.prompt.clone())], &self.model)).await;
-            Ok(TrainingSample::new(r.id, vec![Message::user(r.prompt), Message::assistant(reply.ok_text()?.to_owned())]))
+            let reply = t
+                .request(model_request(
+                    vec![Message::user(r.prompt.clone())],
+                    &self.model,
+                ))
+                .await;
+            Ok(TrainingSample::new(
+                r.id,
+                vec![
+                    Message::user(r.prompt),
+                    Message::assistant(reply.ok_text()?.to_owned()),
+                ],
+            ))
         })
         .await
     }
@@ -212,8 +280,14 @@ fn status_goes_through_every_transition() {
     let echo = env.status_of("echo");
     assert_eq!(echo.status.state, State::Stale);
     let text = reasons(&echo);
-    assert!(text.starts_with("Model 'm' changed: openai:mock-model @ http://127.0.0.1:"), "{text}");
-    assert!(text.contains("→ openai:other-model @ http://127.0.0.1:"), "{text}");
+    assert!(
+        text.starts_with("Model 'm' changed: openai:mock-model @ http://127.0.0.1:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("→ openai:other-model @ http://127.0.0.1:"),
+        "{text}"
+    );
     std::fs::remove_file(env.root().join("models.local.toml")).unwrap();
     assert_eq!(env.status_of("echo").status.state, State::Current);
 
@@ -223,17 +297,29 @@ fn status_goes_through_every_transition() {
     env.run::<Echo>(full()).unwrap();
 
     // A --limit run is partial.
-    env.run::<Echo>(RunArgs { limit: Some(1), ..full() }).unwrap();
+    env.run::<Echo>(RunArgs {
+        limit: Some(1),
+        ..full()
+    })
+    .unwrap();
     let echo = env.status_of("echo");
     assert_eq!(echo.status.state, State::Partial);
-    assert_eq!(echo.status.to_string(), "PARTIAL (1 samples)\n  - Partial run (--limit 1, 1 samples); run without --limit for full data");
+    assert_eq!(
+        echo.status.to_string(),
+        "PARTIAL (1 samples)\n  - Partial run (--limit 1, 1 samples); run without --limit for full data"
+    );
     env.run::<Echo>(full()).unwrap();
     assert_eq!(env.status_of("echo").status.state, State::Current);
 
     // Hand-edited output.
-    let edited = env.read("training/data/echo.jsonl").replace("alpha", "ALPHA");
+    let edited = env
+        .read("training/data/echo.jsonl")
+        .replace("alpha", "ALPHA");
     env.write("training/data/echo.jsonl", &edited);
-    assert_eq!(reasons(&env.status_of("echo")), "Output was modified after it was generated");
+    assert_eq!(
+        reasons(&env.status_of("echo")),
+        "Output was modified after it was generated"
+    );
 
     // Deleted output.
     std::fs::remove_file(env.root().join("training/data/echo.jsonl")).unwrap();
@@ -246,26 +332,49 @@ fn data_plan_regenerates_only_what_is_stale() {
     env.run::<Echo>(full()).unwrap();
     env.run::<Down>(full()).unwrap();
     let statuses = env.status();
-    assert!(plan(&statuses, &[], false).is_empty(), "everything is current: nothing to run");
+    assert!(
+        plan(&statuses, &[], false).is_empty(),
+        "everything is current: nothing to run"
+    );
 
     // Only down's code changes: echo must not run and must send nothing.
     env.write("crates/down/src/main.rs", "// down v2\n");
     let statuses = env.status();
-    let planned: Vec<&str> = plan(&statuses, &[], false).iter().map(|(e, _)| e.name.as_str()).collect();
+    let planned: Vec<&str> = plan(&statuses, &[], false)
+        .iter()
+        .map(|(e, _)| e.name.as_str())
+        .collect();
     assert_eq!(planned, ["down"]);
     let before = env.server.stats().received;
-    env.run::<Down>(RunArgs { no_cache: true, ..full() }).unwrap();
+    env.run::<Down>(RunArgs {
+        no_cache: true,
+        ..full()
+    })
+    .unwrap();
     let sent = env.server.stats().received - before;
-    assert_eq!(sent, 4, "down sends one request per echo sample and echo sends nothing");
-    assert_eq!(env.server.prompt_count("alpha"), 1, "echo's prompt was sent only by the first run");
+    assert_eq!(
+        sent, 4,
+        "down sends one request per echo sample and echo sends nothing"
+    );
+    assert_eq!(
+        env.server.prompt_count("alpha"),
+        1,
+        "echo's prompt was sent only by the first run"
+    );
 
     // An upstream change plans both, upstream first, in two levels.
     env.write("inputs/prompts.txt", "alpha\nbravo\n");
     let statuses = env.status();
-    let planned: Vec<(&str, usize)> = plan(&statuses, &[], false).iter().map(|(e, l)| (e.name.as_str(), *l)).collect();
+    let planned: Vec<(&str, usize)> = plan(&statuses, &[], false)
+        .iter()
+        .map(|(e, l)| (e.name.as_str(), *l))
+        .collect();
     assert_eq!(planned, [("echo", 0), ("down", 1)]);
     // Selecting the downstream pulls in its stale upstream.
-    let planned: Vec<&str> = plan(&statuses, &["down".to_owned()], false).iter().map(|(e, _)| e.name.as_str()).collect();
+    let planned: Vec<&str> = plan(&statuses, &["down".to_owned()], false)
+        .iter()
+        .map(|(e, _)| e.name.as_str())
+        .collect();
     assert_eq!(planned, ["echo", "down"]);
 }
 
@@ -273,7 +382,11 @@ fn data_plan_regenerates_only_what_is_stale() {
 fn steps_are_recorded_in_order_for_sequential_and_parallel_requests() {
     let env = Env::new(MockConfig::new().jitter(Duration::from_millis(30)));
     env.write("inputs/prompts.txt", "TWO steps\nPAR both\nplain\n");
-    env.run::<Echo>(RunArgs { annotate: true, ..full() }).unwrap();
+    env.run::<Echo>(RunArgs {
+        annotate: true,
+        ..full()
+    })
+    .unwrap();
     let samples = env.lines("training/data/echo.jsonl");
     assert_eq!(samples.len(), 3);
 
@@ -282,23 +395,46 @@ fn steps_are_recorded_in_order_for_sequential_and_parallel_requests() {
     assert_eq!(steps.len(), 2);
     assert_eq!(steps[0]["messages"][0]["content"], "TWO steps");
     assert_eq!(steps[0]["text"], "reply[mock-model]: TWO steps");
-    assert_eq!(steps[1]["messages"][0]["content"], "then reply[mock-model]: TWO steps");
-    assert_eq!(two["messages"][1]["content"], "reply[mock-model]: then reply[mock-model]: TWO steps");
+    assert_eq!(
+        steps[1]["messages"][0]["content"],
+        "then reply[mock-model]: TWO steps"
+    );
+    assert_eq!(
+        two["messages"][1]["content"],
+        "reply[mock-model]: then reply[mock-model]: TWO steps"
+    );
 
     let par = &samples[1];
     let steps = par["steps"].as_array().unwrap();
     assert_eq!(steps[0]["messages"][0]["content"], "A PAR both");
     assert_eq!(steps[1]["messages"][0]["content"], "B PAR both");
-    assert_eq!(par["messages"][1]["content"], "reply[mock-model]: A PAR both | reply[mock-model]: B PAR both");
+    assert_eq!(
+        par["messages"][1]["content"],
+        "reply[mock-model]: A PAR both | reply[mock-model]: B PAR both"
+    );
 
     for sample in &samples {
-        for key in ["id", "messages", "input_data", "steps", "pipeline_commit", "started_at", "completed_at"] {
-            assert!(sample.get(key).is_some(), "annotated sample lacks {key}: {sample}");
+        for key in [
+            "id",
+            "messages",
+            "input_data",
+            "steps",
+            "pipeline_commit",
+            "started_at",
+            "completed_at",
+        ] {
+            assert!(
+                sample.get(key).is_some(),
+                "annotated sample lacks {key}: {sample}"
+            );
         }
         assert_eq!(sample["steps"][0]["success"], true);
         assert_eq!(sample["steps"][0]["model"], "m");
     }
-    assert_eq!(samples[2]["input_data"], serde_json::json!({"id": "echo-2", "prompt": "plain"}));
+    assert_eq!(
+        samples[2]["input_data"],
+        serde_json::json!({"id": "echo-2", "prompt": "plain"})
+    );
     assert_eq!(samples[2]["steps"][0]["params"]["temperature"], 0.5);
 }
 
@@ -307,30 +443,54 @@ fn minimal_output_has_only_id_and_messages_and_follows_input_order() {
     let prompts: Vec<String> = (0..60).map(|i| format!("prompt number {i}")).collect();
     let env = Env::new(MockConfig::new().jitter(Duration::from_millis(40)));
     env.write("inputs/prompts.txt", &prompts.join("\n"));
-    env.run::<Echo>(RunArgs { no_annotate: true, ..full() }).unwrap();
+    env.run::<Echo>(RunArgs {
+        no_annotate: true,
+        ..full()
+    })
+    .unwrap();
     let samples = env.lines("training/data/echo.jsonl");
     assert_eq!(samples.len(), 60);
     for (i, sample) in samples.iter().enumerate() {
         let keys: Vec<&String> = sample.as_object().unwrap().keys().collect();
         assert_eq!(keys, ["id", "messages"]);
-        assert_eq!(sample["id"], format!("echo-{i}"), "output is in input order");
+        assert_eq!(
+            sample["id"],
+            format!("echo-{i}"),
+            "output is in input order"
+        );
     }
-    let manifest: Value = serde_json::from_str(&env.read("training/data/echo.manifest.json")).unwrap();
+    let manifest: Value =
+        serde_json::from_str(&env.read("training/data/echo.manifest.json")).unwrap();
     assert_eq!(manifest["annotated"], false);
     assert_eq!(manifest["samples"], 60);
     // Down's class-level default is minimal; --annotate overrides it.
-    env.run::<Down>(RunArgs { annotate: true, ..full() }).unwrap();
-    assert!(env.lines("training/data/down.jsonl")[0].get("steps").is_some());
+    env.run::<Down>(RunArgs {
+        annotate: true,
+        ..full()
+    })
+    .unwrap();
+    assert!(
+        env.lines("training/data/down.jsonl")[0]
+            .get("steps")
+            .is_some()
+    );
 }
 
 #[test]
 fn pipeline_errors_and_panics_become_error_records_with_their_steps() {
     let env = Env::new(MockConfig::new());
-    env.write("inputs/prompts.txt", "one\nFAIL please\ntwo\nPANIC now\nthree\nfour\n");
+    env.write(
+        "inputs/prompts.txt",
+        "one\nFAIL please\ntwo\nPANIC now\nthree\nfour\n",
+    );
     env.run::<Echo>(full()).unwrap();
     let samples = env.lines("training/data/echo.jsonl");
     let ids: Vec<&str> = samples.iter().map(|s| s["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["echo-0", "echo-2", "echo-4", "echo-5"], "one bad record never stops the run");
+    assert_eq!(
+        ids,
+        ["echo-0", "echo-2", "echo-4", "echo-5"],
+        "one bad record never stops the run"
+    );
     let errors = env.lines("training/data/echo.errors.jsonl");
     assert_eq!(errors.len(), 2);
     let failed = &errors[0]["__ERROR__"];
@@ -341,10 +501,24 @@ fn pipeline_errors_and_panics_become_error_records_with_their_steps() {
     assert!(failed["pipeline_commit"].is_string() && failed["failed_at"].is_string());
     let panicked = &errors[1]["__ERROR__"];
     assert_eq!(panicked["error"], "unexpected_error");
-    assert!(panicked["message"].as_str().unwrap().contains("boom in task"), "{panicked}");
-    assert_eq!(panicked["steps"].as_array().unwrap().len(), 1, "steps before the panic are kept");
-    let manifest: Value = serde_json::from_str(&env.read("training/data/echo.manifest.json")).unwrap();
-    assert_eq!((manifest["samples"].as_u64(), manifest["errors"].as_u64()), (Some(4), Some(2)));
+    assert!(
+        panicked["message"]
+            .as_str()
+            .unwrap()
+            .contains("boom in task"),
+        "{panicked}"
+    );
+    assert_eq!(
+        panicked["steps"].as_array().unwrap().len(),
+        1,
+        "steps before the panic are kept"
+    );
+    let manifest: Value =
+        serde_json::from_str(&env.read("training/data/echo.manifest.json")).unwrap();
+    assert_eq!(
+        (manifest["samples"].as_u64(), manifest["errors"].as_u64()),
+        (Some(4), Some(2))
+    );
 }
 
 #[test]
@@ -357,7 +531,10 @@ fn a_failed_run_leaves_the_previous_output_and_manifest_untouched() {
     // The pipeline fails after its task stage.
     env.write("inputs/prompts.txt", "alpha\nABORT-RUN\n");
     let err = env.run::<Echo>(full()).unwrap_err();
-    assert!(err.to_string().contains("aborting after the task stage"), "{err}");
+    assert!(
+        err.to_string().contains("aborting after the task stage"),
+        "{err}"
+    );
     assert_eq!(env.read("training/data/echo.jsonl"), output);
     assert_eq!(env.read("training/data/echo.manifest.json"), manifest);
 
@@ -376,7 +553,10 @@ fn a_failed_run_leaves_the_previous_output_and_manifest_untouched() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.contains(".tmp-"))
         .collect();
-    assert!(leftovers.is_empty(), "temp files left behind: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "temp files left behind: {leftovers:?}"
+    );
 }
 
 #[test]
@@ -386,27 +566,53 @@ fn bad_input_gets_clear_errors() {
     // Missing file dependency.
     std::fs::remove_file(env.root().join("inputs/prompts.txt")).unwrap();
     let err = env.run::<Echo>(full()).unwrap_err().to_string();
-    assert!(err.contains("file dependency 'prompts'") && err.contains("inputs/prompts.txt") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("file dependency 'prompts'")
+            && err.contains("inputs/prompts.txt")
+            && err.contains("does not exist"),
+        "{err}"
+    );
     assert_eq!(env.server.stats().received, 0);
     env.write("inputs/prompts.txt", "alpha\n");
 
     // Unknown alias lists the known ones.
-    env.write("models.toml", &format!("[models.judge]\nprovider = \"openai\"\nmodel = \"x\"\nbase_url = \"{}\"\n", env.server.base_url()));
+    env.write(
+        "models.toml",
+        &format!(
+            "[models.judge]\nprovider = \"openai\"\nmodel = \"x\"\nbase_url = \"{}\"\n",
+            env.server.base_url()
+        ),
+    );
     let err = env.run::<Echo>(full()).unwrap_err().to_string();
     assert_eq!(err, "unknown model alias 'm'; known aliases: judge");
 
     // Malformed models.toml names the file and line.
-    env.write("models.toml", "[models.m]\nprovider = \"openai\"\nmodel = 3\n");
+    env.write(
+        "models.toml",
+        "[models.m]\nprovider = \"openai\"\nmodel = 3\n",
+    );
     let err = env.run::<Echo>(full()).unwrap_err().to_string();
-    assert!(err.contains("models.toml") && err.contains("line 3"), "{err}");
-    env.write("models.toml", "[models.m]\nprovider = \"openai\"\nmodel = \"x\"\ntemprature = 0.3\n");
+    assert!(
+        err.contains("models.toml") && err.contains("line 3"),
+        "{err}"
+    );
+    env.write(
+        "models.toml",
+        "[models.m]\nprovider = \"openai\"\nmodel = \"x\"\ntemprature = 0.3\n",
+    );
     let err = env.run::<Echo>(full()).unwrap_err().to_string();
-    assert!(err.contains("line 4") && err.contains("temprature"), "{err}");
+    assert!(
+        err.contains("line 4") && err.contains("temprature"),
+        "{err}"
+    );
 
     // A missing API key variable fails before any request, naming the variable.
     env.write_models("mock-model", "api_key_env = \"SHAPING_TEST_UNSET_KEY\"");
     let err = env.run::<Echo>(full()).unwrap_err().to_string();
-    assert!(err.contains("SHAPING_TEST_UNSET_KEY") && err.contains("'m'"), "{err}");
+    assert!(
+        err.contains("SHAPING_TEST_UNSET_KEY") && err.contains("'m'"),
+        "{err}"
+    );
     assert_eq!(env.server.stats().received, 0);
 }
 
@@ -428,10 +634,19 @@ fn file_dependencies_must_stay_inside_the_repository() {
     let env = Env::new(MockConfig::new());
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("x.txt"), "secret").unwrap();
-    std::os::unix::fs::symlink(outside.path().join("x.txt"), env.root().join("inputs/link")).unwrap();
-    let err = describe_in::<Escaping>(env.root(), &env.crate_dir("escaping")).unwrap_err().to_string();
-    assert!(err.contains("'outside'") && err.contains("escapes the repository"), "{err}");
-    assert!(err.contains("'linked'") && err.contains("symlink escape"), "{err}");
+    std::os::unix::fs::symlink(outside.path().join("x.txt"), env.root().join("inputs/link"))
+        .unwrap();
+    let err = describe_in::<Escaping>(env.root(), &env.crate_dir("escaping"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("'outside'") && err.contains("escapes the repository"),
+        "{err}"
+    );
+    assert!(
+        err.contains("'linked'") && err.contains("symlink escape"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -441,10 +656,17 @@ fn a_dependency_cycle_is_an_error_naming_it() {
         crate_dir: PathBuf::from("/nonexistent"),
         output: format!("training/data/{name}.jsonl"),
         annotated: true,
-        files: vec![shaping::cli::DeclaredFile { name: "in".into(), path: format!("training/data/{reads}.jsonl") }],
+        files: vec![shaping::cli::DeclaredFile {
+            name: "in".into(),
+            path: format!("training/data/{reads}.jsonl"),
+        }],
         models: vec![],
         quality: Value::Null,
     };
-    let err = shaping::graph::topological_order(&[desc("a", "c"), desc("b", "a"), desc("c", "b")]).unwrap_err();
-    assert_eq!(err.to_string(), "dependency cycle between pipelines: a → c → b → a");
+    let err = shaping::graph::topological_order(&[desc("a", "c"), desc("b", "a"), desc("c", "b")])
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "dependency cycle between pipelines: a → c → b → a"
+    );
 }

@@ -6,7 +6,10 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
 use super::openai::{header_str, http_client, http_error, retry_after, transport_error};
-use super::{BoxFuture, ChatRequest, ErrorKind, Provider, ProviderError, ProviderReply, RateLimitHints, Usage};
+use super::{
+    BoxFuture, ChatRequest, ErrorKind, Provider, ProviderError, ProviderReply, RateLimitHints,
+    Usage,
+};
 use crate::models::ModelSpec;
 
 const API_VERSION: &str = "2023-06-01";
@@ -24,13 +27,20 @@ pub struct AnthropicProvider {
 
 impl std::fmt::Debug for AnthropicProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AnthropicProvider").field("url", &self.url).field("model", &self.model).finish_non_exhaustive()
+        f.debug_struct("AnthropicProvider")
+            .field("url", &self.url)
+            .field("model", &self.model)
+            .finish_non_exhaustive()
     }
 }
 
 impl AnthropicProvider {
     pub fn new(spec: &ModelSpec, api_key: Option<String>) -> Result<Self, reqwest::Error> {
-        let base = spec.base_url.as_deref().unwrap_or("https://api.anthropic.com").trim_end_matches('/');
+        let base = spec
+            .base_url
+            .as_deref()
+            .unwrap_or("https://api.anthropic.com")
+            .trim_end_matches('/');
         let base = base.strip_suffix("/v1").unwrap_or(base);
         Ok(Self {
             client: http_client(spec)?,
@@ -43,13 +53,26 @@ impl AnthropicProvider {
 
     /// System messages become the top-level `system` field; consecutive same-role turns are merged.
     fn body(&self, request: &ChatRequest) -> Value {
-        let system: Vec<&str> = request.messages.iter().filter(|m| m.role == "system").map(|m| m.content.as_str()).collect();
+        let system: Vec<&str> = request
+            .messages
+            .iter()
+            .filter(|m| m.role == "system")
+            .map(|m| m.content.as_str())
+            .collect();
         let mut turns: Vec<Value> = Vec::new();
         for m in request.messages.iter().filter(|m| m.role != "system") {
-            let role = if m.role == "assistant" { "assistant" } else { "user" };
+            let role = if m.role == "assistant" {
+                "assistant"
+            } else {
+                "user"
+            };
             match turns.last_mut() {
                 Some(last) if last["role"] == role => {
-                    let merged = format!("{}\n\n{}", last["content"].as_str().unwrap_or(""), m.content);
+                    let merged = format!(
+                        "{}\n\n{}",
+                        last["content"].as_str().unwrap_or(""),
+                        m.content
+                    );
                     last["content"] = json!(merged);
                 }
                 _ => turns.push(json!({ "role": role, "content": m.content })),
@@ -86,7 +109,11 @@ impl AnthropicProvider {
     }
 
     async fn send_inner(&self, request: &ChatRequest) -> Result<ProviderReply, ProviderError> {
-        let mut builder = self.client.post(&self.url).header("anthropic-version", API_VERSION).header(reqwest::header::CONTENT_TYPE, "application/json")
+        let mut builder = self
+            .client
+            .post(&self.url)
+            .header("anthropic-version", API_VERSION)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(&self.body(request)).expect("body serializes"));
         if let Some(key) = &self.api_key {
             builder = builder.header("x-api-key", key);
@@ -97,7 +124,13 @@ impl AnthropicProvider {
         let bytes = response.bytes().await.map_err(|e| transport_error(&e))?;
         if !status.is_success() {
             // 529 "overloaded" is retryable like a 5xx.
-            return Err(http_error(status.as_u16(), &bytes, hints, self.key_env.as_deref(), &self.model));
+            return Err(http_error(
+                status.as_u16(),
+                &bytes,
+                hints,
+                self.key_env.as_deref(),
+                &self.model,
+            ));
         }
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| ProviderError {
             kind: ErrorKind::BadBody,
@@ -106,9 +139,18 @@ impl AnthropicProvider {
             hints: hints.clone(),
         })?;
         let Some(blocks) = value["content"].as_array() else {
-            return Err(ProviderError { kind: ErrorKind::BadBody, status: Some(status.as_u16()), message: "response has no content".into(), hints });
+            return Err(ProviderError {
+                kind: ErrorKind::BadBody,
+                status: Some(status.as_u16()),
+                message: "response has no content".into(),
+                hints,
+            });
         };
-        let text: String = blocks.iter().filter(|b| b["type"] == "text").filter_map(|b| b["text"].as_str()).collect();
+        let text: String = blocks
+            .iter()
+            .filter(|b| b["type"] == "text")
+            .filter_map(|b| b["text"].as_str())
+            .collect();
         let finish_reason = value["stop_reason"].as_str().map(|r| match r {
             "max_tokens" => "length".to_owned(),
             "end_turn" | "stop_sequence" => "stop".to_owned(),
@@ -127,7 +169,10 @@ impl AnthropicProvider {
 }
 
 impl Provider for AnthropicProvider {
-    fn send<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ProviderReply, ProviderError>> {
+    fn send<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ProviderReply, ProviderError>> {
         Box::pin(self.send_inner(request))
     }
 }
@@ -137,7 +182,11 @@ fn anthropic_hints(headers: &HeaderMap) -> RateLimitHints {
     let num = |name| header_str(headers, name).and_then(|v| v.trim().parse::<u64>().ok());
     let until = |name| {
         header_str(headers, name).and_then(|v| {
-            let at = time::OffsetDateTime::parse(v.trim(), &time::format_description::well_known::Rfc3339).ok()?;
+            let at = time::OffsetDateTime::parse(
+                v.trim(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .ok()?;
             let secs = (at - time::OffsetDateTime::now_utc()).as_seconds_f64();
             Some(Duration::from_secs_f64(secs.max(0.0)))
         })

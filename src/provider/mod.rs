@@ -22,7 +22,10 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
     pub fn system(content: impl Into<String>) -> Self {
         Self::new("system", content)
@@ -159,7 +162,10 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// Whether the dispatcher retries this kind of failure.
     pub fn is_retryable(self) -> bool {
-        matches!(self, Self::RateLimited | Self::Timeout | Self::Connection | Self::Server | Self::BadBody)
+        matches!(
+            self,
+            Self::RateLimited | Self::Timeout | Self::Connection | Self::Server | Self::BadBody
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -191,7 +197,12 @@ pub struct ProviderError {
 
 impl ProviderError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, status: None, message: message.into(), hints: RateLimitHints::default() }
+        Self {
+            kind,
+            status: None,
+            message: message.into(),
+            hints: RateLimitHints::default(),
+        }
     }
 }
 
@@ -200,11 +211,17 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A model backend. Implementations must be cheap to call concurrently.
 pub trait Provider: Send + Sync {
     /// Send one request and wait for its complete reply.
-    fn send<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ProviderReply, ProviderError>>;
+    fn send<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ProviderReply, ProviderError>>;
 
     /// Rough token count of a request's prompt, used to pace tokens-per-minute limits before
     /// the provider reports real usage. The default is ~4 characters a token.
     fn estimate_prompt_tokens(&self, messages: &[Message]) -> u64 {
-        messages.iter().map(|m| m.content.len() as u64 / 4 + 4).sum()
+        messages
+            .iter()
+            .map(|m| m.content.len() as u64 / 4 + 4)
+            .sum()
     }
 }

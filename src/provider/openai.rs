@@ -5,7 +5,10 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
-use super::{BoxFuture, ChatRequest, ErrorKind, Provider, ProviderError, ProviderReply, RateLimitHints, Usage};
+use super::{
+    BoxFuture, ChatRequest, ErrorKind, Provider, ProviderError, ProviderReply, RateLimitHints,
+    Usage,
+};
 use crate::models::ModelSpec;
 
 /// Client for one alias. Holds the key privately; `Debug` does not print it.
@@ -19,7 +22,10 @@ pub struct OpenAiProvider {
 
 impl std::fmt::Debug for OpenAiProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiProvider").field("url", &self.url).field("model", &self.model).finish_non_exhaustive()
+        f.debug_struct("OpenAiProvider")
+            .field("url", &self.url)
+            .field("model", &self.model)
+            .finish_non_exhaustive()
     }
 }
 
@@ -36,7 +42,11 @@ pub(crate) fn http_client(spec: &ModelSpec) -> Result<reqwest::Client, reqwest::
 
 impl OpenAiProvider {
     pub fn new(spec: &ModelSpec, api_key: Option<String>) -> Result<Self, reqwest::Error> {
-        let base = spec.base_url.as_deref().unwrap_or("https://api.openai.com/v1").trim_end_matches('/');
+        let base = spec
+            .base_url
+            .as_deref()
+            .unwrap_or("https://api.openai.com/v1")
+            .trim_end_matches('/');
         Ok(Self {
             client: http_client(spec)?,
             url: format!("{base}/chat/completions"),
@@ -74,7 +84,10 @@ impl OpenAiProvider {
     }
 
     async fn send_inner(&self, request: &ChatRequest) -> Result<ProviderReply, ProviderError> {
-        let mut builder = self.client.post(&self.url).header(reqwest::header::CONTENT_TYPE, "application/json")
+        let mut builder = self
+            .client
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(&self.body(request)).expect("body serializes"));
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);
@@ -84,7 +97,13 @@ impl OpenAiProvider {
         let hints = openai_hints(response.headers());
         let bytes = response.bytes().await.map_err(|e| transport_error(&e))?;
         if !status.is_success() {
-            return Err(http_error(status.as_u16(), &bytes, hints, self.key_env.as_deref(), &self.model));
+            return Err(http_error(
+                status.as_u16(),
+                &bytes,
+                hints,
+                self.key_env.as_deref(),
+                &self.model,
+            ));
         }
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| ProviderError {
             kind: ErrorKind::BadBody,
@@ -115,7 +134,10 @@ impl OpenAiProvider {
 }
 
 impl Provider for OpenAiProvider {
-    fn send<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ProviderReply, ProviderError>> {
+    fn send<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ProviderReply, ProviderError>> {
         Box::pin(self.send_inner(request))
     }
 }
@@ -136,7 +158,12 @@ pub(crate) fn transport_error(e: &reqwest::Error) -> ProviderError {
         message.push_str(&cause.to_string());
         source = cause.source();
     }
-    ProviderError { kind, status: None, message, hints: RateLimitHints::default() }
+    ProviderError {
+        kind,
+        status: None,
+        message,
+        hints: RateLimitHints::default(),
+    }
 }
 
 /// Parse OpenAI durations like "1s", "6m0s", "20ms", "0.5s".
@@ -178,10 +205,14 @@ pub(crate) fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h s
 
 /// `retry-after-ms` (OpenAI/Azure) or `Retry-After` in seconds.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    if let Some(ms) = header_str(headers, "retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
+    if let Some(ms) =
+        header_str(headers, "retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok())
+    {
         return Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
     }
-    header_str(headers, "retry-after").and_then(|v| v.trim().parse::<f64>().ok()).map(|s| Duration::from_secs_f64(s.max(0.0)))
+    header_str(headers, "retry-after")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|s| Duration::from_secs_f64(s.max(0.0)))
 }
 
 fn openai_hints(headers: &HeaderMap) -> RateLimitHints {
@@ -197,13 +228,29 @@ fn openai_hints(headers: &HeaderMap) -> RateLimitHints {
 }
 
 /// Classify a non-2xx answer. `key_env` names the variable to check on 401/403 (never its value).
-pub(crate) fn http_error(status: u16, body: &[u8], hints: RateLimitHints, key_env: Option<&str>, model: &str) -> ProviderError {
+pub(crate) fn http_error(
+    status: u16,
+    body: &[u8],
+    hints: RateLimitHints,
+    key_env: Option<&str>,
+    model: &str,
+) -> ProviderError {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
     let detail = parsed
         .as_ref()
-        .and_then(|v| v["error"]["message"].as_str().or_else(|| v["message"].as_str()).map(str::to_owned))
+        .and_then(|v| {
+            v["error"]["message"]
+                .as_str()
+                .or_else(|| v["message"].as_str())
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
-    let code = parsed.as_ref().and_then(|v| v["error"]["code"].as_str().or_else(|| v["error"]["type"].as_str()).map(str::to_owned));
+    let code = parsed.as_ref().and_then(|v| {
+        v["error"]["code"]
+            .as_str()
+            .or_else(|| v["error"]["type"].as_str())
+            .map(str::to_owned)
+    });
     let looks_like_context = code.as_deref() == Some("context_length_exceeded")
         || detail.contains("context length")
         || detail.contains("context_length")
@@ -216,13 +263,26 @@ pub(crate) fn http_error(status: u16, body: &[u8], hints: RateLimitHints, key_en
             ErrorKind::Auth,
             match key_env {
                 Some(var) => format!("authentication failed ({detail}); check the variable {var}"),
-                None => format!("authentication failed ({detail}); the model has no api_key_env configured"),
+                None => format!(
+                    "authentication failed ({detail}); the model has no api_key_env configured"
+                ),
             },
         ),
-        404 => (ErrorKind::NotFound, format!("not found ({detail}); check the model id '{model}' and base_url")),
-        400 | 413 | 422 if looks_like_context => (ErrorKind::ContextLength, format!("prompt too long for the model: {detail}")),
+        404 => (
+            ErrorKind::NotFound,
+            format!("not found ({detail}); check the model id '{model}' and base_url"),
+        ),
+        400 | 413 | 422 if looks_like_context => (
+            ErrorKind::ContextLength,
+            format!("prompt too long for the model: {detail}"),
+        ),
         400..=499 => (ErrorKind::BadRequest, format!("request rejected: {detail}")),
         _ => (ErrorKind::Server, format!("server error: {detail}")),
     };
-    ProviderError { kind, status: Some(status), message, hints }
+    ProviderError {
+        kind,
+        status: Some(status),
+        message,
+        hints,
+    }
 }

@@ -11,7 +11,10 @@ use clap::{Parser, Subcommand};
 use workspace::Workspace;
 
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", about = "Training data as a build artifact: build, check and inspect datasets.")]
+#[command(
+    name = "cargo xtask",
+    about = "Training data as a build artifact: build, check and inspect datasets."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -137,8 +140,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let all_current = evaluated.iter().all(|e| e.status.is_current());
             if check && !all_current {
-                let stale: Vec<&str> = evaluated.iter().filter(|e| !e.status.is_current()).map(|e| e.name.as_str()).collect();
-                eprintln!("not CURRENT: {}. Run `cargo xtask data` to regenerate them, then commit the outputs.", stale.join(", "));
+                let stale: Vec<&str> = evaluated
+                    .iter()
+                    .filter(|e| !e.status.is_current())
+                    .map(|e| e.name.as_str())
+                    .collect();
+                eprintln!(
+                    "not CURRENT: {}. Run `cargo xtask data` to regenerate them, then commit the outputs.",
+                    stale.join(", ")
+                );
                 return Ok(ExitCode::FAILURE);
             }
             Ok(ExitCode::SUCCESS)
@@ -152,17 +162,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let status = ws.run_pipeline(&d.name, &args, 1, false)?;
             Ok(exit_code(status))
         }
-        Command::Data { names: selected, dry_run, force, jobs } => ws.data(&selected, dry_run, force, jobs),
+        Command::Data {
+            names: selected,
+            dry_run,
+            force,
+            jobs,
+        } => ws.data(&selected, dry_run, force, jobs),
         Command::New { name } => {
             let dir = ws.scaffold(&name)?;
-            println!("created {} — build and run it with `cargo xtask run {name} --limit 3`", dir.display());
+            println!(
+                "created {} — build and run it with `cargo xtask run {name} --limit 3`",
+                dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Cache { prune_older_than, clear, all } => {
+        Command::Cache {
+            prune_older_than,
+            clear,
+            all,
+        } => {
             if all || !clear.is_empty() {
                 for info in shaping::cache::list_caches(ws.root())? {
                     if all || clear.contains(&info.pipeline) {
-                        std::fs::remove_file(&info.path).with_context(|| format!("removing {}", info.path.display()))?;
+                        std::fs::remove_file(&info.path)
+                            .with_context(|| format!("removing {}", info.path.display()))?;
                         println!("cleared {} ({} answers)", info.pipeline, info.entries);
                     }
                 }
@@ -170,20 +193,36 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(days) = prune_older_than {
                 for info in shaping::cache::list_caches(ws.root())? {
                     let removed = shaping::cache::prune(&info.path, days * 86_400)?;
-                    println!("{}: pruned {removed} answers older than {days} days", info.pipeline);
+                    println!(
+                        "{}: pruned {removed} answers older than {days} days",
+                        info.pipeline
+                    );
                 }
             }
             let infos = shaping::cache::list_caches(ws.root())?;
             if infos.is_empty() {
-                println!("no response caches yet ({})", ws.root().join(".shaping/cache").display());
+                println!(
+                    "no response caches yet ({})",
+                    ws.root().join(".shaping/cache").display()
+                );
             }
             let mut total = 0;
             for info in &infos {
                 total += info.bytes;
-                println!("{:<28} {:>8} answers {:>10}", info.pipeline, info.entries, human_bytes(info.bytes));
+                println!(
+                    "{:<28} {:>8} answers {:>10}",
+                    info.pipeline,
+                    info.entries,
+                    human_bytes(info.bytes)
+                );
             }
             if infos.len() > 1 {
-                println!("{:<28} {:>8}         {:>10}", "total", "", human_bytes(total));
+                println!(
+                    "{:<28} {:>8}         {:>10}",
+                    "total",
+                    "",
+                    human_bytes(total)
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -194,7 +233,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("ready: prerequisites installed, pipelines built, local models present");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sample { name, n, full, seed } => {
+        Command::Sample {
+            name,
+            n,
+            full,
+            seed,
+        } => {
             let datasets = datasets(&ws, std::slice::from_ref(&name))?;
             quality_cmds::sample_cmd(&datasets[0], n, full, seed)?;
             Ok(ExitCode::SUCCESS)
@@ -202,7 +246,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check { names, json } => {
             let datasets = datasets(&ws, &names)?;
             let passed = quality_cmds::check_cmd(&datasets, json, ws.root())?;
-            Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Report { names, out } => {
             let datasets = datasets(&ws, &names)?;
@@ -214,17 +262,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Review => {
             let passed = quality_cmds::review_cmd(ws.root())?;
-            Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Test { args } => {
             workspace::ensure_build_prerequisites()?;
             ws.ensure_all_local_models()?;
-            let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["test", "--workspace"])
-                .args(&args)
-                .current_dir(ws.root())
-                .status()
-                .context("running cargo test")?;
+            let status = std::process::Command::new(
+                std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+            )
+            .args(["test", "--workspace"])
+            .args(&args)
+            .current_dir(ws.root())
+            .status()
+            .context("running cargo test")?;
             Ok(exit_code(status))
         }
     }
@@ -235,7 +289,10 @@ fn datasets(ws: &Workspace, names: &[String]) -> Result<Vec<quality_cmds::Datase
     let pipelines = ws.describe_all()?;
     for name in names {
         if !pipelines.iter().any(|d| &d.name == name) {
-            bail!("no pipeline named '{name}'; known: {}", self::names(&pipelines));
+            bail!(
+                "no pipeline named '{name}'; known: {}",
+                self::names(&pipelines)
+            );
         }
     }
     pipelines
@@ -247,14 +304,19 @@ fn datasets(ws: &Workspace, names: &[String]) -> Result<Vec<quality_cmds::Datase
                 name: d.name.clone(),
                 manifest: shaping::manifest::Manifest::path_for(&output),
                 output,
-                quality: serde_json::from_value(d.quality.clone()).with_context(|| format!("quality config of '{}'", d.name))?,
+                quality: serde_json::from_value(d.quality.clone())
+                    .with_context(|| format!("quality config of '{}'", d.name))?,
             })
         })
         .collect()
 }
 
 fn names(pipelines: &[shaping::cli::Description]) -> String {
-    pipelines.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+    pipelines
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn exit_code(status: std::process::ExitStatus) -> ExitCode {

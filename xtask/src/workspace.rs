@@ -28,8 +28,14 @@ pub struct Workspace {
 impl Workspace {
     /// Find the workspace and its pipeline crates (packages under `pipelines/` with a binary).
     pub fn discover() -> Result<Self> {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("Cargo.toml");
-        let metadata = MetadataCommand::new().manifest_path(&manifest).no_deps().exec().context("reading cargo metadata")?;
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("Cargo.toml");
+        let metadata = MetadataCommand::new()
+            .manifest_path(&manifest)
+            .no_deps()
+            .exec()
+            .context("reading cargo metadata")?;
         let root: PathBuf = metadata.workspace_root.clone().into();
         let pipelines_dir = root.join("pipelines");
         let target: PathBuf = metadata.target_directory.clone().into();
@@ -39,7 +45,10 @@ impl Workspace {
             .filter(|p| p.manifest_path.starts_with(&pipelines_dir))
             .filter_map(|p| {
                 let bin = p.targets.iter().find(|t| t.is_bin())?;
-                Some(PipelineCrate { package: p.name.to_string(), binary: target.join("debug").join(&bin.name) })
+                Some(PipelineCrate {
+                    package: p.name.to_string(),
+                    binary: target.join("debug").join(&bin.name),
+                })
             })
             .collect();
         crates.sort_by(|a, b| a.package.cmp(&b.package));
@@ -58,8 +67,13 @@ impl Workspace {
         ensure_build_prerequisites()?;
         let sh = Shell::new()?;
         sh.change_dir(&self.root);
-        let args: Vec<String> = packages.iter().flat_map(|p| ["-p".to_owned(), (*p).to_owned()]).collect();
-        cmd!(sh, "cargo build --quiet {args...}").run().context("building the pipeline crates")?;
+        let args: Vec<String> = packages
+            .iter()
+            .flat_map(|p| ["-p".to_owned(), (*p).to_owned()])
+            .collect();
+        cmd!(sh, "cargo build --quiet {args...}")
+            .run()
+            .context("building the pipeline crates")?;
         Ok(())
     }
 
@@ -76,9 +90,14 @@ impl Workspace {
                     .output()
                     .with_context(|| format!("running {} describe", c.binary.display()))?;
                 if !output.status.success() {
-                    bail!("pipeline crate '{}' failed to describe itself:\n{}", c.package, String::from_utf8_lossy(&output.stderr).trim());
+                    bail!(
+                        "pipeline crate '{}' failed to describe itself:\n{}",
+                        c.package,
+                        String::from_utf8_lossy(&output.stderr).trim()
+                    );
                 }
-                serde_json::from_slice(&output.stdout).with_context(|| format!("parsing the description of '{}'", c.package))
+                serde_json::from_slice(&output.stdout)
+                    .with_context(|| format!("parsing the description of '{}'", c.package))
             })
             .collect()
     }
@@ -86,15 +105,27 @@ impl Workspace {
     pub fn evaluate(&self, pipelines: &[Description]) -> Result<Vec<Evaluated>> {
         let models = ModelsConfig::load(&self.root)?;
         let hasher = FileHasher::for_repo(&self.root);
-        Ok(shaping::graph::evaluate(&self.root, pipelines, &models, &hasher)?)
+        Ok(shaping::graph::evaluate(
+            &self.root, pipelines, &models, &hasher,
+        )?)
     }
 
     fn binary_of(&self, name: &str, pipelines: &[Description]) -> Result<PathBuf> {
-        let d = pipelines.iter().find(|d| d.name == name).with_context(|| format!("no pipeline named '{name}'"))?;
-        let crate_dir = d.crate_dir.canonicalize().unwrap_or_else(|_| d.crate_dir.clone());
+        let d = pipelines
+            .iter()
+            .find(|d| d.name == name)
+            .with_context(|| format!("no pipeline named '{name}'"))?;
+        let crate_dir = d
+            .crate_dir
+            .canonicalize()
+            .unwrap_or_else(|_| d.crate_dir.clone());
         self.crates
             .iter()
-            .find(|c| c.binary.file_name().is_some_and(|b| crate_dir.ends_with(&c.package) || b == c.package.as_str()))
+            .find(|c| {
+                c.binary
+                    .file_name()
+                    .is_some_and(|b| crate_dir.ends_with(&c.package) || b == c.package.as_str())
+            })
             .map(|c| c.binary.clone())
             .with_context(|| format!("no binary for pipeline '{name}'"))
     }
@@ -103,15 +134,27 @@ impl Workspace {
         let pipelines = self.describe_cached()?;
         let binary = self.binary_of(name, &pipelines)?;
         let mut command = Command::new(&binary);
-        command.arg("run").args(args).env("SHAPING_ROOT", &self.root).env("SHAPING_BUDGET_SHARE", share.to_string());
+        command
+            .arg("run")
+            .args(args)
+            .env("SHAPING_ROOT", &self.root)
+            .env("SHAPING_BUDGET_SHARE", share.to_string());
         if plain {
             command.env("SHAPING_PLAIN_PROGRESS", "1");
         }
-        command.spawn().with_context(|| format!("starting {}", binary.display()))
+        command
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))
     }
 
     /// Run a built pipeline binary with the given flags; returns its exit status.
-    pub fn run_pipeline(&self, name: &str, args: &[String], share: usize, plain: bool) -> Result<ExitStatus> {
+    pub fn run_pipeline(
+        &self,
+        name: &str,
+        args: &[String],
+        share: usize,
+        plain: bool,
+    ) -> Result<ExitStatus> {
         Ok(self.spawn(name, args, share, plain)?.wait()?)
     }
 
@@ -120,7 +163,10 @@ impl Workspace {
         self.crates
             .iter()
             .map(|c| {
-                let output = Command::new(&c.binary).arg("describe").env("SHAPING_ROOT", &self.root).output()?;
+                let output = Command::new(&c.binary)
+                    .arg("describe")
+                    .env("SHAPING_ROOT", &self.root)
+                    .output()?;
                 Ok(serde_json::from_slice(&output.stdout)?)
             })
             .collect()
@@ -132,7 +178,9 @@ impl Workspace {
         let mut seen = BTreeSet::new();
         for d in pipelines {
             for alias in &d.models {
-                let spec = models.get(alias).with_context(|| format!("pipeline '{}'", d.name))?;
+                let spec = models
+                    .get(alias)
+                    .with_context(|| format!("pipeline '{}'", d.name))?;
                 if spec.provider == ProviderKind::LlamaCpp && seen.insert(spec.path.clone()) {
                     shaping::model_fetch::ensure_model_file(spec)?;
                 }
@@ -155,34 +203,69 @@ impl Workspace {
     }
 
     /// `cargo xtask data`: regenerate what is not CURRENT, in dependency order.
-    pub fn data(&self, selected: &[String], dry_run: bool, force: bool, jobs: usize) -> Result<ExitCode> {
+    pub fn data(
+        &self,
+        selected: &[String],
+        dry_run: bool,
+        force: bool,
+        jobs: usize,
+    ) -> Result<ExitCode> {
         let pipelines = self.describe_all()?;
         for name in selected {
             if !pipelines.iter().any(|d| &d.name == name) {
-                bail!("no pipeline named '{name}'; known: {}", pipelines.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", "));
+                bail!(
+                    "no pipeline named '{name}'; known: {}",
+                    pipelines
+                        .iter()
+                        .map(|d| d.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             }
         }
         let evaluated = self.evaluate(&pipelines)?;
-        let by_name: BTreeMap<&str, &Evaluated> = evaluated.iter().map(|e| (e.name.as_str(), e)).collect();
+        let by_name: BTreeMap<&str, &Evaluated> =
+            evaluated.iter().map(|e| (e.name.as_str(), e)).collect();
         let plan = shaping::graph::plan(&evaluated, selected, force);
-        let level: BTreeMap<&str, usize> = plan.iter().map(|(e, l)| (e.name.as_str(), *l)).collect();
+        let level: BTreeMap<&str, usize> =
+            plan.iter().map(|(e, l)| (e.name.as_str(), *l)).collect();
         if plan.is_empty() {
             println!("everything is CURRENT; nothing to do");
             return Ok(ExitCode::SUCCESS);
         }
         for (e, _) in &plan {
-            let why = if e.status.state == State::Current { "forced".to_owned() } else { e.status.to_string() };
-            println!("{} {}: {}", if dry_run { "would regenerate" } else { "regenerating" }, e.name, why);
+            let why = if e.status.state == State::Current {
+                "forced".to_owned()
+            } else {
+                e.status.to_string()
+            };
+            println!(
+                "{} {}: {}",
+                if dry_run {
+                    "would regenerate"
+                } else {
+                    "regenerating"
+                },
+                e.name,
+                why
+            );
         }
         if dry_run {
             return Ok(ExitCode::SUCCESS);
         }
-        let running: Vec<Description> = plan.iter().filter_map(|(e, _)| pipelines.iter().find(|d| d.name == e.name).cloned()).collect();
+        let running: Vec<Description> = plan
+            .iter()
+            .filter_map(|(e, _)| pipelines.iter().find(|d| d.name == e.name).cloned())
+            .collect();
         self.ensure_models(&running)?;
         let max_level = plan.iter().map(|(_, l)| *l).max().unwrap_or(0);
         let mut failed: Vec<String> = Vec::new();
         for l in 0..=max_level {
-            let this_level: Vec<&str> = plan.iter().filter(|(_, pl)| *pl == l).map(|(e, _)| e.name.as_str()).collect();
+            let this_level: Vec<&str> = plan
+                .iter()
+                .filter(|(_, pl)| *pl == l)
+                .map(|(e, _)| e.name.as_str())
+                .collect();
             let runnable: Vec<&str> = this_level
                 .into_iter()
                 .filter(|name| {
@@ -197,12 +280,18 @@ impl Workspace {
             for chunk in runnable.chunks(jobs.max(1)) {
                 let share = chunk.len();
                 let plain = share > 1;
-                let children: Vec<(&str, Result<Child>)> = chunk.iter().map(|name| (*name, self.spawn(name, &[], share, plain))).collect();
+                let children: Vec<(&str, Result<Child>)> = chunk
+                    .iter()
+                    .map(|name| (*name, self.spawn(name, &[], share, plain)))
+                    .collect();
                 for (name, child) in children {
-                    let ok = child.and_then(|mut c| Ok(c.wait()?)).map(|s| s.success()).unwrap_or_else(|e| {
-                        eprintln!("{name}: {e:#}");
-                        false
-                    });
+                    let ok = child
+                        .and_then(|mut c| Ok(c.wait()?))
+                        .map(|s| s.success())
+                        .unwrap_or_else(|e| {
+                            eprintln!("{name}: {e:#}");
+                            false
+                        });
                     if !ok {
                         failed.push(name.to_owned());
                     }
@@ -210,7 +299,10 @@ impl Workspace {
             }
         }
         if !failed.is_empty() {
-            eprintln!("failed: {} (their previous outputs were kept)", failed.join(", "));
+            eprintln!(
+                "failed: {} (their previous outputs were kept)",
+                failed.join(", ")
+            );
             return Ok(ExitCode::FAILURE);
         }
         let after = self.evaluate(&pipelines)?;
@@ -222,7 +314,12 @@ impl Workspace {
 
     /// Create `pipelines/<name>/` with a pipeline that builds and runs.
     pub fn scaffold(&self, name: &str) -> Result<PathBuf> {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') || name.starts_with('-') {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            || name.starts_with('-')
+        {
             bail!("pipeline names use lowercase letters, digits and '-' (got '{name}')");
         }
         let dir = self.root.join("pipelines").join(name);
@@ -230,19 +327,31 @@ impl Workspace {
             bail!("{} already exists", dir.display());
         }
         let models = ModelsConfig::load(&self.root)?;
-        let alias = models.aliases().next().map(str::to_owned).context("models.toml defines no model alias to start from")?;
+        let alias = models
+            .aliases()
+            .next()
+            .map(str::to_owned)
+            .context("models.toml defines no model alias to start from")?;
         std::fs::create_dir_all(dir.join("src"))?;
-        std::fs::write(dir.join("Cargo.toml"), SCAFFOLD_CARGO.replace("{name}", name))?;
+        std::fs::write(
+            dir.join("Cargo.toml"),
+            SCAFFOLD_CARGO.replace("{name}", name),
+        )?;
         let type_name: String = name
             .split('-')
             .map(|part| {
                 let mut c = part.chars();
-                c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+                c.next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                    .unwrap_or_default()
             })
             .collect();
         std::fs::write(
             dir.join("src").join("main.rs"),
-            SCAFFOLD_MAIN.replace("{name}", name).replace("{Type}", &type_name).replace("{alias}", &alias),
+            SCAFFOLD_MAIN
+                .replace("{name}", name)
+                .replace("{Type}", &type_name)
+                .replace("{alias}", &alias),
         )?;
         Ok(dir)
     }
@@ -305,20 +414,49 @@ shaping::pipeline_main!({Type});
 /// cmake, clang and libclang are needed to build the in-process llama.cpp. Install them with
 /// apt-get when missing and possible (root on Debian/Ubuntu), else say what to install.
 pub fn ensure_build_prerequisites() -> Result<()> {
-    let have = |program: &str| Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success());
-    let libclang = ["/usr/lib/llvm-14/lib", "/usr/lib/llvm-15/lib", "/usr/lib/llvm-16/lib", "/usr/lib/llvm-17/lib", "/usr/lib/llvm-18/lib", "/usr/lib/llvm-19/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"]
-        .iter()
-        .any(|dir| std::fs::read_dir(dir).is_ok_and(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libclang"))));
+    let have = |program: &str| {
+        Command::new(program)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let libclang = [
+        "/usr/lib/llvm-14/lib",
+        "/usr/lib/llvm-15/lib",
+        "/usr/lib/llvm-16/lib",
+        "/usr/lib/llvm-17/lib",
+        "/usr/lib/llvm-18/lib",
+        "/usr/lib/llvm-19/lib",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+    ]
+    .iter()
+    .any(|dir| {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("libclang"))
+        })
+    });
     if have("cmake") && have("clang") && libclang {
         return Ok(());
     }
-    let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
     if !(is_root && have("apt-get")) {
-        bail!("building the local model needs cmake, clang and libclang: install them (Debian/Ubuntu: `sudo apt-get install -y cmake clang libclang-dev`) and rerun");
+        bail!(
+            "building the local model needs cmake, clang and libclang: install them (Debian/Ubuntu: `sudo apt-get install -y cmake clang libclang-dev`) and rerun"
+        );
     }
     eprintln!("installing build prerequisites: apt-get install -y cmake clang libclang-dev");
     let sh = Shell::new()?;
-    cmd!(sh, "apt-get update -qq").env("DEBIAN_FRONTEND", "noninteractive").run()?;
-    cmd!(sh, "apt-get install -y -qq cmake clang libclang-dev").env("DEBIAN_FRONTEND", "noninteractive").run()?;
+    cmd!(sh, "apt-get update -qq")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run()?;
+    cmd!(sh, "apt-get install -y -qq cmake clang libclang-dev")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run()?;
     Ok(())
 }

@@ -1,7 +1,10 @@
 //! identity-augmentation: the judge extracts facts from the narrative, then per fact and angle it writes a question and Dee answers.
 
 use serde::Serialize;
-use shaping::{Ctx, Declare, FileDep, Message, ModelDep, Pipeline, PipelineError, Task, TrainingSample, json, model_request};
+use shaping::{
+    Ctx, Declare, FileDep, Message, ModelDep, Pipeline, PipelineError, Task, TrainingSample, json,
+    model_request,
+};
 
 struct IdentityAugmentation {
     narrative: FileDep,
@@ -19,11 +22,23 @@ struct FactAngle {
 
 /// Ways to ask about a fact, so one fact yields several different conversations.
 const ANGLES: [(&str, &str); 5] = [
-    ("direct", "a direct, curious question a diner customer might ask her about it"),
-    ("opinion", "a question asking for her opinion or feelings about it"),
-    ("advice", "a request for advice that this fact would shape her answer to"),
+    (
+        "direct",
+        "a direct, curious question a diner customer might ask her about it",
+    ),
+    (
+        "opinion",
+        "a question asking for her opinion or feelings about it",
+    ),
+    (
+        "advice",
+        "a request for advice that this fact would shape her answer to",
+    ),
     ("story", "a request to tell a story connected to it"),
-    ("smalltalk", "a casual small-talk remark at the counter that touches on it"),
+    (
+        "smalltalk",
+        "a casual small-talk remark at the counter that touches on it",
+    ),
 ];
 
 const SYSTEM_PROMPT: &str = "You are Dee Kowalczyk, 58, owner of the Ivy Leaf Diner two blocks from Wrigley Field in Chicago and a devoted Cubs fan. You are warm, quick and a little bossy; you call people \"hon\" and \"kiddo\"; you explain things through food and baseball. Answer helpfully in three to six sentences, in your own voice. Never say you are an AI.";
@@ -64,7 +79,11 @@ impl Pipeline for IdentityAugmentation {
 
         // Stage 2: per fact and angle, a question from the judge, then Dee's answer.
         let records = facts.iter().enumerate().flat_map(|(i, fact)| {
-            ANGLES.iter().map(move |(angle, _)| FactAngle { id: format!("fact-{i:03}-{angle}"), fact: fact.clone(), angle })
+            ANGLES.iter().map(move |(angle, _)| FactAngle {
+                id: format!("fact-{i:03}-{angle}"),
+                fact: fact.clone(),
+                angle,
+            })
         });
         ctx.run_task(records, |t: Task, record: FactAngle| async move {
             let how = ANGLES.iter().find(|(a, _)| *a == record.angle).map(|(_, how)| *how).unwrap_or("a question");
@@ -105,8 +124,12 @@ fn parse_facts(text: &str) -> Result<Vec<String>, PipelineError> {
     struct Facts {
         facts: Vec<String>,
     }
-    let parsed: Facts = serde_json::from_str(text)
-        .map_err(|e| PipelineError::new(format!("the judge's facts are not the expected JSON: {e}"), "parse_error"))?;
+    let parsed: Facts = serde_json::from_str(text).map_err(|e| {
+        PipelineError::new(
+            format!("the judge's facts are not the expected JSON: {e}"),
+            "parse_error",
+        )
+    })?;
     let mut seen = std::collections::HashSet::new();
     let facts: Vec<String> = parsed
         .facts
@@ -115,7 +138,10 @@ fn parse_facts(text: &str) -> Result<Vec<String>, PipelineError> {
         .filter(|f| f.len() >= 12 && seen.insert(f.to_lowercase()))
         .collect();
     if facts.is_empty() {
-        return Err(PipelineError::new("the judge extracted no usable facts", "parse_error"));
+        return Err(PipelineError::new(
+            "the judge extracted no usable facts",
+            "parse_error",
+        ));
     }
     Ok(facts)
 }
@@ -123,7 +149,12 @@ fn parse_facts(text: &str) -> Result<Vec<String>, PipelineError> {
 /// First line of the judge's reply, without quotes or a "Question:" label.
 fn clean_question(text: &str) -> Option<String> {
     let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
-    let line = line.strip_prefix("Question:").unwrap_or(line).trim().trim_matches('"').trim();
+    let line = line
+        .strip_prefix("Question:")
+        .unwrap_or(line)
+        .trim()
+        .trim_matches('"')
+        .trim();
     (!line.is_empty()).then(|| line.to_owned())
 }
 

@@ -1,7 +1,10 @@
 //! voice-prompts: Dee answers every prompt of a committed prompt file (one prompt per line).
 
 use serde::Serialize;
-use shaping::{Ctx, Declare, FileDep, Message, ModelDep, Pipeline, PipelineError, Task, TrainingSample, model_request};
+use shaping::{
+    Ctx, Declare, FileDep, Message, ModelDep, Pipeline, PipelineError, Task, TrainingSample,
+    model_request,
+};
 
 struct VoicePrompts {
     prompts: FileDep,
@@ -34,18 +37,30 @@ impl Pipeline for VoicePrompts {
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .enumerate()
-            .map(|(i, prompt)| Prompt { id: format!("voice-{i:04}"), prompt: prompt.to_owned() });
+            .map(|(i, prompt)| Prompt {
+                id: format!("voice-{i:04}"),
+                prompt: prompt.to_owned(),
+            });
         ctx.run_task(records, |t: Task, record: Prompt| {
             let system = system.clone();
             async move {
                 let reply = t
-                    .request(model_request(vec![Message::system(system), Message::user(record.prompt.clone())], &self.identity))
+                    .request(model_request(
+                        vec![
+                            Message::system(system),
+                            Message::user(record.prompt.clone()),
+                        ],
+                        &self.identity,
+                    ))
                     .await;
                 let answer = reply.ok_text()?.trim().to_owned();
                 if answer.is_empty() {
                     return Err(PipelineError::new("empty answer", "empty_answer"));
                 }
-                Ok(TrainingSample::new(record.id, vec![Message::user(record.prompt), Message::assistant(answer)]))
+                Ok(TrainingSample::new(
+                    record.id,
+                    vec![Message::user(record.prompt), Message::assistant(answer)],
+                ))
             }
         })
         .await
