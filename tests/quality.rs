@@ -831,3 +831,35 @@ fn terminal_sample() {
     }
     assert_eq!(seen.len(), 31);
 }
+
+/// The "unreviewed data" gate: a hand edit anywhere in a dataset — even one character in a record
+/// outside the review sample, keeping every length — changes its review snapshot, so the snapshot
+/// test fails under CI until someone reviews it (`cargo xtask review`).
+#[test]
+fn a_hand_edit_outside_the_sample_changes_the_review_snapshot() {
+    let fixture = Fixture::new("edited", &good(40));
+    let before = ReviewSnapshot::build(&fixture.path, &config(), &Voice::default(), 3).unwrap();
+    let sampled: Vec<String> = before.samples.iter().map(|s| s.id.clone()).collect();
+    let text = std::fs::read_to_string(&fixture.path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let victim = lines
+        .iter()
+        .position(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            !sampled.contains(&v["id"].as_str().unwrap().to_owned())
+        })
+        .unwrap();
+    let edited = lines[victim].replacen("Cubs", "Cubz", 1);
+    assert_ne!(
+        edited, lines[victim],
+        "the fixture line has something to edit"
+    );
+    lines[victim] = edited;
+    std::fs::write(&fixture.path, lines.join("\n") + "\n").unwrap();
+    let after = ReviewSnapshot::build(&fixture.path, &config(), &Voice::default(), 3).unwrap();
+    assert_eq!(
+        before.samples, after.samples,
+        "the edit is outside the sample"
+    );
+    assert_ne!(before, after, "yet the snapshot changes");
+}

@@ -17,6 +17,9 @@ fn dataset() {
     // No datasets yet (or no data directory) is not a failure.
     settings.set_allow_empty_glob(true);
     settings.set_omit_expression(true);
+    settings.set_description(
+        "Unreviewed data: this dataset changed. Review it with `cargo xtask review` (or `cargo insta review`), accept, and commit tests/snapshots/.",
+    );
     settings.bind(|| {
         insta::glob!("../training/data", "*.jsonl", |path| {
             let file = path

@@ -12,7 +12,7 @@ use super::config::{QualityConfig, Voice};
 use super::read::read_records;
 use super::stats::DatasetStats;
 use super::text::{Sample, truncate_chars};
-use super::{Result, dataset_name};
+use super::{QualityError, Result, dataset_name};
 
 /// Characters of prompt and response kept in a [`ReviewSample`].
 pub const REVIEW_TEXT_CHARS: usize = 600;
@@ -78,6 +78,8 @@ fn id_hash(id: &str) -> [u8; 32] {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReviewSnapshot {
     pub dataset: String,
+    /// sha256 of the dataset file: any edit, even one outside the sample, changes the snapshot.
+    pub sha256: String,
     pub stats: DatasetStats,
     pub checks: CheckReport,
     pub samples: Vec<ReviewSample>,
@@ -125,8 +127,13 @@ impl ReviewSnapshot {
             .iter()
             .map(ReviewSample::new)
             .collect();
+        let sha256 = crate::fingerprint::sha256_file(path).map_err(|e| QualityError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         Ok(Self {
             dataset: dataset_name(path),
+            sha256,
             stats,
             checks,
             samples,
