@@ -191,7 +191,9 @@ fn group_commit_loop(db: &Arc<Database>, jobs: mpsc::Receiver<WriteJob>) {
             {
                 let mut table = txn.open_table(RESPONSES).map_err(|e| e.to_string())?;
                 for (key, value, _) in &batch {
-                    table.insert(key.0.as_slice(), value.as_slice()).map_err(|e| e.to_string())?;
+                    table
+                        .insert(key.0.as_slice(), value.as_slice())
+                        .map_err(|e| e.to_string())?;
                 }
             }
             txn.commit().map_err(|e| e.to_string())

@@ -20,6 +20,7 @@ pub mod provider;
 pub mod quality;
 pub mod repo;
 pub mod sample;
+pub mod sources;
 
 pub use cli::run_main;
 pub use pipeline::{Ctx, Declare, FileDep, ModelDep, Pipeline, Task, model_request};

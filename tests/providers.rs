@@ -16,28 +16,60 @@ fn spec(provider: &str, base_url: &str, extra: &str) -> shaping::models::ModelSp
         format!("[models.x]\nprovider = \"{provider}\"\nmodel = \"mock-model\"\nbase_url = \"{base_url}\"\n{extra}\n"),
     )
     .unwrap();
-    ModelsConfig::load(dir.path()).unwrap().get("x").unwrap().clone()
+    ModelsConfig::load(dir.path())
+        .unwrap()
+        .get("x")
+        .unwrap()
+        .clone()
 }
 
 fn request(messages: Vec<Message>, params: Params) -> ChatRequest {
-    ChatRequest { messages, params, derived_seed: 7 }
+    ChatRequest {
+        messages,
+        params,
+        derived_seed: 7,
+    }
 }
 
 #[tokio::test]
 async fn anthropic_moves_the_system_prompt_and_always_sends_max_tokens() {
     let server = MockServer::start(MockConfig::new().api_key("sk-ant-test")).await;
     let base = server.base_url();
-    let provider = AnthropicProvider::new(&spec("anthropic", base.trim_end_matches("/v1"), ""), Some("sk-ant-test".into())).unwrap();
-    let messages = vec![Message::system("You are Dee."), Message::user("Morning!"), Message::user("Coffee?")];
-    let reply = provider.send(&request(messages, Params { temperature: Some(0.5), ..Params::default() })).await.unwrap();
+    let provider = AnthropicProvider::new(
+        &spec("anthropic", base.trim_end_matches("/v1"), ""),
+        Some("sk-ant-test".into()),
+    )
+    .unwrap();
+    let messages = vec![
+        Message::system("You are Dee."),
+        Message::user("Morning!"),
+        Message::user("Coffee?"),
+    ];
+    let reply = provider
+        .send(&request(
+            messages,
+            Params {
+                temperature: Some(0.5),
+                ..Params::default()
+            },
+        ))
+        .await
+        .unwrap();
     assert_eq!(reply.finish_reason.as_deref(), Some("stop"));
     assert!(reply.text.contains("Coffee?"), "{}", reply.text);
     assert!(reply.usage.output_tokens > 0);
     let sent = &server.requests()[0];
     assert_eq!(sent.path, "/v1/messages");
     assert_eq!(sent.system.as_deref(), Some("You are Dee."));
-    assert_eq!(sent.body["max_tokens"], 1024, "max_tokens is required by the Messages API");
-    assert_eq!(sent.body["messages"].as_array().unwrap().len(), 1, "consecutive user turns are merged");
+    assert_eq!(
+        sent.body["max_tokens"], 1024,
+        "max_tokens is required by the Messages API"
+    );
+    assert_eq!(
+        sent.body["messages"].as_array().unwrap().len(),
+        1,
+        "consecutive user turns are merged"
+    );
     assert_eq!(sent.header("x-api-key"), Some("sk-ant-test"));
     assert_eq!(sent.header("anthropic-version"), Some("2023-06-01"));
 }
@@ -48,14 +80,30 @@ async fn anthropic_errors_are_classified_and_name_the_key_variable() {
     let base = server.base_url();
     let spec = spec("anthropic", &base, "api_key_env = \"MY_ANTHROPIC_KEY\"");
     let provider = AnthropicProvider::new(&spec, Some("wrong-key".into())).unwrap();
-    let err = provider.send(&request(vec![Message::user("hi")], Params::default())).await.unwrap_err();
+    let err = provider
+        .send(&request(vec![Message::user("hi")], Params::default()))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Auth);
-    assert!(err.message.contains("check the variable MY_ANTHROPIC_KEY"), "{}", err.message);
+    assert!(
+        err.message.contains("check the variable MY_ANTHROPIC_KEY"),
+        "{}",
+        err.message
+    );
     assert!(!err.to_string().contains("wrong-key"));
 
-    let server = MockServer::start(MockConfig::new().faults(FaultPlan::none().nth(0, Fault::RateLimited { retry_after: Duration::from_secs(2) }))).await;
+    let server = MockServer::start(MockConfig::new().faults(FaultPlan::none().nth(
+        0,
+        Fault::RateLimited {
+            retry_after: Duration::from_secs(2),
+        },
+    )))
+    .await;
     let provider = AnthropicProvider::new(&spec_for(&server, "anthropic"), None).unwrap();
-    let err = provider.send(&request(vec![Message::user("hi")], Params::default())).await.unwrap_err();
+    let err = provider
+        .send(&request(vec![Message::user("hi")], Params::default()))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::RateLimited);
     assert_eq!(err.hints.pause(), Some(Duration::from_secs(2)));
 }
@@ -67,7 +115,8 @@ fn spec_for(server: &MockServer, provider: &str) -> shaping::models::ModelSpec {
 #[tokio::test]
 async fn openai_sends_parameters_and_schema_and_classifies_failures() {
     let server = MockServer::start(MockConfig::new()).await;
-    let provider: Arc<dyn Provider> = Arc::new(OpenAiProvider::new(&spec_for(&server, "openai"), None).unwrap());
+    let provider: Arc<dyn Provider> =
+        Arc::new(OpenAiProvider::new(&spec_for(&server, "openai"), None).unwrap());
     let params = Params {
         temperature: Some(0.2),
         max_tokens: Some(3),
@@ -76,8 +125,18 @@ async fn openai_sends_parameters_and_schema_and_classifies_failures() {
         json_schema: Some(serde_json::json!({"type": "object"})),
         ..Params::default()
     };
-    let reply = provider.send(&request(vec![Message::user("one two three four five six")], params)).await.unwrap();
-    assert_eq!(reply.finish_reason.as_deref(), Some("length"), "max_tokens truncates the mock's reply");
+    let reply = provider
+        .send(&request(
+            vec![Message::user("one two three four five six")],
+            params,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.finish_reason.as_deref(),
+        Some("length"),
+        "max_tokens truncates the mock's reply"
+    );
     let body = &server.requests()[0].body;
     assert_eq!(body["max_tokens"], 3);
     assert_eq!(body["stop"][0], "END");
@@ -93,7 +152,10 @@ async fn openai_sends_parameters_and_schema_and_classifies_failures() {
         (Fault::ResetConnection, ErrorKind::Connection),
     ] {
         server.set_fault_plan(FaultPlan::none().nth(0, fault.clone()));
-        let err = provider.send(&request(vec![Message::user("x")], Params::default())).await.unwrap_err();
+        let err = provider
+            .send(&request(vec![Message::user("x")], Params::default()))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind, kind, "{fault:?} → {err}");
     }
 }

@@ -1,0 +1,193 @@
+//! Server configuration: timing, limits, auth, known models, responder and fault plan.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::fault::FaultPlan;
+
+/// Which wire format a request used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    /// `POST /v1/chat/completions`
+    OpenAi,
+    /// `POST /v1/messages`
+    Anthropic,
+}
+
+/// One chat message with its content flattened to text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// The parsed request as seen by a [`Responder`].
+#[derive(Debug, Clone)]
+pub struct ChatView {
+    pub api: Api,
+    pub model: String,
+    /// Anthropic top-level `system` (flattened to text). OpenAI system messages stay in `messages`.
+    pub system: Option<String>,
+    pub messages: Vec<ChatMessage>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub max_tokens: Option<u64>,
+    pub stop: Vec<String>,
+    pub seed: Option<i64>,
+    /// The whole request body.
+    pub raw: Value,
+}
+
+impl ChatView {
+    /// Content of the last message whose role is `user`.
+    pub fn last_user(&self) -> Option<&str> {
+        self.messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map(|m| m.content.as_str())
+    }
+}
+
+/// Produces the assistant reply text for a request.
+pub type Responder = Arc<dyn Fn(&ChatView) -> String + Send + Sync>;
+
+/// The default reply: `reply[<model>]: <last user message>`.
+pub fn default_reply(view: &ChatView) -> String {
+    format!("reply[{}]: {}", view.model, view.last_user().unwrap_or(""))
+}
+
+/// Configuration of a [`crate::MockServer`]. `MockConfig::default()` is an instant, unlimited,
+/// fault-free server accepting any key and model.
+#[derive(Clone)]
+pub struct MockConfig {
+    /// Port to bind on 127.0.0.1 (0 = ephemeral).
+    pub port: u16,
+    /// Required API key (`Authorization: Bearer` / `x-api-key`). `None` = no auth.
+    pub api_key: Option<String>,
+    /// Known models; unknown ones get 404 `model_not_found`. `None` = accept any.
+    pub models: Option<Vec<String>>,
+    /// Base latency added to every successful response.
+    pub latency: Duration,
+    /// Extra uniform random latency in `[0, jitter]` on every successful response.
+    pub jitter: Duration,
+    /// Simulated generation speed: adds `completion_tokens / tps` seconds. `None` = infinite.
+    pub tokens_per_second: Option<f64>,
+    /// Requests per minute, enforced as `max(1, rpm * window / 60s)` accepted requests per sliding
+    /// `rate_window`.
+    pub rpm: Option<u32>,
+    /// Tokens (prompt + completion) per minute, enforced like `rpm`.
+    pub tpm: Option<u32>,
+    /// Sliding window used for `rpm`/`tpm` enforcement (default 1 s).
+    pub rate_window: Duration,
+    /// Reply generator (default [`default_reply`]).
+    pub responder: Responder,
+    /// Fault injection plan (can be replaced at runtime with `MockServer::set_fault_plan`).
+    pub faults: FaultPlan,
+    /// Keep a log of every request (headers, messages). Disable for long benchmarks.
+    pub record_requests: bool,
+    /// Seed for the jitter RNG.
+    pub seed: u64,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        Self {
+            port: 0,
+            api_key: None,
+            models: None,
+            latency: Duration::ZERO,
+            jitter: Duration::ZERO,
+            tokens_per_second: None,
+            rpm: None,
+            tpm: None,
+            rate_window: Duration::from_secs(1),
+            responder: Arc::new(default_reply),
+            faults: FaultPlan::default(),
+            record_requests: true,
+            seed: 0,
+        }
+    }
+}
+
+impl fmt::Debug for MockConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockConfig")
+            .field("port", &self.port)
+            .field("api_key", &self.api_key)
+            .field("models", &self.models)
+            .field("latency", &self.latency)
+            .field("jitter", &self.jitter)
+            .field("tokens_per_second", &self.tokens_per_second)
+            .field("rpm", &self.rpm)
+            .field("tpm", &self.tpm)
+            .field("rate_window", &self.rate_window)
+            .field("faults", &self.faults)
+            .field("record_requests", &self.record_requests)
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MockConfig {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+    pub fn models<I, S>(mut self, models: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.models = Some(models.into_iter().map(Into::into).collect());
+        self
+    }
+    pub fn latency(mut self, d: Duration) -> Self {
+        self.latency = d;
+        self
+    }
+    pub fn jitter(mut self, d: Duration) -> Self {
+        self.jitter = d;
+        self
+    }
+    pub fn tokens_per_second(mut self, tps: f64) -> Self {
+        self.tokens_per_second = Some(tps);
+        self
+    }
+    pub fn rpm(mut self, rpm: u32) -> Self {
+        self.rpm = Some(rpm);
+        self
+    }
+    pub fn tpm(mut self, tpm: u32) -> Self {
+        self.tpm = Some(tpm);
+        self
+    }
+    pub fn rate_window(mut self, d: Duration) -> Self {
+        self.rate_window = d;
+        self
+    }
+    pub fn responder(mut self, f: impl Fn(&ChatView) -> String + Send + Sync + 'static) -> Self {
+        self.responder = Arc::new(f);
+        self
+    }
+    pub fn faults(mut self, plan: FaultPlan) -> Self {
+        self.faults = plan;
+        self
+    }
+    pub fn record_requests(mut self, on: bool) -> Self {
+        self.record_requests = on;
+        self
+    }
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+}
