@@ -90,11 +90,42 @@ impl Default for DispatchOptions {
     }
 }
 
+/// Even request pacing (burst 1): each caller reserves the next slot on a fixed schedule, one
+/// `period` apart, then sleeps until it. Slots are reserved from the schedule, not from when the
+/// previous caller actually woke, so timer lateness does not accumulate into lost throughput
+/// (a rate limiter that restarts its period at each late wake-up loses several percent).
+struct Pacer {
+    period: Duration,
+    next: Mutex<Option<Instant>>,
+}
+
+impl Pacer {
+    fn new(period: Duration) -> Self {
+        Self {
+            period,
+            next: Mutex::new(None),
+        }
+    }
+
+    async fn until_ready(&self) {
+        let slot = {
+            let mut next = self.next.lock().expect("pacer lock");
+            let now = Instant::now();
+            let slot = next.map_or(now, |n| n.max(now));
+            *next = Some(slot + self.period);
+            slot
+        };
+        if slot > Instant::now() {
+            tokio::time::sleep_until(slot).await;
+        }
+    }
+}
+
 /// One endpoint+model: provider, caps, pacing, pause.
 pub struct Lane {
     provider: Arc<dyn Provider>,
     concurrency: Semaphore,
-    requests: Option<DefaultDirectRateLimiter>,
+    requests: Option<Pacer>,
     tokens: Option<(DefaultDirectRateLimiter, NonZeroU32)>,
     paused_until: Mutex<Option<Instant>>,
     max_retries: u32,
@@ -110,12 +141,7 @@ impl Lane {
         // Pace evenly (burst 1) slightly under the limit: providers count over short windows.
         let requests = spec.rpm.map(|rpm| {
             let per_minute = (rpm as f64 / share as f64 * 0.99).max(1e-3);
-            let period = Duration::from_secs_f64(60.0 / per_minute);
-            RateLimiter::direct(
-                Quota::with_period(period)
-                    .expect("non-zero period")
-                    .allow_burst(NonZeroU32::MIN),
-            )
+            Pacer::new(Duration::from_secs_f64(60.0 / per_minute))
         });
         let tokens = spec.tpm.map(|tpm| {
             let per_minute = (tpm as f64 / share as f64 * 0.99).max(1.0);
@@ -345,8 +371,8 @@ impl Dispatcher {
                     return failure(ErrorKind::Cancelled, "dispatcher closed".into());
                 };
                 lane.wait_while_paused().await;
-                if let Some(limiter) = &lane.requests {
-                    limiter.until_ready().await;
+                if let Some(pacer) = &lane.requests {
+                    pacer.until_ready().await;
                 }
                 lane.take_tokens(estimate).await;
                 DispatchStats::add(&self.stats.requests_sent, 1);
@@ -360,6 +386,17 @@ impl Dispatcher {
                         )),
                     };
                 self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                // Pause the lane while this request still holds its slots: a peer woken by
+                // their release must already see the pause.
+                if let Err(error) = &result {
+                    match error.hints.pause() {
+                        Some(pause) => lane.pause_for(pause),
+                        None if error.kind == ErrorKind::RateLimited => {
+                            lane.pause_for(self.backoff(attempt));
+                        }
+                        None => {}
+                    }
+                }
                 result
             };
             match outcome {
@@ -377,19 +414,9 @@ impl Dispatcher {
                         };
                         return failure(error.kind, message);
                     }
-                    let backoff = self.backoff(attempt);
-                    let delay = match error.hints.pause() {
-                        // The server said how long: pause the whole lane, so in-flight peers don't hammer it.
-                        Some(pause) => {
-                            lane.pause_for(pause);
-                            pause
-                        }
-                        None if error.kind == ErrorKind::RateLimited => {
-                            lane.pause_for(backoff);
-                            backoff
-                        }
-                        None => backoff,
-                    };
+                    // The lane is already paused (above) when the server said how long or
+                    // rate-limited us; this request waits at least as long itself.
+                    let delay = error.hints.pause().unwrap_or_else(|| self.backoff(attempt));
                     DispatchStats::add(&self.stats.retries, 1);
                     attempt += 1;
                     tokio::time::sleep(delay).await;

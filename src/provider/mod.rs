@@ -5,6 +5,8 @@
 //! by the provider from the environment at construction and never leave it.
 
 pub mod anthropic;
+#[cfg(feature = "local-model")]
+pub mod llama_cpp;
 pub mod openai;
 
 use std::future::Future;

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's command line — a thin layer over the `shaping` library.
 
+mod bench;
 mod quality_cmds;
 mod workspace;
 
@@ -95,6 +96,8 @@ enum Command {
     },
     /// Run the review snapshot tests and open the review of changed datasets.
     Review,
+    /// Benchmark the dispatcher: release builds of bench-pipeline against a separate mock-llm.
+    Bench(bench::BenchArgs),
     /// Run every test of the workspace (after setup). Extra arguments go to `cargo test`.
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -115,6 +118,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     let ws = Workspace::discover()?;
     match cli.command {
+        Command::Bench(args) => {
+            bench::bench_cmd(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::List => {
             let pipelines = ws.describe_all()?;
             for d in &pipelines {

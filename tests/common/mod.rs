@@ -1,0 +1,138 @@
+//! Shared helpers of the integration tests: temporary repositories, a mock server kept serving on its own runtime, JSONL reading.
+//!
+//! Each test binary uses a subset, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde_json::Value;
+use shaping::Pipeline;
+use shaping::cli::{RunArgs, RunError, run_in};
+use testkit::{MockConfig, MockServer};
+
+/// A small identity narrative with a "Voice" section (what `voice-prompts` reads).
+pub const NARRATIVE: &str = "# Dee\n\nDee runs a diner.\n\n## Voice\n\nWarm, short sentences; says \"hon\".\n\n## History\n\nOpened the diner in 1990.\n";
+
+/// A voice file with a few markers (what the quality checks read).
+pub const VOICE_TOML: &str = "markers = [\"hon\", \"diner\", \"Cubs\"]\n";
+
+/// Start a mock server on a runtime of its own. Keep the runtime alive for as long as the
+/// server must answer; the test thread stays free to call the synchronous `run_in`.
+pub fn start_server(config: MockConfig) -> (tokio::runtime::Runtime, MockServer) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("test runtime");
+    let server = runtime.block_on(MockServer::start(config));
+    (runtime, server)
+}
+
+/// A `[models.<alias>]` table of an OpenAI-compatible model served at `base_url`, with extra
+/// lines (`max_concurrency = 3`, `rpm = 600`, …) appended.
+pub fn openai_model(alias: &str, base_url: &str, extra: &str) -> String {
+    format!(
+        "[models.{alias}]\nprovider = \"openai\"\nmodel = \"mock-model\"\nbase_url = \"{base_url}\"\nmax_retries = 3\ntimeout_secs = 2\n{extra}\n"
+    )
+}
+
+/// A temporary repository: `models.toml`, identity files, and pipeline crate directories
+/// (for code hashes).
+pub struct TestRepo {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestRepo {
+    /// A repository whose `models.toml` is `models_toml`, with small identity files.
+    pub fn new(models_toml: &str) -> Self {
+        let repo = Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        repo.write("models.toml", models_toml);
+        repo.write("identity/NARRATIVE.md", NARRATIVE);
+        repo.write("identity/voice.toml", VOICE_TOML);
+        repo
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        let path = self.path(rel);
+        std::fs::create_dir_all(path.parent().expect("has a parent")).expect("create dirs");
+        std::fs::write(&path, text).expect("write file");
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).expect("read file")
+    }
+
+    pub fn exists(&self, rel: &str) -> bool {
+        self.path(rel).exists()
+    }
+
+    /// The fake crate directory of pipeline `name` (created with a `src/main.rs` on first use).
+    pub fn crate_dir(&self, name: &str) -> PathBuf {
+        let dir = self.path(&format!("crates/{name}"));
+        if !dir.join("src/main.rs").exists() {
+            self.write(
+                &format!("crates/{name}/src/main.rs"),
+                &format!("// {name} v1\n"),
+            );
+        }
+        dir
+    }
+
+    /// Default output of pipeline `name`.
+    pub fn output(&self, name: &str) -> PathBuf {
+        self.path(&format!("training/data/{name}.jsonl"))
+    }
+
+    /// Errors file beside the default output of pipeline `name`.
+    pub fn errors(&self, name: &str) -> PathBuf {
+        self.path(&format!("training/data/{name}.errors.jsonl"))
+    }
+
+    /// Manifest beside the default output of pipeline `name`.
+    pub fn manifest(&self, name: &str) -> PathBuf {
+        self.path(&format!("training/data/{name}.manifest.json"))
+    }
+
+    /// Run pipeline `P` in this repository (synchronously; never call from async code).
+    pub fn run<P: Pipeline>(&self, args: RunArgs) -> Result<ExitCode, RunError> {
+        run_in::<P>(self.root(), &self.crate_dir(P::NAME), args)
+    }
+}
+
+/// Quiet run arguments that tolerate up to half the records failing.
+pub fn run_args() -> RunArgs {
+    RunArgs {
+        quiet: true,
+        max_error_share: 0.5,
+        ..RunArgs::default()
+    }
+}
+
+/// Every line of a JSONL file, parsed (panics on a torn or invalid line, naming it).
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_str(line).unwrap_or_else(|e| {
+                panic!(
+                    "{} line {}: invalid JSON ({e}): {line}",
+                    path.display(),
+                    i + 1
+                )
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,569 @@
+//! `cargo xtask bench`: run the real `bench-pipeline` binary against a separate `mock-llm` process and measure the client alone.
+//!
+//! Per scenario: a temporary repository whose `models.toml` points alias `bench` at the mock
+//! server, one child run of `bench-pipeline` (wall time, user+sys CPU and peak RSS from
+//! `wait4`), then the server's final stats line. Scenarios run with the response cache on and
+//! off (`--no-cache`, which measures the dispatcher alone).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use serde_json::Value;
+
+/// Which scenario(s) to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScenarioChoice {
+    /// 500 ms latency, 512 in flight: throughput must reach the in-flight ÷ latency bound.
+    Latency,
+    /// Server-enforced RPM: pacing must reach the limit without provoking 429s.
+    Rate,
+    /// Zero latency: client CPU per request.
+    Overhead,
+    /// Many records: peak memory must stay bounded.
+    Scale,
+    All,
+}
+
+/// Response cache setting of the runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheChoice {
+    /// With the durable response cache (what a real run does).
+    On,
+    /// `--no-cache`: the dispatcher alone.
+    Off,
+    /// Both, one after the other.
+    Both,
+}
+
+/// Flags of `cargo xtask bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "all")]
+    pub scenario: ScenarioChoice,
+    #[arg(long, value_enum, default_value = "both")]
+    pub cache: CacheChoice,
+    /// Requests of the latency-bound scenario.
+    #[arg(long, default_value_t = 5000)]
+    pub latency_requests: u64,
+    /// Server latency of the latency-bound scenario (ms).
+    #[arg(long, default_value_t = 500)]
+    pub latency_ms: u64,
+    /// Requests in flight (max_concurrency and --workers) of the latency-bound scenario.
+    #[arg(long, default_value_t = 512)]
+    pub latency_in_flight: usize,
+    /// Requests of the rate-limited scenario.
+    #[arg(long, default_value_t = 1500)]
+    pub rate_requests: u64,
+    /// RPM enforced by the server (1 s windows) and configured on the client.
+    #[arg(long, default_value_t = 3000)]
+    pub rate_rpm: u32,
+    /// Server latency of the rate-limited scenario (ms).
+    #[arg(long, default_value_t = 300)]
+    pub rate_latency_ms: u64,
+    /// Requests of the overhead scenario.
+    #[arg(long, default_value_t = 20_000)]
+    pub overhead_requests: u64,
+    /// Concurrency of the overhead and scale scenarios.
+    #[arg(long, default_value_t = 64)]
+    pub overhead_concurrency: usize,
+    /// Records of the scale scenario.
+    #[arg(long, default_value_t = 100_000)]
+    pub scale_records: u64,
+    /// Tokio worker threads of the mock server.
+    #[arg(long, default_value_t = 1)]
+    pub server_threads: usize,
+    /// Use the release binaries as they are (no `cargo build --release`).
+    #[arg(long)]
+    pub no_build: bool,
+    /// Keep the temporary repositories (printed) for inspection.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// One benchmark configuration.
+#[derive(Debug, Clone)]
+struct Scenario {
+    name: &'static str,
+    requests: u64,
+    latency_ms: u64,
+    server_rpm: Option<u32>,
+    client_rpm: Option<u32>,
+    max_concurrency: usize,
+    workers: Option<usize>,
+    goal: Goal,
+}
+
+/// What a scenario must achieve.
+#[derive(Debug, Clone, Copy)]
+enum Goal {
+    /// Achieved rate ≥ `share` of in-flight ÷ latency (over the ideal wave schedule).
+    LatencyBound { share: f64 },
+    /// Achieved rate ≥ `share` of the RPM and < `max_429_share` of requests answered 429.
+    RateBound { share: f64, max_429_share: f64 },
+    /// Client CPU per request ≤ this many µs.
+    CpuPerRequest { micros: f64 },
+    /// Peak RSS below this many MiB.
+    PeakRss { mib: f64 },
+}
+
+/// Measurements of one run.
+#[derive(Debug, Clone)]
+struct Measured {
+    wall: Duration,
+    run_wall_secs: f64,
+    cpu: Duration,
+    max_rss_kib: u64,
+    requests_sent: u64,
+    retries: u64,
+    cache_hits: u64,
+    samples: u64,
+    server: Value,
+}
+
+/// Entry point of `cargo xtask bench`.
+pub fn bench_cmd(args: BenchArgs) -> Result<()> {
+    let root = workspace_root();
+    let target = target_dir(&root)?;
+    if !args.no_build {
+        let status = Command::new(cargo())
+            .current_dir(&root)
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "shaping-bench",
+                "-p",
+                "testkit",
+                "--bins",
+            ])
+            .status()
+            .context("running cargo build --release")?;
+        if !status.success() {
+            bail!("cargo build --release -p shaping-bench -p testkit failed");
+        }
+    }
+    let release = target.join("release");
+    let pipeline_bin = release.join("bench-pipeline");
+    let server_bin = release.join("mock-llm");
+    for bin in [&pipeline_bin, &server_bin] {
+        if !bin.is_file() {
+            bail!("{} not found (build without --no-build)", bin.display());
+        }
+    }
+
+    let caches: &[bool] = match args.cache {
+        CacheChoice::On => &[true],
+        CacheChoice::Off => &[false],
+        CacheChoice::Both => &[false, true],
+    };
+    let mut failures = Vec::new();
+    for scenario in scenarios(&args) {
+        for &cache in caches {
+            let label = format!(
+                "{} ({})",
+                scenario.name,
+                if cache { "cache on" } else { "--no-cache" }
+            );
+            eprintln!("bench: running {label}: {} requests…", scenario.requests);
+            let measured = run_scenario(&scenario, cache, &args, &pipeline_bin, &server_bin)
+                .with_context(|| format!("scenario {label}"))?;
+            if let Some(miss) = report(&label, &scenario, &measured) {
+                failures.push(format!("{label}: {miss}"));
+            }
+        }
+    }
+    if failures.is_empty() {
+        println!("\nall targets met");
+        Ok(())
+    } else {
+        println!("\ntargets missed:");
+        for f in &failures {
+            println!("  - {f}");
+        }
+        bail!("{} target(s) missed", failures.len())
+    }
+}
+
+fn scenarios(args: &BenchArgs) -> Vec<Scenario> {
+    let all = args.scenario == ScenarioChoice::All;
+    let mut list = Vec::new();
+    if all || args.scenario == ScenarioChoice::Latency {
+        list.push(Scenario {
+            name: "latency-bound",
+            requests: args.latency_requests,
+            latency_ms: args.latency_ms,
+            server_rpm: None,
+            client_rpm: None,
+            max_concurrency: args.latency_in_flight,
+            workers: Some(args.latency_in_flight),
+            goal: Goal::LatencyBound { share: 0.98 },
+        });
+    }
+    if all || args.scenario == ScenarioChoice::Rate {
+        list.push(Scenario {
+            name: "rate-limited",
+            requests: args.rate_requests,
+            latency_ms: args.rate_latency_ms,
+            server_rpm: Some(args.rate_rpm),
+            client_rpm: Some(args.rate_rpm),
+            max_concurrency: 256,
+            workers: None,
+            goal: Goal::RateBound {
+                share: 0.97,
+                max_429_share: 0.01,
+            },
+        });
+    }
+    if all || args.scenario == ScenarioChoice::Overhead {
+        list.push(Scenario {
+            name: "overhead",
+            requests: args.overhead_requests,
+            latency_ms: 0,
+            server_rpm: None,
+            client_rpm: None,
+            max_concurrency: args.overhead_concurrency,
+            workers: None,
+            goal: Goal::CpuPerRequest { micros: 50.0 },
+        });
+    }
+    if all || args.scenario == ScenarioChoice::Scale {
+        list.push(Scenario {
+            name: "scale",
+            requests: args.scale_records,
+            latency_ms: 0,
+            server_rpm: None,
+            client_rpm: None,
+            max_concurrency: args.overhead_concurrency,
+            workers: None,
+            goal: Goal::PeakRss { mib: 256.0 },
+        });
+    }
+    list
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_owned()
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+fn target_dir(root: &Path) -> Result<PathBuf> {
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .manifest_path(root.join("Cargo.toml"))
+        .no_deps()
+        .exec()
+        .context("reading cargo metadata")?;
+    Ok(metadata.target_directory.into())
+}
+
+/// The mock server child: its stdin (closing it makes the server print stats and exit) and stdout.
+struct Server {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    base_url: String,
+}
+
+impl Server {
+    fn start(bin: &Path, scenario: &Scenario, threads: usize) -> Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("--latency-ms")
+            .arg(scenario.latency_ms.to_string())
+            .arg("--threads")
+            .arg(threads.max(1).to_string())
+            .arg("--exit-on-stdin-eof")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(rpm) = scenario.server_rpm {
+            cmd.arg("--rpm").arg(rpm.to_string());
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().context("mock-llm stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line).context("reading mock-llm")?;
+        let Some(base_url) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            bail!("unexpected first line from mock-llm: {line:?}");
+        };
+        Ok(Self {
+            base_url: base_url.to_owned(),
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// Stop the server and return its final stats line.
+    fn finish(mut self) -> Result<Value> {
+        drop(self.stdin.take());
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .context("reading mock-llm stats")?;
+        let _ = self.child.wait();
+        serde_json::from_str(line.trim()).with_context(|| format!("mock-llm stats line {line:?}"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.stdin.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn models_toml(scenario: &Scenario, base_url: &str) -> String {
+    let mut text = format!(
+        "[models.bench]\nprovider = \"openai\"\nmodel = \"bench-model\"\nbase_url = \"{base_url}\"\nmax_concurrency = {}\ntimeout_secs = 60\nmax_retries = 8\n",
+        scenario.max_concurrency
+    );
+    if let Some(rpm) = scenario.client_rpm {
+        text.push_str(&format!("rpm = {rpm}\n"));
+    }
+    text
+}
+
+fn run_scenario(
+    scenario: &Scenario,
+    cache: bool,
+    args: &BenchArgs,
+    pipeline_bin: &Path,
+    server_bin: &Path,
+) -> Result<Measured> {
+    let repo = tempfile_dir()?;
+    let server = Server::start(server_bin, scenario, args.server_threads)?;
+    std::fs::write(
+        repo.join("models.toml"),
+        models_toml(scenario, &server.base_url),
+    )
+    .context("writing models.toml")?;
+    let log_path = repo.join("bench-pipeline.log");
+    let log = std::fs::File::create(&log_path).context("creating the run log")?;
+
+    let mut cmd = Command::new(pipeline_bin);
+    cmd.arg("--quiet")
+        .env("SHAPING_ROOT", &repo)
+        .env("SHAPING_BENCH_RECORDS", scenario.requests.to_string())
+        .env_remove("SHAPING_BUDGET_SHARE")
+        .current_dir(&repo)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    if let Some(workers) = scenario.workers {
+        cmd.arg("--workers").arg(workers.to_string());
+    }
+    if !cache {
+        cmd.arg("--no-cache");
+    }
+    let started = Instant::now();
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", pipeline_bin.display()))?;
+    let (status, usage) = wait_with_rusage(child)?;
+    let wall = started.elapsed();
+    let server_stats = server.finish()?;
+    if !status.success() {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        bail!("bench-pipeline failed ({status}):\n{log}");
+    }
+
+    let manifest_path = repo.join("training/data/bench.manifest.json");
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(&manifest_path)
+            .with_context(|| format!("reading {}", manifest_path.display()))?,
+    )
+    .context("parsing the manifest")?;
+    let run = &manifest["run"];
+    let number = |v: &Value| v.as_u64().unwrap_or(0);
+    let measured = Measured {
+        wall,
+        run_wall_secs: run["wall_time_secs"].as_f64().unwrap_or(0.0),
+        cpu: usage.cpu,
+        max_rss_kib: usage.max_rss_kib,
+        requests_sent: number(&run["requests_sent"]),
+        retries: number(&run["retries"]),
+        cache_hits: number(&run["cache_hits"]),
+        samples: number(&manifest["samples"]),
+        server: server_stats,
+    };
+    if measured.samples != scenario.requests {
+        bail!(
+            "expected {} samples, the run wrote {} (log: {})",
+            scenario.requests,
+            measured.samples,
+            log_path.display()
+        );
+    }
+    if args.keep {
+        eprintln!("bench: kept {}", repo.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&repo);
+    }
+    Ok(measured)
+}
+
+/// A fresh temporary directory (not removed automatically; see `--keep`).
+fn tempfile_dir() -> Result<PathBuf> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("shaping-bench-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Resource usage of one finished child.
+struct ChildUsage {
+    cpu: Duration,
+    max_rss_kib: u64,
+}
+
+/// Wait for `child` with `wait4`, returning its exit status and its own resource usage.
+fn wait_with_rusage(child: Child) -> Result<(std::process::ExitStatus, ChildUsage)> {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = libc::pid_t::try_from(child.id()).context("child pid")?;
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child `pid`.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: valid pointers to locals; `pid` is our child, not yet reaped.
+        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if rc == pid {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err).context("wait4");
+        }
+    }
+    drop(child);
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    Ok((
+        std::process::ExitStatus::from_raw(status),
+        ChildUsage {
+            cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+            // Linux reports kilobytes.
+            max_rss_kib: usage.ru_maxrss as u64,
+        },
+    ))
+}
+
+/// Print one scenario's figures; returns why its target was missed, if it was.
+fn report(label: &str, scenario: &Scenario, m: &Measured) -> Option<String> {
+    let n = scenario.requests as f64;
+    let secs = m.wall.as_secs_f64();
+    let rate = n / secs;
+    let server_429 = m.server["rate_limited"].as_u64().unwrap_or(0);
+    let received = m.server["received"].as_u64().unwrap_or(0);
+    let cpu_us = m.cpu.as_secs_f64() * 1e6 / n;
+    let rss_mib = m.max_rss_kib as f64 / 1024.0;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "\n== {label}");
+    let _ = writeln!(
+        out,
+        "  requests        {} (server received {received}, client sent {}, cache hits {})",
+        scenario.requests, m.requests_sent, m.cache_hits
+    );
+    let _ = writeln!(
+        out,
+        "  wall time       {secs:.3} s (process), {:.3} s (run, from the manifest)",
+        m.run_wall_secs
+    );
+    let _ = writeln!(out, "  achieved        {rate:.1} req/s");
+    let (bound_text, ratio, miss) = match scenario.goal {
+        Goal::LatencyBound { share } => {
+            let latency = scenario.latency_ms as f64 / 1000.0;
+            let in_flight = scenario.max_concurrency as f64;
+            let bound = in_flight / latency;
+            // Requests go in waves of `in_flight`: the ideal schedule takes ceil(n / in_flight) latencies.
+            let ideal = (n / in_flight).ceil() * latency;
+            let ratio = ideal / secs;
+            (
+                format!(
+                    "{bound:.1} req/s (in-flight {in_flight} ÷ latency {latency} s); ideal wall {ideal:.3} s"
+                ),
+                ratio,
+                (ratio < share)
+                    .then(|| format!("{:.1}% of the bound < {:.0}%", ratio * 100.0, share * 100.0)),
+            )
+        }
+        Goal::RateBound {
+            share,
+            max_429_share,
+        } => {
+            let bound = scenario.server_rpm.unwrap_or(1) as f64 / 60.0;
+            let ratio = rate / bound;
+            let share_429 = server_429 as f64 / received.max(1) as f64;
+            let miss = if ratio < share {
+                Some(format!(
+                    "{:.1}% of the limit < {:.0}%",
+                    ratio * 100.0,
+                    share * 100.0
+                ))
+            } else if share_429 >= max_429_share {
+                Some(format!(
+                    "{:.2}% of requests answered 429",
+                    share_429 * 100.0
+                ))
+            } else {
+                None
+            };
+            (
+                format!(
+                    "{bound:.1} req/s (RPM {})",
+                    scenario.server_rpm.unwrap_or(0)
+                ),
+                ratio,
+                miss,
+            )
+        }
+        Goal::CpuPerRequest { micros } => (
+            format!("≤ {micros} µs client CPU per request"),
+            cpu_us / micros,
+            (cpu_us > micros).then(|| format!("{cpu_us:.1} µs CPU per request > {micros} µs")),
+        ),
+        Goal::PeakRss { mib } => (
+            format!("peak RSS < {mib} MiB"),
+            rss_mib / mib,
+            (rss_mib >= mib).then(|| format!("peak RSS {rss_mib:.1} MiB ≥ {mib} MiB")),
+        ),
+    };
+    let _ = writeln!(out, "  bound           {bound_text}");
+    let _ = writeln!(out, "  ratio           {:.1}%", ratio * 100.0);
+    let _ = writeln!(
+        out,
+        "  429s provoked   {server_429} (server max {} received / 1 s window)",
+        m.server["max_received_per_1s"]
+    );
+    let _ = writeln!(out, "  retries         {}", m.retries);
+    let _ = writeln!(
+        out,
+        "  client CPU      {:.3} s = {cpu_us:.1} µs per request",
+        m.cpu.as_secs_f64()
+    );
+    let _ = writeln!(out, "  peak RSS        {rss_mib:.1} MiB");
+    let _ = writeln!(
+        out,
+        "  target          {}",
+        match &miss {
+            None => "met".to_owned(),
+            Some(why) => format!("MISSED: {why}"),
+        }
+    );
+    miss
+}
