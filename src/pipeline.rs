@@ -375,7 +375,9 @@ impl Ctx {
     {
         let inner = &self.inner;
         let records = records.into_iter().take(inner.limit.unwrap_or(usize::MAX));
-        if let (_, Some(upper)) = records.size_hint() {
+        if let (lower, Some(upper)) = records.size_hint()
+            && lower == upper
+        {
             inner.progress.add_total(upper as u64);
         }
         let mut outcomes = futures::stream::iter(records)

@@ -103,6 +103,16 @@ impl Response {
     }
 }
 
+/// `text` cut after its last complete sentence (`.`, `!` or `?`), for replies stopped by
+/// `max_tokens` mid-sentence; the whole text when it has no sentence end.
+pub fn trim_to_last_sentence(text: &str) -> &str {
+    let text = text.trim();
+    match text.rfind(['.', '!', '?']) {
+        Some(end) if end + 1 < text.len() => text[..=end].trim_end(),
+        _ => text,
+    }
+}
+
 /// Ends one record with an `__ERROR__` record; the run goes on.
 ///
 /// Any `std::error::Error` converts into it (as `unexpected_error`), so `?` works inside tasks.

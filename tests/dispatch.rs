@@ -309,7 +309,7 @@ fn gives_up_after_max_retries() {
     let errors = read_jsonl(&repo.errors("echo"));
     assert_eq!(errors.len(), 1);
     let step = &errors[0]["__ERROR__"]["steps"][0];
-    assert_eq!(step["error"]["kind"], "server");
+    assert_eq!(step["error"]["kind"], "server_error");
     assert!(
         step["error"]["message"]
             .as_str()

@@ -8,8 +8,7 @@ use std::sync::OnceLock;
 
 use serde_json::{Value, json};
 use shaping::provider::llama_cpp::{
-    DEFAULT_MODEL_SHA256, LlamaCppProvider, LocalModelError, default_model_dir,
-    ensure_default_model, json_schema_to_gbnf,
+    DEFAULT_MODEL_SHA256, LlamaCppProvider, LocalModelError, json_schema_to_gbnf,
 };
 use shaping::provider::{ChatRequest, ErrorKind, Message, Params, Provider};
 
@@ -28,7 +27,8 @@ fn provider() -> Option<&'static LlamaCppProvider> {
     }
     static PROVIDER: OnceLock<LlamaCppProvider> = OnceLock::new();
     Some(PROVIDER.get_or_init(|| {
-        let path = ensure_default_model(&default_model_dir()).expect("fetching the default model");
+        let path = shaping::model_fetch::ensure_default_model(&shaping::models::model_cache_dir())
+            .expect("fetching the default model");
         LlamaCppProvider::load(&path, Some(DEFAULT_MODEL_SHA256), 8, 1024)
             .expect("loading the default model")
     }))

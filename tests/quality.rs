@@ -78,7 +78,7 @@ fn annotated(
                    "usage": {"input_tokens": 10, "output_tokens": 5}, "error": null, "cached": i == 0})
         })
         .collect();
-    value["input_data"] = json!({"prompt": prompt, "source": source, "category": if id.len() % 2 == 0 { "even" } else { "odd" }});
+    value["input_data"] = json!({"prompt": prompt, "source": source, "category": if id.len().is_multiple_of(2) { "even" } else { "odd" }});
     value["steps"] = Value::Array(steps);
     value["pipeline_commit"] = json!("abc123");
     value["started_at"] = json!("2025-01-01T00:00:00Z");

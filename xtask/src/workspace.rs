@@ -17,6 +17,8 @@ use xshell::{Shell, cmd};
 #[derive(Debug, Clone)]
 pub struct PipelineCrate {
     pub package: String,
+    /// The crate's directory (where its Cargo.toml is).
+    pub dir: PathBuf,
     pub binary: PathBuf,
 }
 
@@ -45,8 +47,10 @@ impl Workspace {
             .filter(|p| p.manifest_path.starts_with(&pipelines_dir))
             .filter_map(|p| {
                 let bin = p.targets.iter().find(|t| t.is_bin())?;
+                let dir: PathBuf = p.manifest_path.parent()?.to_owned().into();
                 Some(PipelineCrate {
                     package: p.name.to_string(),
+                    dir,
                     binary: target.join("debug").join(&bin.name),
                 })
             })
@@ -115,17 +119,11 @@ impl Workspace {
             .iter()
             .find(|d| d.name == name)
             .with_context(|| format!("no pipeline named '{name}'"))?;
-        let crate_dir = d
-            .crate_dir
-            .canonicalize()
-            .unwrap_or_else(|_| d.crate_dir.clone());
+        let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_owned());
+        let crate_dir = canonical(&d.crate_dir);
         self.crates
             .iter()
-            .find(|c| {
-                c.binary
-                    .file_name()
-                    .is_some_and(|b| crate_dir.ends_with(&c.package) || b == c.package.as_str())
-            })
+            .find(|c| canonical(&c.dir) == crate_dir)
             .map(|c| c.binary.clone())
             .with_context(|| format!("no binary for pipeline '{name}'"))
     }
@@ -259,6 +257,18 @@ impl Workspace {
             .collect();
         self.ensure_models(&running)?;
         let max_level = plan.iter().map(|(_, l)| *l).max().unwrap_or(0);
+        let models = ModelsConfig::load(&self.root)?;
+        let uses_local_model = |name: &str| {
+            pipelines
+                .iter()
+                .filter(|d| d.name == name)
+                .flat_map(|d| &d.models)
+                .any(|alias| {
+                    models
+                        .get(alias)
+                        .is_ok_and(|spec| spec.provider == ProviderKind::LlamaCpp)
+                })
+        };
         let mut failed: Vec<String> = Vec::new();
         for l in 0..=max_level {
             let this_level: Vec<&str> = plan
@@ -277,7 +287,14 @@ impl Workspace {
                     !blocked
                 })
                 .collect();
-            for chunk in runnable.chunks(jobs.max(1)) {
+            // An in-process model already uses every core (llama.cpp's threads spin): running two
+            // such pipelines at once only makes both slower, so they run one at a time.
+            let jobs = if runnable.iter().any(|name| uses_local_model(name)) {
+                1
+            } else {
+                jobs.max(1)
+            };
+            for chunk in runnable.chunks(jobs) {
                 let share = chunk.len();
                 let plain = share > 1;
                 let children: Vec<(&str, Result<Child>)> = chunk

@@ -54,13 +54,23 @@ impl Pipeline for IdentityAugmentation {
         }
     }
 
+    fn quality(&self) -> shaping::quality::QualityConfig {
+        // The offline default model (135M parameters) talks until max_tokens; answers are trimmed
+        // to their last full sentence, so a "length" finish is expected here. Tighten these with a
+        // hosted model.
+        shaping::quality::QualityConfig::default()
+            .min_samples(30)
+            .max_truncated(u64::MAX)
+            .min_marker_share(0.1)
+    }
+
     async fn run(&self, ctx: &Ctx) -> Result<Vec<TrainingSample>, PipelineError> {
         // Stage 1: one query extracts facts (constrained to a JSON schema).
         let narrative = self.narrative.read()?;
         let schema = json!({
             "type": "object",
             "properties": {
-                "facts": { "type": "array", "items": { "type": "string", "maxLength": 160 }, "minItems": 30, "maxItems": 45 }
+                "facts": { "type": "array", "items": { "type": "string", "maxLength": 110 }, "minItems": 25, "maxItems": 40 }
             },
             "required": ["facts"]
         });
@@ -71,7 +81,7 @@ impl Pipeline for IdentityAugmentation {
             &self.judge,
         )
         .temperature(0.2)
-        .max_tokens(1800)
+        .max_tokens(2600)
         .json_schema(schema);
         let reply = ctx.query(request).await;
         let facts = parse_facts(reply.ok_text()?)?;
@@ -108,7 +118,7 @@ impl Pipeline for IdentityAugmentation {
                         .temperature(0.7),
                 )
                 .await;
-            let answer = answer.ok_text()?.trim().to_owned();
+            let answer = shaping::trim_to_last_sentence(answer.ok_text()?).to_owned();
             if answer.is_empty() {
                 return Err(PipelineError::new("the identity model gave an empty answer", "empty_answer"));
             }

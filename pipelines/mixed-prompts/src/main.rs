@@ -1,7 +1,12 @@
 //! mixed-prompts: Dee answers a seeded mix of WildChat-style prompts, custom scenario prompts and knowledge-derived questions.
 
-use shaping::sources::{Mix, Record, Weight, WildChat, custom_loader, facts_to_records, markdown_sections};
-use shaping::{Ctx, Declare, FileDep, Message, ModelDep, Pipeline, PipelineError, Task, TrainingSample, model_request};
+use shaping::sources::{
+    Mix, Record, Weight, WildChat, custom_loader, facts_to_records, markdown_sections,
+};
+use shaping::{
+    Ctx, Declare, FileDep, Message, ModelDep, Pipeline, PipelineError, Task, TrainingSample,
+    model_request,
+};
 
 struct MixedPrompts {
     wildchat: FileDep,
@@ -32,11 +37,20 @@ impl Pipeline for MixedPrompts {
     }
 
     fn quality(&self) -> shaping::quality::QualityConfig {
-        shaping::quality::QualityConfig::default().min_samples(150).max_source_share(0.5)
+        // See voice-prompts: the offline default model's replies end at max_tokens.
+        shaping::quality::QualityConfig::default()
+            .min_samples(150)
+            .max_source_share(0.5)
+            .max_truncated(u64::MAX)
+            .min_marker_share(0.1)
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Vec<TrainingSample>, PipelineError> {
-        let wildchat = WildChat::new().languages(["English"]).min_chars(12).max_chars(600).open(self.wildchat.path())?;
+        let wildchat = WildChat::new()
+            .languages(["English"])
+            .min_chars(12)
+            .max_chars(600)
+            .open(self.wildchat.path())?;
         let custom = custom_loader(self.custom.path()).open()?;
         // Knowledge-derived: every bullet or sentence of the narrative becomes a question seed.
         let narrative = self.narrative.read()?;
@@ -84,7 +98,7 @@ impl Pipeline for MixedPrompts {
             let reply = t
                 .request(model_request(vec![Message::system(SYSTEM_PROMPT), Message::user(question.clone())], &self.identity))
                 .await;
-            let answer = reply.ok_text()?.trim().to_owned();
+            let answer = shaping::trim_to_last_sentence(reply.ok_text()?).to_owned();
             if answer.is_empty() {
                 return Err(PipelineError::new("empty answer", "empty_answer"));
             }

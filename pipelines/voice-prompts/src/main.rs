@@ -29,6 +29,16 @@ impl Pipeline for VoicePrompts {
         }
     }
 
+    fn quality(&self) -> shaping::quality::QualityConfig {
+        // The offline default model (135M parameters) talks until max_tokens; answers are trimmed
+        // to their last full sentence, so a "length" finish is expected here. Tighten these with a
+        // hosted model.
+        shaping::quality::QualityConfig::default()
+            .min_samples(200)
+            .max_truncated(u64::MAX)
+            .min_marker_share(0.1)
+    }
+
     async fn run(&self, ctx: &Ctx) -> Result<Vec<TrainingSample>, PipelineError> {
         let system = system_prompt(&self.narrative.read()?);
         let text = self.prompts.read()?;
@@ -53,7 +63,7 @@ impl Pipeline for VoicePrompts {
                         &self.identity,
                     ))
                     .await;
-                let answer = reply.ok_text()?.trim().to_owned();
+                let answer = shaping::trim_to_last_sentence(reply.ok_text()?).to_owned();
                 if answer.is_empty() {
                     return Err(PipelineError::new("empty answer", "empty_answer"));
                 }
