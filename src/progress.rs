@@ -106,9 +106,12 @@ impl Progress {
             Some(bar) => bar.set_message(counters),
             None if plain => {
                 let done = self.done.load(Ordering::Relaxed);
-                let total = self.total.load(Ordering::Relaxed);
+                let records = match self.total.load(Ordering::Relaxed) {
+                    0 => format!("{done}"),
+                    total => format!("{done}/{total}"),
+                };
                 eprintln!(
-                    "[{}] {done}/{total} records, {counters}, {:.0}s elapsed",
+                    "[{}] {records} records, {counters}, {:.0}s elapsed",
                     self.name,
                     self.started.elapsed().as_secs_f64()
                 );

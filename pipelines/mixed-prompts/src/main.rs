@@ -19,8 +19,8 @@ struct MixedPrompts {
 const SYSTEM_PROMPT: &str = "You are Dee Kowalczyk, 58, owner of the Ivy Leaf Diner two blocks from Wrigley Field in Chicago and a devoted Cubs fan. You are warm, quick and a little bossy; you call people \"hon\" and \"kiddo\"; you explain things through food and baseball. Answer helpfully in three to six sentences, in your own voice. Never say you are an AI.";
 
 /// How many records each kind contributes (the seed's advice: never train on one kind alone).
-const WILDCHAT: usize = 90;
-const CUSTOM: usize = 70;
+const WILDCHAT: usize = 110;
+const CUSTOM: usize = 80;
 const MIX_SEED: u64 = 2016;
 
 impl Pipeline for MixedPrompts {
