@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
-use super::openai::{header_str, http_client, http_error, retry_after, transport_error};
+use super::openai::{header_str, http_client, retry_after, send_for_json};
 use super::{
     BoxFuture, ChatRequest, ErrorKind, Provider, ProviderError, ProviderReply, RateLimitHints,
     Usage,
@@ -118,30 +118,18 @@ impl AnthropicProvider {
         if let Some(key) = &self.api_key {
             builder = builder.header("x-api-key", key);
         }
-        let response = builder.send().await.map_err(|e| transport_error(&e))?;
-        let status = response.status();
-        let hints = anthropic_hints(response.headers());
-        let bytes = response.bytes().await.map_err(|e| transport_error(&e))?;
-        if !status.is_success() {
-            // 529 "overloaded" is retryable like a 5xx.
-            return Err(http_error(
-                status.as_u16(),
-                &bytes,
-                hints,
-                self.key_env.as_deref(),
-                &self.model,
-            ));
-        }
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| ProviderError {
-            kind: ErrorKind::BadBody,
-            status: Some(status.as_u16()),
-            message: format!("undecodable JSON body ({e}); {} bytes", bytes.len()),
-            hints: hints.clone(),
-        })?;
+        // 529 "overloaded" is classified like a 5xx (retryable).
+        let (value, status, hints) = send_for_json(
+            builder,
+            anthropic_hints,
+            self.key_env.as_deref(),
+            &self.model,
+        )
+        .await?;
         let Some(blocks) = value["content"].as_array() else {
             return Err(ProviderError {
                 kind: ErrorKind::BadBody,
-                status: Some(status.as_u16()),
+                status: Some(status),
                 message: "response has no content".into(),
                 hints,
             });

@@ -92,30 +92,13 @@ impl OpenAiProvider {
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key);
         }
-        let response = builder.send().await.map_err(|e| transport_error(&e))?;
-        let status = response.status();
-        let hints = openai_hints(response.headers());
-        let bytes = response.bytes().await.map_err(|e| transport_error(&e))?;
-        if !status.is_success() {
-            return Err(http_error(
-                status.as_u16(),
-                &bytes,
-                hints,
-                self.key_env.as_deref(),
-                &self.model,
-            ));
-        }
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| ProviderError {
-            kind: ErrorKind::BadBody,
-            status: Some(status.as_u16()),
-            message: format!("undecodable JSON body ({e}); {} bytes", bytes.len()),
-            hints: hints.clone(),
-        })?;
+        let (value, status, hints) =
+            send_for_json(builder, openai_hints, self.key_env.as_deref(), &self.model).await?;
         let choice = &value["choices"][0];
         let Some(text) = choice["message"]["content"].as_str() else {
             return Err(ProviderError {
                 kind: ErrorKind::BadBody,
-                status: Some(status.as_u16()),
+                status: Some(status),
                 message: "response has no choices[0].message.content".into(),
                 hints,
             });
@@ -139,6 +122,33 @@ impl Provider for OpenAiProvider {
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ProviderReply, ProviderError>> {
         Box::pin(self.send_inner(request))
+    }
+}
+
+/// Send a request and decode its JSON body. Non-2xx answers are classified with [`http_error`]
+/// and undecodable bodies become `BadBody`; returns the body, the HTTP status and the rate-limit
+/// hints read by `hints_of`.
+pub(crate) async fn send_for_json(
+    builder: reqwest::RequestBuilder,
+    hints_of: fn(&HeaderMap) -> RateLimitHints,
+    key_env: Option<&str>,
+    model: &str,
+) -> Result<(Value, u16, RateLimitHints), ProviderError> {
+    let response = builder.send().await.map_err(|e| transport_error(&e))?;
+    let status = response.status().as_u16();
+    let hints = hints_of(response.headers());
+    let bytes = response.bytes().await.map_err(|e| transport_error(&e))?;
+    if !(200..300).contains(&status) {
+        return Err(http_error(status, &bytes, hints, key_env, model));
+    }
+    match serde_json::from_slice(&bytes) {
+        Ok(value) => Ok((value, status, hints)),
+        Err(e) => Err(ProviderError {
+            kind: ErrorKind::BadBody,
+            status: Some(status),
+            message: format!("undecodable JSON body ({e}); {} bytes", bytes.len()),
+            hints,
+        }),
     }
 }
 

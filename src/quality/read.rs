@@ -101,22 +101,32 @@ pub struct Record {
     pub completed_at: Option<Value>,
 }
 
+/// The first user message's content, or `""`: a sample's prompt.
+pub fn first_user(messages: &[ChatMessage]) -> &str {
+    messages
+        .iter()
+        .find(|m| m.role == "user")
+        .map_or("", |m| m.content.as_str())
+}
+
+/// The last assistant message's content, or `""`: a sample's response.
+pub fn last_assistant(messages: &[ChatMessage]) -> &str {
+    messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "assistant")
+        .map_or("", |m| m.content.as_str())
+}
+
 impl Record {
     /// The first user message's content, or `""`.
     pub fn prompt(&self) -> &str {
-        self.messages
-            .iter()
-            .find(|m| m.role == "user")
-            .map_or("", |m| m.content.as_str())
+        first_user(&self.messages)
     }
 
     /// The last assistant message's content, or `""`.
     pub fn response(&self) -> &str {
-        self.messages
-            .iter()
-            .rev()
-            .find(|m| m.role == "assistant")
-            .map_or("", |m| m.content.as_str())
+        last_assistant(&self.messages)
     }
 
     /// The system message's content, if any.

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::read::{ChatMessage, Record};
+use super::read::{ChatMessage, Record, first_user, last_assistant};
 
 /// A dataset sample prepared for display: the conversation, its source and, for annotated data, its steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,19 +73,12 @@ impl Sample {
 
     /// The first user message's content, or `""`.
     pub fn prompt(&self) -> &str {
-        self.messages
-            .iter()
-            .find(|m| m.role == "user")
-            .map_or("", |m| m.content.as_str())
+        first_user(&self.messages)
     }
 
     /// The last assistant message's content, or `""`.
     pub fn response(&self) -> &str {
-        self.messages
-            .iter()
-            .rev()
-            .find(|m| m.role == "assistant")
-            .map_or("", |m| m.content.as_str())
+        last_assistant(&self.messages)
     }
 }
 
