@@ -212,21 +212,34 @@ fn pipeline_quality<P: Pipeline>(pipeline: &P) -> serde_json::Value {
     serde_json::to_value(pipeline.quality()).expect("quality config serializes")
 }
 
-/// The current git commit and whether the work tree has uncommitted changes.
+/// The current git commit and whether the work tree has uncommitted changes (one `git status`
+/// call; `("unknown", false)` outside a repository or without git).
 pub fn git_commit(root: &Path) -> (String, bool) {
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .current_dir(root)
-            .stderr(std::process::Stdio::null())
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    let Some(status) = std::process::Command::new("git")
+        .args([
+            "status",
+            "--porcelain=v2",
+            "--branch",
+            "--untracked-files=no",
+        ])
+        .current_dir(root)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+    else {
+        return ("unknown".to_owned(), false);
     };
-    let commit = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
-    let dirty =
-        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let text = String::from_utf8_lossy(&status.stdout);
+    let commit = text
+        .lines()
+        .find_map(|line| line.strip_prefix("# branch.oid "))
+        .filter(|oid| oid.chars().all(|c| c.is_ascii_hexdigit()))
+        .unwrap_or("unknown")
+        .to_owned();
+    let dirty = text
+        .lines()
+        .any(|line| !line.is_empty() && !line.starts_with('#'));
     (commit, dirty)
 }
 
@@ -296,6 +309,11 @@ pub fn run_in<P: Pipeline>(
     args: RunArgs,
 ) -> Result<ExitCode, RunError> {
     let root = root.to_owned();
+    // `git status` takes longer than everything else before the first request: overlap it.
+    let git_status = {
+        let root = root.clone();
+        std::thread::spawn(move || git_commit(&root))
+    };
     let (pipeline, declared) = declare::<P>(&root)?;
     let quality = pipeline.quality();
     let models = ModelsConfig::load(&root)?;
@@ -324,7 +342,9 @@ pub fn run_in<P: Pipeline>(
         .iter()
         .map(|m| models.get(m.alias()).cloned())
         .collect::<Result<Vec<_>, _>>()?;
-    let (commit, dirty) = git_commit(&root);
+    let (commit, dirty) = git_status
+        .join()
+        .unwrap_or_else(|_| ("unknown".to_owned(), false));
 
     let output = match &args.output {
         Some(path) if path.is_absolute() => path.clone(),
@@ -352,7 +372,7 @@ pub fn run_in<P: Pipeline>(
         .enable_all()
         .build()
         .map_err(RunError::Runtime)?;
-    runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         let cache = if cache_mode == CacheMode::Off {
             None
         } else {
@@ -504,7 +524,13 @@ pub fn run_in<P: Pipeline>(
         manifest.write(&Manifest::path_for(&output))?;
         print_summary(P::NAME, &manifest, &output);
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    if matches!(outcome, Ok(ExitCode::SUCCESS)) {
+        // Everything is written and every answer is committed to the cache: do not wait for
+        // idle connections and timers to wind down.
+        runtime.shutdown_background();
+    }
+    outcome
 }
 
 struct NullSink;

@@ -3,7 +3,8 @@
 //! A lane (one per endpoint+model) owns the provider, a concurrency cap, RPM/TPM pacing
 //! (governor), an adaptive pause set by 429s and rate-limit headers, and retry with exponential
 //! backoff and jitter. Before any of that the response cache is consulted, and every successful
-//! answer is committed to it before the caller sees it.
+//! answer is committed to it, while its slot is still held, before the caller sees it. Requests
+//! that go to a provider run as their own tokio tasks.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -321,14 +322,20 @@ impl Dispatcher {
         *self.cancel.borrow()
     }
 
-    async fn cancelled(&self) {
-        let mut rx = self.cancel.subscribe();
-        let _ = rx.wait_for(|c| *c).await;
-    }
-
     /// Execute one request: cache, caps, pacing, retries. Never fails: failures come back as an
     /// unsuccessful [`Response`].
-    pub async fn execute(&self, lane: &Lane, request: ChatRequest, key: CacheKey) -> Response {
+    ///
+    /// A cache hit is answered inline. Anything that goes to the provider runs as its own tokio
+    /// task, so waiting for a slot, sending, decoding and caching happen on every worker thread
+    /// and a freed slot goes straight to the next waiting request, without passing through the
+    /// (single) task that drives a pipeline's records. Dropping the returned future aborts the
+    /// request.
+    pub async fn execute(
+        self: &Arc<Self>,
+        lane: &Arc<Lane>,
+        request: ChatRequest,
+        key: CacheKey,
+    ) -> Response {
         if self.options.cache_mode == CacheMode::ReadWrite
             && let Some(cache) = &self.cache
         {
@@ -347,10 +354,19 @@ impl Dispatcher {
                 Err(e) => return failure(ErrorKind::Local, e.to_string()),
             }
         }
-        tokio::select! {
-            response = self.send_with_retries(lane, &request, key) => response,
-            () = self.cancelled() => failure(ErrorKind::Cancelled, "interrupted before an answer arrived".into()),
-        }
+        let dispatcher = Arc::clone(self);
+        let lane = Arc::clone(lane);
+        let mut cancelled = self.cancel.subscribe();
+        let request_task = AbortOnDrop(tokio::spawn(async move {
+            tokio::select! {
+                response = dispatcher.send_with_retries(&lane, &request, key) => response,
+                _ = cancelled.wait_for(|c| *c) => failure(
+                    ErrorKind::Cancelled,
+                    "interrupted before an answer arrived".into(),
+                ),
+            }
+        }));
+        request_task.join().await
     }
 
     async fn send_with_retries(
@@ -397,10 +413,21 @@ impl Dispatcher {
                         None => {}
                     }
                 }
-                result
+                match result {
+                    // Commit the answer while still holding the slots: "in flight" then covers
+                    // everything received but not yet durable, so a kill re-pays at most the
+                    // lane's concurrency.
+                    Ok(reply) => Ok(self.accept(lane, reply, key).await),
+                    Err(error) => Err(error),
+                }
             };
             match outcome {
-                Ok(reply) => return self.accept(lane, reply, estimate, key).await,
+                Ok((response, used)) => {
+                    if used > estimate {
+                        lane.take_tokens(used - estimate).await;
+                    }
+                    return response;
+                }
                 Err(error) => {
                     if error.kind == ErrorKind::RateLimited {
                         DispatchStats::add(&self.stats.rate_limited, 1);
@@ -436,14 +463,9 @@ impl Dispatcher {
         half + Duration::from_secs_f64(half.as_secs_f64() * rand::rng().random::<f64>())
     }
 
-    async fn accept(
-        &self,
-        lane: &Lane,
-        reply: ProviderReply,
-        estimate: u64,
-        key: CacheKey,
-    ) -> Response {
+    async fn accept(&self, lane: &Lane, reply: ProviderReply, key: CacheKey) -> (Response, u64) {
         let usage = reply.usage;
+        let used = usage.input_tokens + usage.output_tokens;
         lane.input_tokens
             .fetch_add(usage.input_tokens, Ordering::Relaxed);
         lane.output_tokens
@@ -462,23 +484,25 @@ impl Dispatcher {
                 stored_at: crate::cache::unix_now(),
             };
             if let Err(e) = cache.put(key, &entry).await {
-                return failure(
-                    ErrorKind::Local,
-                    format!("answer received but not cached: {e}"),
+                return (
+                    failure(
+                        ErrorKind::Local,
+                        format!("answer received but not cached: {e}"),
+                    ),
+                    used,
                 );
             }
         }
-        let actual = usage.input_tokens + usage.output_tokens;
-        if actual > estimate {
-            lane.take_tokens(actual - estimate).await;
-        }
-        Response {
-            text: reply.text,
-            finish_reason: reply.finish_reason,
-            usage,
-            error: None,
-            cached: false,
-        }
+        (
+            Response {
+                text: reply.text,
+                finish_reason: reply.finish_reason,
+                usage,
+                error: None,
+                cached: false,
+            },
+            used,
+        )
     }
 
     /// Lanes by key, for summaries.
@@ -491,6 +515,36 @@ impl Dispatcher {
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
+}
+
+/// A spawned request that is aborted when its caller stops waiting for it.
+struct AbortOnDrop(tokio::task::JoinHandle<Response>);
+
+impl AbortOnDrop {
+    async fn join(mut self) -> Response {
+        match (&mut self.0).await {
+            Ok(response) => response,
+            Err(e) if e.is_panic() => failure(
+                ErrorKind::Local,
+                format!("the request task panicked: {}", panic_text(&e.into_panic())),
+            ),
+            Err(_) => failure(ErrorKind::Cancelled, "the request was cancelled".into()),
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(non-string panic payload)".to_owned())
 }
 
 fn failure(kind: ErrorKind, message: String) -> Response {

@@ -61,6 +61,10 @@ struct Args {
     /// Tokio worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// On exit, write the admission time of every accepted request (ms since start, one per
+    /// line) to this file.
+    #[arg(long)]
+    accepted_times: Option<std::path::PathBuf>,
 }
 
 fn rate(name: &str, p: f64) -> Result<f64, String> {
@@ -166,6 +170,14 @@ async fn run(args: Args) -> Result<(), String> {
     wait_for_exit(args.exit_on_stdin_eof).await;
     server.shutdown();
     let stats = server.stats();
+    if let Some(path) = &args.accepted_times {
+        let lines: String = server
+            .accepted_times()
+            .iter()
+            .map(|t| format!("{:.3}\n", t.as_secs_f64() * 1000.0))
+            .collect();
+        std::fs::write(path, lines).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
     let mut v = serde_json::to_value(&stats).map_err(|e| e.to_string())?;
     if let Some(o) = v.as_object_mut() {
         o.insert(
