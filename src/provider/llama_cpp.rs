@@ -51,8 +51,8 @@ pub const DEFAULT_MAX_TOKENS: u32 = 256;
 /// Prompts are prefilled in chunks that start at multiples of this many tokens, whatever else is
 /// in the batch: where a prompt is split changes the floats, and so could change the reply.
 const PREFILL_CHUNK: u32 = 512;
-/// `LLAMA_FLASH_ATTN_TYPE_DISABLED`.
-const FLASH_ATTN_DISABLED: i32 = 0;
+/// `LLAMA_FLASH_ATTN_TYPE_ENABLED`.
+const FLASH_ATTN_ENABLED: i32 = 1;
 
 /// Why a local model could not be obtained or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -533,6 +533,8 @@ struct Seq {
 enum Finish {
     Stop,
     Length,
+    /// A prompt chunk failed to decode.
+    Failed(String),
 }
 
 fn worker(
@@ -554,18 +556,19 @@ fn worker(
         .unwrap_or(4)
         .min(16) as i32;
     let n_ctx = (max_sequences as u32).saturating_mul(context_per_sequence);
-    // Room for one full prefill chunk next to one decode token per other sequence.
-    let n_batch = PREFILL_CHUNK + max_sequences as u32;
+    // A call is either one decode token per sequence or one sequence's prefill chunk.
+    let n_batch = PREFILL_CHUNK.max(max_sequences as u32);
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(n_ctx))
         .with_n_batch(n_batch)
         .with_n_ubatch(n_batch)
         .with_n_seq_max(max_sequences as u32)
-        // One KV stream per sequence and no flash attention: measured, these keep a request's
-        // output independent of what is batched with it (the unified cache and the CPU flash
-        // attention kernel both change float summation order with the batch's composition).
+        // One KV stream per sequence (the unified cache changes float summation order with the
+        // batch's composition). Flash attention is on (faster, single and batched); with each
+        // prompt prefilled in calls of its own (below) it keeps a request's output independent
+        // of what is batched with it — the determinism test checks exactly that.
         .with_kv_unified(false)
-        .with_flash_attention_policy(FLASH_ATTN_DISABLED)
+        .with_flash_attention_policy(FLASH_ATTN_ENABLED)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
     let mut ctx = match model.model.new_context(backend, params) {
@@ -616,8 +619,10 @@ fn worker(
         }
         // Keep a stable order (by seq id) so batches are built deterministically.
         active.sort_by_key(|s| s.id);
+        let vocab = model.model.vocab();
+        let mut finished: Vec<(i32, Finish)> = Vec::new();
 
-        // Build one batch: one decode token per generating sequence, then prompt chunks.
+        // 1. One decode step: the pending token of every generating sequence, one call.
         batch.clear();
         let mut add_failed = None;
         for seq in active.iter_mut() {
@@ -631,17 +636,44 @@ fn worker(
                 seq.logits_at = Some(at);
             }
         }
-        for seq in active.iter_mut() {
-            if add_failed.is_some() {
-                break;
-            }
-            let remaining = seq.job.tokens.len() - seq.prefilled;
-            let budget = n_batch as usize - batch.n_tokens() as usize;
-            // Always a whole chunk (or the prompt's whole tail); if it does not fit, next step.
-            let take = remaining.min(PREFILL_CHUNK as usize);
-            if remaining == 0 || seq.pending.is_some() || take > budget {
+        if batch.n_tokens() > 0 || add_failed.is_some() {
+            if let Err(message) = decode(&mut ctx, &mut batch, add_failed) {
+                fail_all(&mut ctx, &mut free, &mut active, &message);
                 continue;
             }
+            for seq in active.iter_mut() {
+                let Some(at) = seq.logits_at.take() else {
+                    continue;
+                };
+                seq.pending = None;
+                seq.pos += 1;
+                if let Some(finish) = sample_next(seq, &ctx, at, &vocab, context_per_sequence) {
+                    finished.push((seq.id, finish));
+                }
+            }
+        }
+
+        // 2. Prompt chunks, each sequence in a call of its own: a prompt is then split into
+        // exactly the same micro-batches whether it runs alone or next to others, which keeps
+        // its floats — and its reply — independent of the rest of the workload (llama.cpp
+        // splits a mixed batch per sequence, and the flash-attention kernel's result depends
+        // on how many query rows it gets). At most one chunk's worth of tokens per step, so
+        // generating sequences are not starved by a burst of long prompts.
+        let mut prefill_budget = PREFILL_CHUNK as usize;
+        for seq in active.iter_mut() {
+            let remaining = seq.job.tokens.len() - seq.prefilled;
+            if remaining == 0 || seq.pending.is_some() || prefill_budget == 0 {
+                continue;
+            }
+            if finished.iter().any(|(id, _)| *id == seq.id) {
+                continue;
+            }
+            // Always a whole chunk (or the prompt's whole tail).
+            let take = remaining.min(PREFILL_CHUNK as usize);
+            prefill_budget = prefill_budget.saturating_sub(take);
+            batch.clear();
+            let mut add_failed = None;
+            let mut logits_at = None;
             for k in 0..take {
                 let idx = seq.prefilled + k;
                 let last = idx + 1 == seq.job.tokens.len();
@@ -651,63 +683,43 @@ fn worker(
                     break;
                 }
                 if last {
-                    seq.logits_at = Some(at);
+                    logits_at = Some(at);
                 }
+            }
+            if let Err(message) = decode(&mut ctx, &mut batch, add_failed) {
+                finished.push((seq.id, Finish::Failed(message)));
+                continue;
             }
             seq.prefilled += take;
             seq.pos = seq.prefilled as i32;
+            if let Some(at) = logits_at
+                && let Some(finish) = sample_next(seq, &ctx, at, &vocab, context_per_sequence)
+            {
+                finished.push((seq.id, finish));
+            }
         }
-        let decoded = match add_failed {
-            Some(e) => Err(format!("building the batch: {e}")),
-            None => ctx
-                .decode(&mut batch)
-                .map_err(|e| format!("llama_decode failed: {e}")),
-        };
-        if let Err(message) = decoded {
-            for seq in active.drain(..) {
-                let _ = seq
-                    .job
-                    .reply
-                    .send(Err(ProviderError::new(ErrorKind::Local, message.clone())));
-                release(&mut ctx, &mut free, seq.id);
-            }
-            continue;
-        }
-        // Sample for every sequence that produced logits.
-        let vocab = model.model.vocab();
-        let mut finished: Vec<(usize, Finish)> = Vec::new();
-        for (i, seq) in active.iter_mut().enumerate() {
-            let Some(at) = seq.logits_at else { continue };
-            if seq.pending.take().is_some() {
-                seq.pos += 1;
-            }
-            let token = seq.job.sampler.sample(&ctx, at);
-            if vocab.is_eog(token) {
-                finished.push((i, Finish::Stop));
+
+        // 3. Reply to and release the finished sequences.
+        for (id, finish) in finished {
+            let Some(i) = active.iter().position(|s| s.id == id) else {
                 continue;
-            }
-            seq.n_out += 1;
-            let before = seq.out.len();
-            vocab.token_to_piece_into(token, &mut seq.out, false, None);
-            if let Some(cut) = find_stop(&seq.out, before, &seq.job.stop) {
-                seq.out.truncate(cut);
-                finished.push((i, Finish::Stop));
-                continue;
-            }
-            if seq.n_out >= seq.job.max_tokens || seq.pos + 1 >= context_per_sequence as i32 {
-                finished.push((i, Finish::Length));
-                continue;
-            }
-            seq.pending = Some(token);
-        }
-        for (i, finish) in finished.into_iter().rev() {
+            };
             let seq = active.swap_remove(i);
+            let finish_reason = match finish {
+                Finish::Stop => "stop",
+                Finish::Length => "length",
+                Finish::Failed(message) => {
+                    let _ = seq
+                        .job
+                        .reply
+                        .send(Err(ProviderError::new(ErrorKind::Local, message)));
+                    release(&mut ctx, &mut free, seq.id);
+                    continue;
+                }
+            };
             let reply = ProviderReply {
                 text: utf8_prefix(seq.out),
-                finish_reason: Some(match finish {
-                    Finish::Stop => "stop".to_owned(),
-                    Finish::Length => "length".to_owned(),
-                }),
+                finish_reason: Some(finish_reason.to_owned()),
                 usage: Usage {
                     input_tokens: seq.job.tokens.len() as u64,
                     output_tokens: u64::from(seq.n_out),
@@ -718,6 +730,58 @@ fn worker(
             release(&mut ctx, &mut free, seq.id);
         }
     }
+}
+
+/// Run one `llama_decode` over `batch` (or report why the batch could not be built).
+fn decode(
+    ctx: &mut LlamaContext<'_>,
+    batch: &mut LlamaBatch,
+    add_failed: Option<String>,
+) -> Result<(), String> {
+    match add_failed {
+        Some(e) => Err(format!("building the batch: {e}")),
+        None => ctx
+            .decode(batch)
+            .map_err(|e| format!("llama_decode failed: {e}")),
+    }
+}
+
+/// Fail every active request (the context itself is in trouble) and free their sequences.
+fn fail_all(ctx: &mut LlamaContext<'_>, free: &mut Vec<i32>, active: &mut Vec<Seq>, message: &str) {
+    for seq in active.drain(..) {
+        let _ = seq.job.reply.send(Err(ProviderError::new(
+            ErrorKind::Local,
+            message.to_owned(),
+        )));
+        release(ctx, free, seq.id);
+    }
+}
+
+/// Sample the next token of `seq` from the logits at batch index `at`; returns why the
+/// sequence is finished, or leaves the token pending for the next decode step.
+fn sample_next(
+    seq: &mut Seq,
+    ctx: &LlamaContext<'_>,
+    at: i32,
+    vocab: &llama_cpp_2::vocab::LlamaVocab<'_>,
+    context_per_sequence: u32,
+) -> Option<Finish> {
+    let token = seq.job.sampler.sample(ctx, at);
+    if vocab.is_eog(token) {
+        return Some(Finish::Stop);
+    }
+    seq.n_out += 1;
+    let before = seq.out.len();
+    vocab.token_to_piece_into(token, &mut seq.out, false, None);
+    if let Some(cut) = find_stop(&seq.out, before, &seq.job.stop) {
+        seq.out.truncate(cut);
+        return Some(Finish::Stop);
+    }
+    if seq.n_out >= seq.job.max_tokens || seq.pos + 1 >= context_per_sequence as i32 {
+        return Some(Finish::Length);
+    }
+    seq.pending = Some(token);
+    None
 }
 
 fn admit(job: Job, free: &mut Vec<i32>, active: &mut Vec<Seq>) {

@@ -25,6 +25,8 @@ pub enum ScenarioChoice {
     Overhead,
     /// Many records: peak memory must stay bounded.
     Scale,
+    /// The embedded model: generated tok/s with 8 and 16 concurrent requests vs one at a time.
+    Local,
     All,
 }
 
@@ -77,6 +79,13 @@ pub struct BenchArgs {
     /// when 512 responses come due in the same millisecond, and the bench measures the client).
     #[arg(long, default_value_t = 2)]
     pub server_threads: usize,
+    /// Generation rounds per sequence slot of the local-model scenario (more rounds: a smaller
+    /// share of the run where the last requests finish one by one).
+    #[arg(long, default_value_t = 4)]
+    pub local_rounds: usize,
+    /// `max_tokens` of each local-model request.
+    #[arg(long, default_value_t = 128)]
+    pub local_max_tokens: u32,
     /// Use the release binaries as they are (no `cargo build --release`).
     #[arg(long)]
     pub no_build: bool,
@@ -129,6 +138,33 @@ struct Measured {
 pub fn bench_cmd(args: BenchArgs) -> Result<()> {
     let root = workspace_root();
     let target = target_dir(&root)?;
+    let mut failures = Vec::new();
+    let dispatcher_scenarios = scenarios(&args);
+    if !dispatcher_scenarios.is_empty() {
+        run_dispatcher_scenarios(&args, &root, &target, &dispatcher_scenarios, &mut failures)?;
+    }
+    if matches!(args.scenario, ScenarioChoice::Local | ScenarioChoice::All) {
+        run_local_scenario(&args, &root, &target, &mut failures)?;
+    }
+    if failures.is_empty() {
+        println!("\nall targets met");
+        Ok(())
+    } else {
+        println!("\ntargets missed:");
+        for f in &failures {
+            println!("  - {f}");
+        }
+        bail!("{} target(s) missed", failures.len())
+    }
+}
+
+fn run_dispatcher_scenarios(
+    args: &BenchArgs,
+    root: &Path,
+    target: &Path,
+    scenarios: &[Scenario],
+    failures: &mut Vec<String>,
+) -> Result<()> {
     if !args.no_build {
         let status = Command::new(cargo())
             .current_dir(&root)
@@ -162,8 +198,7 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
         CacheChoice::Off => &[false],
         CacheChoice::Both => &[false, true],
     };
-    let mut failures = Vec::new();
-    for scenario in scenarios(&args) {
+    for scenario in scenarios {
         for &cache in caches {
             let label = format!(
                 "{} ({})",
@@ -171,23 +206,130 @@ pub fn bench_cmd(args: BenchArgs) -> Result<()> {
                 if cache { "cache on" } else { "--no-cache" }
             );
             eprintln!("bench: running {label}: {} requests…", scenario.requests);
-            let measured = run_scenario(&scenario, cache, &args, &pipeline_bin, &server_bin)
+            let measured = run_scenario(scenario, cache, args, &pipeline_bin, &server_bin)
                 .with_context(|| format!("scenario {label}"))?;
-            if let Some(miss) = report(&label, &scenario, &measured) {
+            if let Some(miss) = report(&label, scenario, &measured) {
                 failures.push(format!("{label}: {miss}"));
             }
         }
     }
-    if failures.is_empty() {
-        println!("\nall targets met");
-        Ok(())
-    } else {
-        println!("\ntargets missed:");
-        for f in &failures {
-            println!("  - {f}");
+    Ok(())
+}
+
+/// Batched generation must reach this multiple of single-sequence tok/s.
+const LOCAL_SPEEDUP_TARGET: f64 = 1.8;
+
+/// `bench-local` (dev profile, where llama.cpp is built with optimisations and the example
+/// pipelines already built it): single-sequence tok/s before and after, 8 and 16 concurrent.
+fn run_local_scenario(
+    args: &BenchArgs,
+    root: &Path,
+    target: &Path,
+    failures: &mut Vec<String>,
+) -> Result<()> {
+    if !args.no_build {
+        let status = Command::new(cargo())
+            .current_dir(root)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "shaping-bench",
+                "--features",
+                "local-model",
+                "--bin",
+                "bench-local",
+            ])
+            .status()
+            .context("running cargo build")?;
+        if !status.success() {
+            bail!("cargo build -p shaping-bench --features local-model --bin bench-local failed");
         }
-        bail!("{} target(s) missed", failures.len())
     }
+    let bin = target.join("debug").join("bench-local");
+    if !bin.is_file() {
+        bail!("{} not found (build without --no-build)", bin.display());
+    }
+    eprintln!(
+        "bench: running local-model batching ({} rounds of {} tokens per slot)…",
+        args.local_rounds, args.local_max_tokens
+    );
+    let output = Command::new(&bin)
+        .env("SHAPING_BENCH_LEVELS", "8,16")
+        .env("SHAPING_BENCH_ROUNDS", args.local_rounds.to_string())
+        .env(
+            "SHAPING_BENCH_MAX_TOKENS",
+            args.local_max_tokens.to_string(),
+        )
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !output.status.success() {
+        bail!("{} failed ({})", bin.display(), output.status);
+    }
+    let rows: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let rate = |row: &Value| row["tok_per_s"].as_f64().unwrap_or(0.0);
+    let singles: Vec<f64> = rows
+        .iter()
+        .filter(|r| r["concurrency"] == 1)
+        .map(rate)
+        .collect();
+    if singles.is_empty() {
+        bail!("bench-local printed no single-sequence figure");
+    }
+    let single = singles.iter().sum::<f64>() / singles.len() as f64;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "\n== local-model batching (llama.cpp, {} threads)",
+        num_cpus()
+    );
+    let _ = writeln!(
+        out,
+        "  single sequence {single:.1} tok/s (mean of {}: {})",
+        singles.len(),
+        singles
+            .iter()
+            .map(|s| format!("{s:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut best = 0.0f64;
+    for row in rows.iter().filter(|r| r["concurrency"] != 1) {
+        let ratio = rate(row) / single;
+        best = best.max(ratio);
+        let _ = writeln!(
+            out,
+            "  {:>2} concurrent   {:.1} tok/s = {ratio:.2}× single ({} tokens in {} s)",
+            row["concurrency"].as_u64().unwrap_or(0),
+            rate(row),
+            row["tokens"],
+            row["seconds"]
+        );
+    }
+    let miss = (best < LOCAL_SPEEDUP_TARGET)
+        .then(|| format!("best batched speed-up {best:.2}× < {LOCAL_SPEEDUP_TARGET}×"));
+    let _ = writeln!(
+        out,
+        "  target          {}",
+        match &miss {
+            None => format!("met (≥ {LOCAL_SPEEDUP_TARGET}× at 8 or 16 concurrent)"),
+            Some(why) => format!("MISSED: {why}"),
+        }
+    );
+    if let Some(miss) = miss {
+        failures.push(format!("local-model batching: {miss}"));
+    }
+    Ok(())
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn scenarios(args: &BenchArgs) -> Vec<Scenario> {
