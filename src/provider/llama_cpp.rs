@@ -36,6 +36,8 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
@@ -526,6 +528,10 @@ struct Seq {
     pending: Option<LlamaToken>,
     /// Index in the current batch whose logits belong to this sequence.
     logits_at: Option<i32>,
+    /// The token just drawn from those logits.
+    drawn: Option<LlamaToken>,
+    /// Reused buffer of sampling candidates (one per vocabulary entry).
+    candidates: Vec<LlamaTokenData>,
     out: Vec<u8>,
     n_out: u32,
 }
@@ -555,6 +561,7 @@ fn worker(
         .map(|n| n.get())
         .unwrap_or(4)
         .min(16) as i32;
+    let parallel_sampling = threads > 1;
     let n_ctx = (max_sequences as u32).saturating_mul(context_per_sequence);
     // A call is either one decode token per sequence or one sequence's prefill chunk.
     let n_batch = PREFILL_CHUNK.max(max_sequences as u32);
@@ -641,13 +648,22 @@ fn worker(
                 fail_all(&mut ctx, &mut free, &mut active, &message);
                 continue;
             }
+            let mut draws: Vec<(&mut Seq, &[f32])> = active
+                .iter_mut()
+                .filter_map(|seq| {
+                    let at = seq.logits_at.take()?;
+                    Some((seq, ctx.get_logits_ith(at)))
+                })
+                .collect();
+            draw_all(&mut draws, parallel_sampling);
+            drop(draws);
             for seq in active.iter_mut() {
-                let Some(at) = seq.logits_at.take() else {
+                let Some(token) = seq.drawn.take() else {
                     continue;
                 };
                 seq.pending = None;
                 seq.pos += 1;
-                if let Some(finish) = sample_next(seq, &ctx, at, &vocab, context_per_sequence) {
+                if let Some(finish) = take_token(seq, token, &vocab, context_per_sequence) {
                     finished.push((seq.id, finish));
                 }
             }
@@ -692,10 +708,15 @@ fn worker(
             }
             seq.prefilled += take;
             seq.pos = seq.prefilled as i32;
-            if let Some(at) = logits_at
-                && let Some(finish) = sample_next(seq, &ctx, at, &vocab, context_per_sequence)
-            {
-                finished.push((seq.id, finish));
+            if let Some(at) = logits_at {
+                let token = draw(
+                    &mut seq.job.sampler,
+                    &mut seq.candidates,
+                    ctx.get_logits_ith(at),
+                );
+                if let Some(finish) = take_token(seq, token, &vocab, context_per_sequence) {
+                    finished.push((seq.id, finish));
+                }
             }
         }
 
@@ -757,16 +778,68 @@ fn fail_all(ctx: &mut LlamaContext<'_>, free: &mut Vec<i32>, active: &mut Vec<Se
     }
 }
 
-/// Sample the next token of `seq` from the logits at batch index `at`; returns why the
-/// sequence is finished, or leaves the token pending for the next decode step.
-fn sample_next(
+/// Draw the next token of every sequence in `draws` from its logits. The samplers are
+/// independent (one chain per request) and llama.cpp is idle meanwhile, so with several
+/// sequences half of them are drawn on a second thread: with `top_p`, drawing costs about as
+/// much as decoding one token, and done one after the other it would leave a core idle.
+fn draw_all(draws: &mut [(&mut Seq, &[f32])], parallel: bool) {
+    let draw_into = |part: &mut [(&mut Seq, &[f32])]| {
+        for (seq, logits) in part.iter_mut() {
+            let token = draw(&mut seq.job.sampler, &mut seq.candidates, logits);
+            seq.drawn = Some(token);
+        }
+    };
+    if parallel && draws.len() >= 2 {
+        let (left, right) = draws.split_at_mut(draws.len() / 2);
+        std::thread::scope(|scope| {
+            scope.spawn(|| draw_into(right));
+            draw_into(left);
+        });
+    } else {
+        draw_into(draws);
+    }
+}
+
+/// What `llama_sampler_sample` does, on logits already copied out of the context: apply the
+/// chain to all candidates, take the selected token and let the chain accept it (grammar
+/// state). `candidates` is a reusable buffer.
+fn draw(
+    sampler: &mut LlamaSampler,
+    candidates: &mut Vec<LlamaTokenData>,
+    logits: &[f32],
+) -> LlamaToken {
+    let mut buffer = std::mem::take(candidates);
+    buffer.clear();
+    buffer.extend(
+        logits
+            .iter()
+            .enumerate()
+            .map(|(id, &logit)| LlamaTokenData::new(LlamaToken::new(id as i32), logit, 0.0)),
+    );
+    let mut array = LlamaTokenDataArray::new(buffer, false);
+    sampler.apply(&mut array);
+    // Every chain ends in `dist` or `greedy`, which select a token; fall back to the most
+    // likely one rather than fail if a chain ever does not.
+    let token = array.selected_token().unwrap_or_else(|| {
+        array
+            .data
+            .iter()
+            .max_by(|a, b| a.logit().total_cmp(&b.logit()))
+            .map_or(LlamaToken::new(0), LlamaTokenData::id)
+    });
+    sampler.accept(token);
+    *candidates = array.data;
+    token
+}
+
+/// Append the drawn `token` to `seq`: returns why the sequence is finished, or leaves the
+/// token pending for the next decode step.
+fn take_token(
     seq: &mut Seq,
-    ctx: &LlamaContext<'_>,
-    at: i32,
+    token: LlamaToken,
     vocab: &llama_cpp_2::vocab::LlamaVocab<'_>,
     context_per_sequence: u32,
 ) -> Option<Finish> {
-    let token = seq.job.sampler.sample(ctx, at);
     if vocab.is_eog(token) {
         return Some(Finish::Stop);
     }
@@ -795,6 +868,8 @@ fn admit(job: Job, free: &mut Vec<i32>, active: &mut Vec<Seq>) {
         pos: 0,
         pending: None,
         logits_at: None,
+        drawn: None,
+        candidates: Vec::new(),
         out: Vec::new(),
         n_out: 0,
     });
@@ -848,13 +923,15 @@ pub struct ThroughputReport {
     pub tok_per_s: f64,
 }
 
-/// Send `requests` sampled requests with at most `concurrency` in flight, each asking for up to
-/// `max_tokens`, and report the generated-token throughput. Failed requests count no tokens.
+/// Send `requests` sampled requests (temperature 0.8, optional `top_p`) with at most
+/// `concurrency` in flight, each asking for up to `max_tokens`, and report the generated-token
+/// throughput. Failed requests count no tokens.
 pub async fn measure_throughput(
     provider: &LlamaCppProvider,
     concurrency: usize,
     requests: usize,
     max_tokens: u32,
+    top_p: Option<f32>,
 ) -> ThroughputReport {
     use futures::StreamExt as _;
     let topics = [
@@ -875,6 +952,7 @@ pub async fn measure_throughput(
             ))],
             params: Params {
                 temperature: Some(0.8),
+                top_p,
                 max_tokens: Some(max_tokens),
                 ..Params::default()
             },

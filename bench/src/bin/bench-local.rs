@@ -33,6 +33,14 @@ fn run() -> Result<(), String> {
     };
     let max_tokens = env_usize("SHAPING_BENCH_MAX_TOKENS", 128)? as u32;
     let rounds = env_usize("SHAPING_BENCH_ROUNDS", 3)?.max(1);
+    let top_p = match std::env::var("SHAPING_BENCH_TOP_P") {
+        Err(_) => None,
+        Ok(text) => Some(
+            text.trim()
+                .parse::<f32>()
+                .map_err(|_| format!("SHAPING_BENCH_TOP_P must be a number, got {text:?}"))?,
+        ),
+    };
     let path = match std::env::var_os("SHAPING_BENCH_GGUF") {
         Some(p) => std::path::PathBuf::from(p),
         None => shaping::model_fetch::ensure_default_model(&shaping::models::model_cache_dir())
@@ -48,14 +56,14 @@ fn run() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
         // Warm-up: page the weights in and let the CPU settle.
-        let _ = measure_throughput(&provider, 1, 1, 16).await;
+        let _ = measure_throughput(&provider, 1, 1, 16, top_p).await;
         let single = |label: &'static str| {
             let provider = &provider;
             async move {
                 // Single-sequence runs are short per request: give them as many tokens as a
                 // batched level gets per slot, times four.
                 let requests = 4 * rounds;
-                let report = measure_throughput(provider, 1, requests, max_tokens).await;
+                let report = measure_throughput(provider, 1, requests, max_tokens, top_p).await;
                 println!(
                     "{{\"phase\":\"{label}\",\"concurrency\":1,\"requests\":{requests},\"tokens\":{},\"seconds\":{:.3},\"tok_per_s\":{:.1}}}",
                     report.tokens, report.seconds, report.tok_per_s
@@ -68,7 +76,7 @@ fn run() -> Result<(), String> {
         for &level in levels.iter().filter(|&&l| l > 1) {
             // Every level generates the same number of requests per sequence slot.
             let requests = level * rounds;
-            let report = measure_throughput(&provider, level, requests, max_tokens).await;
+            let report = measure_throughput(&provider, level, requests, max_tokens, top_p).await;
             println!(
                 "{{\"phase\":\"batched\",\"concurrency\":{level},\"requests\":{requests},\"tokens\":{},\"seconds\":{:.3},\"tok_per_s\":{:.1}}}",
                 report.tokens, report.seconds, report.tok_per_s
