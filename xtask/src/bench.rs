@@ -170,7 +170,7 @@ fn run_dispatcher_scenarios(
 ) -> Result<()> {
     if !args.no_build {
         let status = Command::new(cargo())
-            .current_dir(&root)
+            .current_dir(root)
             .args([
                 "build",
                 "--release",
