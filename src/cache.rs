@@ -1,14 +1,18 @@
 //! The durable response cache: every paid answer is committed to an embedded store (redb) before a task sees it.
 //!
-//! One database per pipeline in `.shaping/cache/<pipeline>.redb` (git-ignored). Writes are
-//! group-committed by a writer thread: answers arriving together (within a gap of 200 µs, at most
-//! 2 ms) share one transaction and one fsync, and each caller is released only after its answer
-//! is on disk. Keys are [`CacheKey`]s: a hash of the model
-//! fingerprint, messages, parameters, and the step's place in its record's task.
+//! One database per pipeline in `.shaping/cache/<pipeline>.redb` (git-ignored). Answers are
+//! stored as a log (sequence number → key and reply), so a commit appends to the end of the tree
+//! and writes a few pages however many answers the cache holds; an in-memory index (key →
+//! sequence number, rebuilt by scanning the log when the cache opens) answers lookups, and a
+//! miss touches no disk at all. Writes are group-committed by a writer thread: answers arriving
+//! together (within a gap of 200 µs, at most 2 ms) share one transaction and one fsync, and each
+//! caller is released only after its answer is on disk. Keys are [`CacheKey`]s: a hash of the
+//! model fingerprint, messages, parameters, and the step's place in its record's task.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -18,7 +22,15 @@ use sha2::{Digest, Sha256};
 use crate::models::ModelFingerprint;
 use crate::provider::{Message, Params, Usage};
 
-const RESPONSES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("responses");
+/// The first layout (key → reply JSON), moved into [`LOG`] when a cache is opened.
+const LEGACY_RESPONSES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("responses");
+/// Answers in the order they were stored: sequence number → the 32-byte key followed by the
+/// reply's JSON. A later entry for the same key (`--refresh`) supersedes earlier ones.
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("responses-log");
+const KEY_LEN: usize = 32;
+
+/// Key → sequence number of its newest log entry.
+type Index = HashMap<[u8; KEY_LEN], u64>;
 
 /// Errors of the response cache.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +93,7 @@ type WriteJob = (
 pub struct ResponseCache {
     path: PathBuf,
     db: Arc<Database>,
+    index: Arc<RwLock<Index>>,
     writer: Option<mpsc::Sender<WriteJob>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -124,18 +137,32 @@ pub fn cache_path(root: &Path, pipeline: &str) -> PathBuf {
 impl ResponseCache {
     pub fn open(path: &Path) -> Result<Self, CacheError> {
         let db = Arc::new(open_db(path)?);
+        migrate_legacy(&db, path)?;
+        let (index, next_seq) = load_index(&db, path)?;
+        let index = Arc::new(RwLock::new(index));
         let (writer, jobs) = mpsc::channel::<WriteJob>();
         let writer_db = Arc::clone(&db);
+        let writer_index = Arc::clone(&index);
         let writer_thread = std::thread::Builder::new()
             .name("response-cache-writer".into())
-            .spawn(move || group_commit_loop(&writer_db, jobs))
+            .spawn(move || group_commit_loop(&writer_db, &writer_index, next_seq, jobs))
             .map_err(|e| store_err(path, e))?;
         Ok(Self {
             path: path.to_owned(),
             db,
+            index,
             writer: Some(writer),
             writer_thread: Some(writer_thread),
         })
+    }
+
+    /// Number of distinct answers stored.
+    pub fn len(&self) -> usize {
+        self.index.read().map(|i| i.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub fn path(&self) -> &Path {
@@ -143,20 +170,23 @@ impl ResponseCache {
     }
 
     pub fn get(&self, key: &CacheKey) -> Result<Option<CachedReply>, CacheError> {
-        let read = self.db.begin_read().map_err(|e| store_err(&self.path, e))?;
-        let table = match read.open_table(RESPONSES) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(store_err(&self.path, e)),
+        let seq = match self.index.read() {
+            Ok(index) => index.get(&key.0).copied(),
+            Err(_) => return Err(CacheError::WriterGone),
         };
-        let Some(value) = table
-            .get(key.0.as_slice())
-            .map_err(|e| store_err(&self.path, e))?
-        else {
+        let Some(seq) = seq else {
             return Ok(None);
         };
-        // An undecodable entry (older format) is treated as absent and will be overwritten.
-        Ok(serde_json::from_slice(value.value()).ok())
+        let read = self.db.begin_read().map_err(|e| store_err(&self.path, e))?;
+        let table = read.open_table(LOG).map_err(|e| store_err(&self.path, e))?;
+        let Some(entry) = table.get(seq).map_err(|e| store_err(&self.path, e))? else {
+            return Ok(None);
+        };
+        // An undecodable entry (older format) is treated as absent and will be superseded.
+        Ok(entry
+            .value()
+            .get(KEY_LEN..)
+            .and_then(|json| serde_json::from_slice(json).ok()))
     }
 
     /// Store an answer durably; returns once it is committed to disk.
@@ -185,7 +215,12 @@ const GATHER_GAP: Duration = Duration::from_micros(200);
 const GATHER_MAX: Duration = Duration::from_millis(2);
 const MAX_BATCH: usize = 4096;
 
-fn group_commit_loop(db: &Arc<Database>, jobs: mpsc::Receiver<WriteJob>) {
+fn group_commit_loop(
+    db: &Database,
+    index: &RwLock<Index>,
+    mut next_seq: u64,
+    jobs: mpsc::Receiver<WriteJob>,
+) {
     while let Ok(first) = jobs.recv() {
         let deadline = Instant::now() + GATHER_MAX;
         let mut batch = vec![first];
@@ -196,22 +231,96 @@ fn group_commit_loop(db: &Arc<Database>, jobs: mpsc::Receiver<WriteJob>) {
                 Err(_) => break,
             }
         }
+        let first_seq = next_seq;
+        next_seq += batch.len() as u64;
         let result = (|| -> Result<(), String> {
             let txn = db.begin_write().map_err(|e| e.to_string())?;
             {
-                let mut table = txn.open_table(RESPONSES).map_err(|e| e.to_string())?;
-                for (key, value, _) in &batch {
+                let mut table = txn.open_table(LOG).map_err(|e| e.to_string())?;
+                let mut entry = Vec::new();
+                for (seq, (key, value, _)) in (first_seq..).zip(&batch) {
+                    entry.clear();
+                    entry.extend_from_slice(&key.0);
+                    entry.extend_from_slice(value);
                     table
-                        .insert(key.0.as_slice(), value.as_slice())
+                        .insert(seq, entry.as_slice())
                         .map_err(|e| e.to_string())?;
                 }
             }
             txn.commit().map_err(|e| e.to_string())
         })();
+        if result.is_ok()
+            && let Ok(mut index) = index.write()
+        {
+            for (seq, (key, _, _)) in (first_seq..).zip(&batch) {
+                index.insert(key.0, seq);
+            }
+        }
         for (_, _, done) in batch {
             let _ = done.send(result.clone());
         }
     }
+}
+
+/// Move the entries of the first layout (key → reply) into the log, in one transaction.
+fn migrate_legacy(db: &Database, path: &Path) -> Result<(), CacheError> {
+    let read = db.begin_read().map_err(|e| store_err(path, e))?;
+    match read.open_table(LEGACY_RESPONSES) {
+        Ok(_) => {}
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(store_err(path, e)),
+    }
+    drop(read);
+    let txn = db.begin_write().map_err(|e| store_err(path, e))?;
+    {
+        let legacy = txn
+            .open_table(LEGACY_RESPONSES)
+            .map_err(|e| store_err(path, e))?;
+        let mut log = txn.open_table(LOG).map_err(|e| store_err(path, e))?;
+        let mut seq = log
+            .last()
+            .map_err(|e| store_err(path, e))?
+            .map_or(0, |(k, _)| k.value() + 1);
+        for entry in legacy.iter().map_err(|e| store_err(path, e))? {
+            let (key, value) = entry.map_err(|e| store_err(path, e))?;
+            if key.value().len() != KEY_LEN {
+                continue;
+            }
+            let mut record = key.value().to_vec();
+            record.extend_from_slice(value.value());
+            log.insert(seq, record.as_slice())
+                .map_err(|e| store_err(path, e))?;
+            seq += 1;
+        }
+    }
+    txn.delete_table(LEGACY_RESPONSES)
+        .map_err(|e| store_err(path, e))?;
+    txn.commit().map_err(|e| store_err(path, e))
+}
+
+/// Scan the log: the newest sequence number of every key, and the next free one.
+fn load_index(db: &Database, path: &Path) -> Result<(Index, u64), CacheError> {
+    let read = db.begin_read().map_err(|e| store_err(path, e))?;
+    let table = match read.open_table(LOG) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Index::new(), 0)),
+        Err(e) => return Err(store_err(path, e)),
+    };
+    let mut index = Index::with_capacity(table.len().unwrap_or(0) as usize);
+    let mut next_seq = 0;
+    for entry in table.iter().map_err(|e| store_err(path, e))? {
+        let (seq, record) = entry.map_err(|e| store_err(path, e))?;
+        let seq = seq.value();
+        next_seq = seq + 1;
+        if let Some(key) = record
+            .value()
+            .get(..KEY_LEN)
+            .and_then(|k| <[u8; KEY_LEN]>::try_from(k).ok())
+        {
+            index.insert(key, seq);
+        }
+    }
+    Ok((index, next_seq))
 }
 
 /// Size and entry count of one cache file, for `cargo xtask cache`.
@@ -239,12 +348,8 @@ pub fn list_caches(root: &Path) -> Result<Vec<CacheInfo>, CacheError> {
     for path in paths {
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let db = open_db(&path)?;
-        let read = db.begin_read().map_err(|e| store_err(&path, e))?;
-        let entries = match read.open_table(RESPONSES) {
-            Ok(t) => t.len().map_err(|e| store_err(&path, e))?,
-            Err(redb::TableError::TableDoesNotExist(_)) => 0,
-            Err(e) => return Err(store_err(&path, e)),
-        };
+        migrate_legacy(&db, &path)?;
+        let entries = load_index(&db, &path)?.0.len() as u64;
         let pipeline = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -259,34 +364,40 @@ pub fn list_caches(root: &Path) -> Result<Vec<CacheInfo>, CacheError> {
     Ok(infos)
 }
 
-/// Remove entries stored more than `older_than_secs` ago; returns how many were removed.
+/// Remove entries stored more than `older_than_secs` ago (and entries superseded by a newer
+/// answer for the same key); returns how many were removed.
 pub fn prune(path: &Path, older_than_secs: u64) -> Result<u64, CacheError> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let cutoff = now.saturating_sub(older_than_secs);
+    let cutoff = unix_now().saturating_sub(older_than_secs);
     let mut db = open_db(path)?;
+    migrate_legacy(&db, path)?;
+    let (index, _) = load_index(&db, path)?;
     let txn = db.begin_write().map_err(|e| store_err(path, e))?;
     let mut removed = 0;
     {
-        let mut table = txn.open_table(RESPONSES).map_err(|e| store_err(path, e))?;
-        let doomed: Vec<Vec<u8>> = table
+        let mut table = txn.open_table(LOG).map_err(|e| store_err(path, e))?;
+        let doomed: Vec<u64> = table
             .iter()
             .map_err(|e| store_err(path, e))?
             .filter_map(|entry| {
-                let (k, v) = entry.ok()?;
-                let reply: Option<CachedReply> = serde_json::from_slice(v.value()).ok();
+                let (seq, record) = entry.ok()?;
+                let seq = seq.value();
+                let record = record.value();
+                let newest = record
+                    .get(..KEY_LEN)
+                    .and_then(|k| <[u8; KEY_LEN]>::try_from(k).ok())
+                    .and_then(|k| index.get(&k))
+                    == Some(&seq);
+                let reply: Option<CachedReply> = record
+                    .get(KEY_LEN..)
+                    .and_then(|json| serde_json::from_slice(json).ok());
                 match reply {
-                    Some(r) if r.stored_at >= cutoff => None,
-                    _ => Some(k.value().to_vec()),
+                    Some(r) if newest && r.stored_at >= cutoff => None,
+                    _ => Some(seq),
                 }
             })
             .collect();
-        for key in doomed {
-            table
-                .remove(key.as_slice())
-                .map_err(|e| store_err(path, e))?;
+        for seq in doomed {
+            table.remove(seq).map_err(|e| store_err(path, e))?;
             removed += 1;
         }
     }
@@ -301,4 +412,101 @@ pub fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(text: &str, stored_at: u64) -> CachedReply {
+        CachedReply {
+            text: text.to_owned(),
+            finish_reason: Some("stop".to_owned()),
+            usage: Usage {
+                input_tokens: 3,
+                output_tokens: 2,
+            },
+            stored_at,
+        }
+    }
+
+    fn put(cache: &ResponseCache, key: CacheKey, value: &CachedReply) {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(cache.put(key, value))
+            .expect("put");
+    }
+
+    #[test]
+    fn answers_survive_reopening_and_the_newest_answer_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.redb");
+        let (a, b) = (CacheKey([1; 32]), CacheKey([2; 32]));
+        {
+            let cache = ResponseCache::open(&path).unwrap();
+            assert_eq!(cache.get(&a).unwrap(), None);
+            put(&cache, a, &reply("first", unix_now()));
+            put(&cache, b, &reply("other", unix_now()));
+            put(&cache, a, &reply("refreshed", unix_now()));
+            assert_eq!(cache.get(&a).unwrap().unwrap().text, "refreshed");
+            assert_eq!(cache.len(), 2);
+        }
+        let cache = ResponseCache::open(&path).unwrap();
+        assert_eq!(cache.get(&a).unwrap().unwrap().text, "refreshed");
+        assert_eq!(cache.get(&b).unwrap().unwrap().text, "other");
+        assert_eq!(cache.get(&CacheKey([3; 32])).unwrap(), None);
+        // Appends continue after the existing entries instead of overwriting them.
+        put(&cache, CacheKey([3; 32]), &reply("third", unix_now()));
+        drop(cache);
+        let cache = ResponseCache::open(&path).unwrap();
+        assert_eq!(cache.len(), 3);
+        assert_eq!(cache.get(&b).unwrap().unwrap().text, "other");
+    }
+
+    #[test]
+    fn prune_drops_old_and_superseded_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.redb");
+        let (old, fresh) = (CacheKey([1; 32]), CacheKey([2; 32]));
+        {
+            let cache = ResponseCache::open(&path).unwrap();
+            put(&cache, old, &reply("old", unix_now() - 10 * 86_400));
+            put(&cache, fresh, &reply("superseded", unix_now()));
+            put(&cache, fresh, &reply("fresh", unix_now()));
+        }
+        assert_eq!(prune(&path, 86_400).unwrap(), 2);
+        let cache = ResponseCache::open(&path).unwrap();
+        assert_eq!(cache.get(&old).unwrap(), None);
+        assert_eq!(cache.get(&fresh).unwrap().unwrap().text, "fresh");
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn caches_of_the_first_layout_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(LEGACY_RESPONSES).unwrap();
+                let json = serde_json::to_vec(&reply("legacy", unix_now())).unwrap();
+                table.insert([7u8; 32].as_slice(), json.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let cache = ResponseCache::open(&path).unwrap();
+        assert_eq!(
+            cache.get(&CacheKey([7; 32])).unwrap().unwrap().text,
+            "legacy"
+        );
+        drop(cache);
+        let db = Database::create(&path).unwrap();
+        let read = db.begin_read().unwrap();
+        assert!(
+            read.open_table(LEGACY_RESPONSES).is_err(),
+            "legacy table removed"
+        );
+    }
 }
