@@ -169,23 +169,17 @@ fn run_dispatcher_scenarios(
     failures: &mut Vec<String>,
 ) -> Result<()> {
     if !args.no_build {
-        let status = Command::new(cargo())
-            .current_dir(root)
-            .args([
-                "build",
+        cargo_build(
+            root,
+            &[
                 "--release",
-                "--quiet",
                 "-p",
                 "shaping-bench",
                 "-p",
                 "testkit",
                 "--bins",
-            ])
-            .status()
-            .context("running cargo build --release")?;
-        if !status.success() {
-            bail!("cargo build --release -p shaping-bench -p testkit failed");
-        }
+            ],
+        )?;
     }
     let release = target.join("release");
     let pipeline_bin = release.join("bench-pipeline");
@@ -231,23 +225,17 @@ fn run_local_scenario(
     failures: &mut Vec<String>,
 ) -> Result<()> {
     if !args.no_build {
-        let status = Command::new(cargo())
-            .current_dir(root)
-            .args([
-                "build",
-                "--quiet",
+        cargo_build(
+            root,
+            &[
                 "-p",
                 "shaping-bench",
                 "--features",
                 "local-model",
                 "--bin",
                 "bench-local",
-            ])
-            .status()
-            .context("running cargo build")?;
-        if !status.success() {
-            bail!("cargo build -p shaping-bench --features local-model --bin bench-local failed");
-        }
+            ],
+        )?;
     }
     let bin = target.join("debug").join("bench-local");
     if !bin.is_file() {
@@ -394,6 +382,20 @@ fn scenarios(args: &BenchArgs) -> Vec<Scenario> {
         });
     }
     list
+}
+
+/// `cargo build --quiet ARGS` in the workspace.
+fn cargo_build(root: &Path, args: &[&str]) -> Result<()> {
+    let status = Command::new(cargo())
+        .current_dir(root)
+        .args(["build", "--quiet"])
+        .args(args)
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build {} failed", args.join(" "));
+    }
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {
