@@ -4,16 +4,16 @@
 //! stored as a log (sequence number → key and reply), so a commit appends to the end of the tree
 //! and writes a few pages however many answers the cache holds; an in-memory index (key →
 //! sequence number, rebuilt by scanning the log when the cache opens) answers lookups, and a
-//! miss touches no disk at all. Writes are group-committed by a writer thread: answers arriving
-//! together (within a gap of 200 µs, at most 2 ms) share one transaction and one fsync, and each
-//! caller is released only after its answer is on disk. Keys are [`CacheKey`]s: a hash of the
+//! miss touches no disk at all. Writes are group-committed by a writer thread: answers that
+//! arrive while a commit is running share the next transaction and fsync, and each caller is
+//! released only after its answer is on disk. Keys are [`CacheKey`]s: a hash of the
 //! model fingerprint, messages, parameters, and the step's place in its record's task.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -208,13 +208,12 @@ impl ResponseCache {
     }
 }
 
-/// A commit waits this long for one more answer to join it…
-const GATHER_GAP: Duration = Duration::from_micros(200);
-/// …but never longer than this in total: a commit costs far more CPU than an insert, and
-/// answers arriving together (a burst of concurrent requests) then share one.
-const GATHER_MAX: Duration = Duration::from_millis(2);
+/// Most answers in one transaction.
 const MAX_BATCH: usize = 4096;
 
+/// The writer thread: takes every answer waiting, appends them in one transaction, commits
+/// (fsync), updates the index, then releases their callers. Answers arriving during a commit
+/// wait for the next one, so batches grow with the load by themselves.
 fn group_commit_loop(
     db: &Database,
     index: &RwLock<Index>,
@@ -222,11 +221,9 @@ fn group_commit_loop(
     jobs: mpsc::Receiver<WriteJob>,
 ) {
     while let Ok(first) = jobs.recv() {
-        let deadline = Instant::now() + GATHER_MAX;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
-            let wait = GATHER_GAP.min(deadline.saturating_duration_since(Instant::now()));
-            match jobs.recv_timeout(wait) {
+            match jobs.try_recv() {
                 Ok(more) => batch.push(more),
                 Err(_) => break,
             }
