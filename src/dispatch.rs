@@ -526,7 +526,10 @@ impl AbortOnDrop {
             Ok(response) => response,
             Err(e) if e.is_panic() => failure(
                 ErrorKind::Local,
-                format!("the request task panicked: {}", panic_text(&e.into_panic())),
+                format!(
+                    "the request task panicked: {}",
+                    crate::pipeline::panic_message(&*e.into_panic())
+                ),
             ),
             Err(_) => failure(ErrorKind::Cancelled, "the request was cancelled".into()),
         }
@@ -537,14 +540,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(non-string panic payload)".to_owned())
 }
 
 fn failure(kind: ErrorKind, message: String) -> Response {
