@@ -65,6 +65,30 @@ impl fmt::Display for ProviderKind {
     }
 }
 
+/// How a local model's weights are used: as stored in the GGUF, or re-encoded once into a derived
+/// working copy (kept in the model cache) whose format llama.cpp can batch efficiently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Requantize {
+    /// Use the GGUF as it is.
+    #[default]
+    #[serde(rename = "none")]
+    None,
+    /// Re-encode every quantized matrix as Q8_0 (8-bit, one scale per 32 weights). From a 4-bit
+    /// file this is nearly lossless (the 4-bit levels fit the 8-bit grid to within a few percent of
+    /// one 4-bit step), and llama.cpp has batched matrix kernels for Q8_0 on x86 but none for Q4_1.
+    #[serde(rename = "q8_0")]
+    Q8_0,
+}
+
+impl fmt::Display for Requantize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::Q8_0 => "q8_0",
+        })
+    }
+}
+
 /// One `[models.<alias>]` table as written; every field optional so the local file can override any subset.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,6 +99,7 @@ struct ModelEntry {
     api_key_env: Option<String>,
     path: Option<String>,
     sha256: Option<String>,
+    requantize: Option<Requantize>,
     context_size: Option<u32>,
     max_concurrency: Option<usize>,
     rpm: Option<u32>,
@@ -99,6 +124,7 @@ impl ModelEntry {
             api_key_env,
             path,
             sha256,
+            requantize,
             context_size,
             max_concurrency,
             rpm,
@@ -136,6 +162,8 @@ pub struct ModelSpec {
     /// Local model file (absolute) and its expected sha256.
     pub path: Option<PathBuf>,
     pub sha256: Option<String>,
+    /// Local models: the working copy's weight format (the fingerprint includes it).
+    pub requantize: Requantize,
     pub context_size: u32,
     pub max_concurrency: usize,
     pub rpm: Option<u32>,
@@ -169,7 +197,11 @@ impl ModelSpec {
     pub fn fingerprint(&self) -> ModelFingerprint {
         let endpoint = match self.provider {
             ProviderKind::LlamaCpp => {
-                format!("sha256:{}", self.sha256.as_deref().unwrap_or("unknown"))
+                let file = format!("sha256:{}", self.sha256.as_deref().unwrap_or("unknown"));
+                match self.requantize {
+                    Requantize::None => file,
+                    format => format!("{file} requantized to {format}"),
+                }
             }
             _ => self.base_url.clone().unwrap_or_default(),
         };
@@ -418,6 +450,12 @@ fn resolve_entry(alias: &str, entry: ModelEntry, path: &Path) -> Result<ModelSpe
         api_key_env,
         path: model_path,
         sha256: entry.sha256.map(|s| s.to_ascii_lowercase()),
+        // Like `path` and `sha256`, only meaningful for a local file: an alias switched to a
+        // hosted model in models.local.toml keeps the shared file's setting harmlessly.
+        requantize: match provider {
+            ProviderKind::LlamaCpp => entry.requantize.unwrap_or_default(),
+            _ => Requantize::None,
+        },
         context_size: entry.context_size.unwrap_or(2048),
         max_concurrency,
         rpm: entry.rpm,
@@ -429,4 +467,69 @@ fn resolve_entry(alias: &str, entry: ModelEntry, path: &Path) -> Result<ModelSpe
         price_output_per_mtok: entry.price_output_per_mtok,
         params: entry.params.unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCAL_DEE: &str = r#"
+[models.dee]
+provider = "llama-cpp"
+path = "/models/dee.gguf"
+sha256 = "ABC123"
+requantize = "q8_0"
+"#;
+
+    fn load(shared: &str, local: Option<&str>) -> Result<ModelsConfig, ModelsError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(MODELS_FILE), shared).unwrap();
+        if let Some(local) = local {
+            std::fs::write(dir.path().join(LOCAL_MODELS_FILE), local).unwrap();
+        }
+        ModelsConfig::load(dir.path())
+    }
+
+    #[test]
+    fn the_working_copy_format_is_part_of_a_local_model_fingerprint() {
+        let config = load(LOCAL_DEE, None).unwrap();
+        let spec = config.get("dee").unwrap();
+        assert_eq!(spec.requantize, Requantize::Q8_0);
+        assert_eq!(
+            spec.fingerprint().endpoint,
+            "sha256:abc123 requantized to q8_0"
+        );
+        let as_is = load(LOCAL_DEE, Some("[models.dee]\nrequantize = \"none\"\n")).unwrap();
+        assert_eq!(
+            as_is.get("dee").unwrap().fingerprint().endpoint,
+            "sha256:abc123"
+        );
+    }
+
+    #[test]
+    fn switching_an_alias_to_a_hosted_model_drops_the_local_only_settings() {
+        let local = r#"
+[models.dee]
+provider = "openai"
+model = "gpt-4o-mini"
+base_url = "http://127.0.0.1:8000/v1"
+"#;
+        let config = load(LOCAL_DEE, Some(local)).unwrap();
+        let spec = config.get("dee").unwrap();
+        assert_eq!(spec.requantize, Requantize::None);
+        assert_eq!(spec.path, None);
+        assert_eq!(spec.fingerprint().endpoint, "http://127.0.0.1:8000/v1");
+    }
+
+    #[test]
+    fn an_unknown_requantize_format_names_the_file_and_the_choices() {
+        let err = load(&LOCAL_DEE.replace("q8_0", "q4_0"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(MODELS_FILE), "{err}");
+        assert!(
+            err.contains("q4_0") && err.contains("none") && err.contains("q8_0"),
+            "{err}"
+        );
+    }
 }

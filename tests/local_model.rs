@@ -7,6 +7,7 @@
 use std::sync::OnceLock;
 
 use serde_json::{Value, json};
+use shaping::models::Requantize;
 use shaping::provider::llama_cpp::{
     DEFAULT_MODEL_SHA256, LlamaCppProvider, LocalModelError, json_schema_to_gbnf,
 };
@@ -20,7 +21,8 @@ fn skip() -> bool {
     false
 }
 
-/// One provider for the whole test binary (8 sequences × 1024 tokens).
+/// One provider for the whole test binary (8 sequences × 1024 tokens), configured like the
+/// example aliases in `models.toml`: the default GGUF through its Q8_0 working copy.
 fn provider() -> Option<&'static LlamaCppProvider> {
     if skip() {
         return None;
@@ -29,7 +31,7 @@ fn provider() -> Option<&'static LlamaCppProvider> {
     Some(PROVIDER.get_or_init(|| {
         let path = shaping::model_fetch::ensure_default_model(&shaping::models::model_cache_dir())
             .expect("fetching the default model");
-        LlamaCppProvider::load(&path, Some(DEFAULT_MODEL_SHA256), 8, 1024)
+        LlamaCppProvider::load(&path, Some(DEFAULT_MODEL_SHA256), Requantize::Q8_0, 8, 1024)
             .expect("loading the default model")
     }))
 }
@@ -342,7 +344,14 @@ fn missing_and_corrupt_files_are_clear_errors() {
     }
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.gguf");
-    let err = LlamaCppProvider::load(&missing, Some(DEFAULT_MODEL_SHA256), 1, 256).unwrap_err();
+    let err = LlamaCppProvider::load(
+        &missing,
+        Some(DEFAULT_MODEL_SHA256),
+        Requantize::None,
+        1,
+        256,
+    )
+    .unwrap_err();
     assert!(matches!(err, LocalModelError::Missing { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
@@ -352,7 +361,14 @@ fn missing_and_corrupt_files_are_clear_errors() {
 
     let corrupt = dir.path().join("corrupt.gguf");
     std::fs::write(&corrupt, b"this is not a gguf file at all").unwrap();
-    let err = LlamaCppProvider::load(&corrupt, Some(DEFAULT_MODEL_SHA256), 1, 256).unwrap_err();
+    let err = LlamaCppProvider::load(
+        &corrupt,
+        Some(DEFAULT_MODEL_SHA256),
+        Requantize::Q8_0,
+        1,
+        256,
+    )
+    .unwrap_err();
     assert!(
         matches!(err, LocalModelError::HashMismatch { .. }),
         "{err:?}"
@@ -364,8 +380,15 @@ fn missing_and_corrupt_files_are_clear_errors() {
     );
 
     // Without an expected hash the garbage reaches llama.cpp, which must refuse it cleanly.
-    let err = LlamaCppProvider::load(&corrupt, None, 1, 256).unwrap_err();
+    let err = LlamaCppProvider::load(&corrupt, None, Requantize::None, 1, 256).unwrap_err();
     assert!(matches!(err, LocalModelError::Load { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&corrupt.display().to_string()),
+        "{err}"
+    );
+    // … and so must its quantizer, when asked for a working copy of the garbage.
+    let err = LlamaCppProvider::load(&corrupt, None, Requantize::Q8_0, 1, 256).unwrap_err();
+    assert!(matches!(err, LocalModelError::Requantize { .. }), "{err:?}");
     assert!(
         err.to_string().contains(&corrupt.display().to_string()),
         "{err}"
@@ -373,9 +396,51 @@ fn missing_and_corrupt_files_are_clear_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_q8_0_working_copy_is_kept_in_the_model_cache_and_answers_like_the_original() {
+    let Some(p) = provider() else { return };
+    let derived = shaping::models::model_cache_dir().join("derived");
+    let copies: Vec<String> = std::fs::read_dir(&derived)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(&DEFAULT_MODEL_SHA256[..16]))
+        .collect();
+    assert_eq!(
+        copies,
+        [format!(
+            "SmolLM2-135M-Instruct.Q4_1.{}.q8_0.gguf",
+            &DEFAULT_MODEL_SHA256[..16]
+        )],
+        "exactly one complete copy, no partial files"
+    );
+    // The GGUF as it is, side by side: both know the answer.
+    let original = LlamaCppProvider::load(
+        p.path(),
+        Some(DEFAULT_MODEL_SHA256),
+        Requantize::None,
+        1,
+        256,
+    )
+    .unwrap();
+    let question = request(
+        vec![Message::user("What is the capital of France?")],
+        0.0,
+        24,
+        1,
+    );
+    for provider in [p, &original] {
+        let reply = provider.send(&question).await.unwrap();
+        assert!(
+            reply.text.to_lowercase().contains("paris"),
+            "{}",
+            reply.text
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aliases_of_one_file_share_the_model_and_a_too_long_prompt_is_a_context_error() {
     let Some(p) = provider() else { return };
-    let again = LlamaCppProvider::load(p.path(), None, 8, 1024).unwrap();
+    let again = LlamaCppProvider::load(p.path(), None, Requantize::Q8_0, 8, 1024).unwrap();
     let reply = again
         .send(&request(vec![Message::user("Hi")], 0.0, 4, 1))
         .await

@@ -89,6 +89,10 @@ pub struct BenchArgs {
     /// `top_p` of the local-model requests (default: none, temperature 0.8 only).
     #[arg(long)]
     pub local_top_p: Option<f32>,
+    /// Weights of the local-model scenario: `q8_0` (the re-encoded working copy the example
+    /// aliases use) or `none` (the Q4_1 GGUF as it is).
+    #[arg(long, default_value = "q8_0", value_parser = ["q8_0", "none"])]
+    pub local_requantize: String,
     /// Use the release binaries as they are (no `cargo build --release`).
     #[arg(long)]
     pub no_build: bool,
@@ -250,6 +254,7 @@ fn run_local_scenario(
         command.env("SHAPING_BENCH_TOP_P", top_p.to_string());
     }
     let output = command
+        .env("SHAPING_BENCH_REQUANTIZE", &args.local_requantize)
         .env("SHAPING_BENCH_LEVELS", "8,16,32")
         .env("SHAPING_BENCH_ROUNDS", args.local_rounds.to_string())
         .env(
@@ -279,8 +284,9 @@ fn run_local_scenario(
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "\n== local-model batching (llama.cpp, {} threads)",
-        num_cpus()
+        "\n== local-model batching (llama.cpp, {} threads, requantize = {})",
+        num_cpus(),
+        args.local_requantize
     );
     let _ = writeln!(
         out,
@@ -292,10 +298,11 @@ fn run_local_scenario(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let mut best = 0.0f64;
+    // Every level of 8 or more concurrent requests must reach the target, 8 included.
+    let mut worst = f64::INFINITY;
     for row in rows.iter().filter(|r| r["concurrency"] != 1) {
         let ratio = rate(row) / single;
-        best = best.max(ratio);
+        worst = worst.min(ratio);
         let _ = writeln!(
             out,
             "  {:>2} concurrent   {:.1} tok/s = {ratio:.2}× single ({} tokens in {} s)",
@@ -305,13 +312,14 @@ fn run_local_scenario(
             row["seconds"]
         );
     }
-    let miss = (best < LOCAL_SPEEDUP_TARGET)
-        .then(|| format!("best batched speed-up {best:.2}× < {LOCAL_SPEEDUP_TARGET}×"));
+    let miss = (worst < LOCAL_SPEEDUP_TARGET)
+        .then(|| format!("smallest batched speed-up {worst:.2}× < {LOCAL_SPEEDUP_TARGET}×"));
     let _ = writeln!(
         out,
         "  target          {}",
         match &miss {
-            None => format!("met (≥ {LOCAL_SPEEDUP_TARGET}× with 8 or more concurrent)"),
+            None =>
+                format!("met (≥ {LOCAL_SPEEDUP_TARGET}× at every level of 8 or more concurrent)"),
             Some(why) => format!("MISSED: {why}"),
         }
     );

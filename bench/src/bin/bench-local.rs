@@ -1,12 +1,15 @@
 //! `bench-local`: generation throughput of the in-process llama.cpp provider, one sequence vs many batched together (`cargo xtask bench --scenario local`).
 //!
-//! Loads the default model (fetching it if needed) or `SHAPING_BENCH_GGUF`, then for each
+//! Loads the default model (fetching it if needed) or `SHAPING_BENCH_GGUF`, through its Q8_0
+//! working copy like the example aliases (`SHAPING_BENCH_REQUANTIZE=none` uses the file as it
+//! is), then for each
 //! concurrency level sends sampled requests through the provider and prints generated tokens per
 //! second; the single-sequence run of the same process is the bound the others are compared to.
 //! Prints one JSON line per level on stdout.
 
 use std::process::ExitCode;
 
+use shaping::models::Requantize;
 use shaping::provider::llama_cpp::{LlamaCppProvider, measure_throughput};
 
 fn env_usize(name: &str, default: usize) -> Result<usize, String> {
@@ -46,8 +49,22 @@ fn run() -> Result<(), String> {
         None => shaping::model_fetch::ensure_default_model(&shaping::models::model_cache_dir())
             .map_err(|e| format!("{e:#}"))?,
     };
+    // The example aliases' setting unless told otherwise.
+    let requantize = match std::env::var("SHAPING_BENCH_REQUANTIZE").as_deref() {
+        Err(_) | Ok("q8_0") => Requantize::Q8_0,
+        Ok("none") => Requantize::None,
+        Ok(other) => {
+            return Err(format!(
+                "SHAPING_BENCH_REQUANTIZE must be none or q8_0, got {other:?}"
+            ));
+        }
+    };
+    eprintln!(
+        "bench-local: {} (requantize = {requantize})",
+        path.display()
+    );
     let max_sequences = levels.iter().copied().max().unwrap_or(1);
-    let provider = LlamaCppProvider::load(&path, None, max_sequences, 512)
+    let provider = LlamaCppProvider::load(&path, None, requantize, max_sequences, 512)
         .map_err(|e| format!("loading {}: {e}", path.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
