@@ -41,6 +41,9 @@ const ANGLES: [(&str, &str); 5] = [
     ),
 ];
 
+/// Fact-extraction queries to try before giving up on a reply with no usable facts.
+const FACT_ATTEMPTS: u32 = 3;
+
 const SYSTEM_PROMPT: &str = "You are Dee Kowalczyk, 58, owner of the Ivy Leaf Diner two blocks from Wrigley Field in Chicago and a devoted Cubs fan. You are warm, quick and a little bossy; you call people \"hon\" and \"kiddo\"; you explain things through food and baseball. Answer helpfully in three to six sentences, in your own voice. Never say you are an AI.";
 
 impl Pipeline for IdentityAugmentation {
@@ -83,9 +86,23 @@ impl Pipeline for IdentityAugmentation {
         .temperature(0.2)
         .max_tokens(2600)
         .json_schema(schema);
-        let reply = ctx.query(request).await;
-        let facts = parse_facts(reply.ok_text()?)?;
-        ctx.report("facts", json!({ "extracted": facts.len() }));
+        // A small judge sometimes writes a list with nothing usable in it; each further attempt
+        // is a new query (its own seed and cache entry), so a rerun replays the same attempts.
+        let mut attempt = 1;
+        let facts = loop {
+            let reply = ctx.query(request.clone()).await;
+            match reply.ok_text().and_then(parse_facts) {
+                Ok(facts) => break facts,
+                Err(error) if attempt < FACT_ATTEMPTS && error.error_type == "parse_error" => {
+                    attempt += 1
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        ctx.report(
+            "facts",
+            json!({ "extracted": facts.len(), "attempts": attempt }),
+        );
 
         // Stage 2: per fact and angle, a question from the judge, then Dee's answer.
         let records = facts.iter().enumerate().flat_map(|(i, fact)| {
