@@ -2,9 +2,9 @@
 //!
 //! Loads the default model (fetching it if needed) or `SHAPING_BENCH_GGUF`, through its Q8_0
 //! working copy like the example aliases (`SHAPING_BENCH_REQUANTIZE=none` uses the file as it
-//! is), then for each
-//! concurrency level sends sampled requests through the provider and prints generated tokens per
-//! second; the single-sequence run of the same process is the bound the others are compared to.
+//! is), then for each concurrency level sends sampled requests through the provider and prints
+//! generated tokens per second; the single-sequence run of the same process is the bound the
+//! others are compared to.
 //! Prints one JSON line per level on stdout.
 
 use std::process::ExitCode;

@@ -3,8 +3,9 @@
 //! The copy lives in `<model cache>/derived/`, named after the source's stem, the first 16 hex
 //! digits of its (already verified) sha256 and the target format, so a different source file or
 //! format never reuses it. It is written to a temporary file in the same directory, synced, then
-//! renamed into place: an interrupted conversion leaves no half-written copy behind, and two
-//! processes converting at once both end with the same complete file.
+//! renamed into place: an interrupted conversion leaves no half-written copy behind (a partial
+//! file left by a killed process is removed by a later conversion), and two processes converting
+//! at once both end with the same complete file.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -39,6 +40,7 @@ pub(super) fn ensure_working_copy(
         move |source| LocalModelError::Io { path, source }
     };
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    remove_abandoned_partials(&dir);
     let partial = dir.join(format!(
         ".{stem}.{short_hash}.{format}.{}.partial",
         std::process::id()
@@ -81,7 +83,32 @@ pub(super) fn ensure_working_copy(
     let synced = std::fs::File::open(&partial).and_then(|f| f.sync_all());
     if let Err(e) = synced.and_then(|()| std::fs::rename(&partial, &target)) {
         let _ = std::fs::remove_file(&partial);
-        return Err(io(&target)(e));
+        // Another process may have finished the same copy first.
+        if !target.is_file() {
+            return Err(io(&target)(e));
+        }
     }
     Ok(target)
+}
+
+/// A conversion takes about a second; a partial file an hour old belongs to a process that was
+/// killed mid-way. Removing it keeps a 100 MB+ leftover from piling up.
+fn remove_abandoned_partials(dir: &Path) {
+    const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > ABANDONED_AFTER);
+        if name.starts_with('.') && name.ends_with(".partial") && old {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
