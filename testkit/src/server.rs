@@ -1061,6 +1061,9 @@ async fn serve(
     }
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
+        let mut rec = lock(&shared.rec);
+        rec.stats.held_micros_total += now.elapsed().as_micros() as u64;
+        rec.stats.held_count += 1;
     }
 
     let body = match api {

@@ -76,6 +76,11 @@ pub struct Stats {
     pub max_connections: usize,
     /// Seconds since the server started.
     pub elapsed_secs: f64,
+    /// Total time accepted requests were held before their response was built (the configured
+    /// latency as the server's timer actually delivered it), in microseconds.
+    pub held_micros_total: u64,
+    /// Requests counted in `held_micros_total`.
+    pub held_count: u64,
     /// Requests by last user message (not serialized; can be large).
     #[serde(skip)]
     pub by_prompt: HashMap<String, u64>,
