@@ -222,21 +222,22 @@ fn load_model(
     let file = requantize::ensure_working_copy(&key.0, &actual, requantize)?;
     let model =
         LlamaModel::load_from_file(backend, &file, &LlamaModelParams::default()).map_err(|e| {
-            if requantize == Requantize::None {
-                LocalModelError::Load {
-                    path: path.to_path_buf(),
-                    expected: expected.clone(),
-                    message: format!("{e} (not a valid GGUF model?)"),
-                }
-            } else {
-                LocalModelError::Load {
-                    path: file.clone(),
-                    expected: None,
-                    message: format!(
-                        "{e} (the {requantize} working copy of {}; delete it to re-create it)",
+            // A broken source names its expected hash; a broken working copy says how to redo it.
+            let (at, expected, hint) = match requantize {
+                Requantize::None => (path, expected.clone(), "not a valid GGUF model?".to_owned()),
+                format => (
+                    file.as_path(),
+                    None,
+                    format!(
+                        "the {format} working copy of {}; delete it to re-create it",
                         path.display()
                     ),
-                }
+                ),
+            };
+            LocalModelError::Load {
+                path: at.to_path_buf(),
+                expected,
+                message: format!("{e} ({hint})"),
             }
         })?;
     let template = match model.chat_template(None) {
