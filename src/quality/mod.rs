@@ -15,6 +15,7 @@
 
 mod checks;
 mod config;
+mod detect;
 mod read;
 mod report;
 mod review;
@@ -23,7 +24,8 @@ mod terminal;
 mod text;
 
 pub use checks::{CheckReport, CheckResult, Comparison, advice, analyze, check};
-pub use config::{QualityConfig, VOICE_FILE, Voice};
+pub use config::{Contradiction, Loosening, QualityConfig, VOICE_FILE, Voice};
+pub use detect::{Detectors, Finding, Reason, Turn, Verdict};
 pub use read::{
     ChatMessage, ErrorRecord, JsonlReader, Record, Step, StepError, Usage, read_errors,
     read_records,
@@ -58,6 +60,34 @@ pub enum QualityError {
     },
     #[error("cannot parse {path}: {message}")]
     Config { path: PathBuf, message: String },
+    /// A malformed `identity/voice.toml`: an unknown key, a wrong type, a pattern that does not compile.
+    #[error("{path}:{line}: key `{key}`: {message}")]
+    VoiceFile {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+    /// A detector pattern that does not compile (a [`Voice`] built in code).
+    #[error("pattern '{label}' does not compile: {message}")]
+    Pattern { label: String, message: String },
+    /// A threshold looser than its default without a reason.
+    #[error(
+        "quality config: {field} = {value} is looser than its default {default} but gives no reason; \
+         give one with `.loosen(\"{field}\", {value}, \"why\")` or `.reason(\"{field}\", \"why\")`"
+    )]
+    UnjustifiedLoosening {
+        field: String,
+        value: String,
+        default: String,
+    },
+    /// A threshold with an impossible value, or a reason for a threshold that does not exist.
+    #[error("quality config: {field} = {value}: {message}")]
+    InvalidThreshold {
+        field: String,
+        value: String,
+        message: String,
+    },
 }
 
 /// Result alias for the quality gate.

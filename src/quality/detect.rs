@@ -1,0 +1,577 @@
+//! Per-sample detectors: deterministic, model-free rules that judge one prompt/reply pair and say
+//! why it fails in words a person understands at a glance.
+//!
+//! [`Detectors`] is compiled once from a [`Voice`] and a [`QualityConfig`] and then judges any
+//! number of [`Turn`]s (it is `Send + Sync`, so pipelines can share it across tasks). A
+//! [`Verdict`] lists its [`Finding`]s (`"degeneration: sentence 'Go.' ×9"`) and the voice markers
+//! the reply shows. The dataset checks ([`super::analyze`]) count these findings per [`Reason`].
+
+mod language;
+mod persona;
+mod repetition;
+mod surface;
+mod words;
+
+use std::fmt;
+
+pub(crate) use persona::check_pattern;
+
+use serde::{Deserialize, Serialize};
+
+use super::config::{QualityConfig, Voice};
+use super::read::{ChatMessage, Record};
+use super::text::{ERROR_TEXT_PATTERNS, Phrases, REFUSAL_PHRASES, normalize};
+use super::{QualityError, Result};
+
+/// Characters of quoted reply text in a finding's detail.
+const QUOTE_CHARS: usize = 60;
+
+/// Why a sample fails. Serialized in snake_case; `Display` prints the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// No assistant text.
+    Empty,
+    /// Provider error text leaked into the reply.
+    ErrorText,
+    /// The final step stopped at `max_tokens` and the reply ends mid-sentence.
+    Truncated,
+    /// A refusal or a generic-assistant phrase.
+    Refusal,
+    /// Shorter or longer than the configured bounds.
+    Length,
+    /// Repetition loops: repeated sentences, one phrase dominating, few distinct n-grams.
+    Degeneration,
+    /// A first-person claim the identity never makes (`identity/voice.toml` `contradictions`,
+    /// and AI self-descriptions unless the identity is an AI).
+    Contradiction,
+    /// Chat-format leaks (`User:` turns), answering as the user, the identity narrating itself.
+    RoleConfusion,
+    /// The reply repeats the prompt or is mostly copied from it.
+    Echo,
+    /// The reply shares no content word with the prompt.
+    Relevance,
+    /// Shouting, stage directions, unbalanced quotes, mojibake, another language than the prompt's.
+    SurfaceGarbage,
+}
+
+impl Reason {
+    /// Every reason, in report order.
+    pub const ALL: [Reason; 11] = [
+        Reason::Empty,
+        Reason::ErrorText,
+        Reason::Truncated,
+        Reason::Refusal,
+        Reason::Length,
+        Reason::Degeneration,
+        Reason::Contradiction,
+        Reason::RoleConfusion,
+        Reason::Echo,
+        Reason::Relevance,
+        Reason::SurfaceGarbage,
+    ];
+
+    /// The snake_case name (`role_confusion`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Empty => "empty",
+            Reason::ErrorText => "error_text",
+            Reason::Truncated => "truncated",
+            Reason::Refusal => "refusal",
+            Reason::Length => "length",
+            Reason::Degeneration => "degeneration",
+            Reason::Contradiction => "contradiction",
+            Reason::RoleConfusion => "role_confusion",
+            Reason::Echo => "echo",
+            Reason::Relevance => "relevance",
+            Reason::SurfaceGarbage => "surface_garbage",
+        }
+    }
+
+    /// The name of the dataset check that counts this reason.
+    pub fn check_name(self) -> &'static str {
+        match self {
+            Reason::Empty => "empty_responses",
+            Reason::ErrorText => "error_text",
+            Reason::Truncated => "truncated",
+            Reason::Refusal => "refusals",
+            Reason::Length => "response_length",
+            Reason::Degeneration => "degeneration",
+            Reason::Contradiction => "contradiction",
+            Reason::RoleConfusion => "role_confusion",
+            Reason::Echo => "echo",
+            Reason::Relevance => "relevance",
+            Reason::SurfaceGarbage => "surface_garbage",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One problem of one sample. `Display`: `"<reason>: <detail>"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    pub reason: Reason,
+    /// What exactly, e.g. `sentence 'I'm gonna grab the hot dog.' ×9`.
+    pub detail: String,
+}
+
+impl Finding {
+    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+/// The judgement of one sample.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// Every problem found (empty: the sample passes).
+    pub findings: Vec<Finding>,
+    /// The voice markers the reply shows (as declared, in declaration order).
+    pub markers: Vec<String>,
+}
+
+impl Verdict {
+    /// Whether no detector found a problem.
+    pub fn passed(&self) -> bool {
+        self.findings.is_empty()
+    }
+
+    /// The findings as `"<reason>: <detail>"` lines.
+    pub fn reasons(&self) -> Vec<String> {
+        self.findings.iter().map(ToString::to_string).collect()
+    }
+
+    /// Whether some finding has this reason.
+    pub fn has(&self, reason: Reason) -> bool {
+        self.findings.iter().any(|f| f.reason == reason)
+    }
+}
+
+/// One prompt and the reply to judge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Turn<'a> {
+    /// The user message the reply answers.
+    pub prompt: &'a str,
+    /// The assistant's reply.
+    pub reply: &'a str,
+    /// How the step that produced the reply finished (`stop`, `length`), when known.
+    pub finish_reason: Option<&'a str>,
+}
+
+impl<'a> Turn<'a> {
+    /// The turn of a dataset record: its last assistant message, the user message before it, and
+    /// the finish reason of the step that produced it.
+    pub fn of_record(record: &'a Record) -> Self {
+        let (prompt, reply) = last_exchange(&record.messages);
+        Self {
+            prompt,
+            reply,
+            finish_reason: record
+                .final_step()
+                .and_then(|step| step.finish_reason.as_deref()),
+        }
+    }
+}
+
+/// The last assistant message and the user message before it (`""` when absent).
+fn last_exchange(messages: &[ChatMessage]) -> (&str, &str) {
+    let Some(at) = messages.iter().rposition(|m| m.role == "assistant") else {
+        let prompt = messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map_or("", |m| m.content.as_str());
+        return (prompt, "");
+    };
+    let prompt = messages[..at]
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .map_or("", |m| m.content.as_str());
+    (prompt, messages[at].content.as_str())
+}
+
+/// The detectors of one identity and quality config, compiled once.
+#[derive(Debug, Clone)]
+pub struct Detectors {
+    refusals: Phrases,
+    errors: Phrases,
+    markers: Vec<(String, Phrases)>,
+    persona: persona::Persona,
+    min_chars: u64,
+    max_chars: u64,
+}
+
+impl Detectors {
+    /// Compile the detectors: voice markers and generic phrases from `voice` and `config`, the
+    /// identity's contradictions and names from `voice`, the length bounds from `config`.
+    ///
+    /// Fails when a contradiction pattern does not compile (the error names its label).
+    pub fn new(voice: &Voice, config: &QualityConfig) -> Result<Self> {
+        let refusals = REFUSAL_PHRASES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain(voice.generic_phrases.iter().cloned())
+            .chain(config.generic_phrases.iter().cloned());
+        let mut markers: Vec<(String, Phrases)> = Vec::new();
+        for marker in voice.markers.iter().chain(config.voice_markers.iter()) {
+            let phrases = Phrases::words([marker]);
+            if !phrases.is_empty()
+                && !markers
+                    .iter()
+                    .any(|(m, _)| normalize(m) == normalize(marker))
+            {
+                markers.push((marker.clone(), phrases));
+            }
+        }
+        Ok(Self {
+            refusals: Phrases::words(refusals),
+            errors: Phrases::substrings(ERROR_TEXT_PATTERNS),
+            markers,
+            persona: persona::Persona::new(voice)?,
+            min_chars: config.min_response_chars,
+            max_chars: config.max_response_chars,
+        })
+    }
+
+    /// Whether any voice marker is declared.
+    pub fn has_markers(&self) -> bool {
+        !self.markers.is_empty()
+    }
+
+    /// Judge one turn.
+    pub fn judge(&self, turn: &Turn<'_>) -> Verdict {
+        let mut findings = Vec::new();
+        let reply = turn.reply;
+        let normalized = normalize(reply);
+        let markers = self
+            .markers
+            .iter()
+            .filter(|(_, phrases)| phrases.find(&normalized).is_some())
+            .map(|(marker, _)| marker.clone())
+            .collect();
+        if normalized.is_empty() {
+            findings.push(Finding::new(Reason::Empty, "the reply has no text"));
+            return Verdict { findings, markers };
+        }
+        if let Some(pattern) = self.errors.find(&normalized) {
+            findings.push(Finding::new(
+                Reason::ErrorText,
+                format!("provider error text '{pattern}'"),
+            ));
+        }
+        if turn.finish_reason == Some("length") && !ends_at_sentence_end(reply) {
+            findings.push(Finding::new(
+                Reason::Truncated,
+                format!(
+                    "stopped at max_tokens and ends mid-sentence: '…{}'",
+                    tail(reply, 30)
+                ),
+            ));
+        }
+        if let Some(phrase) = self.refusals.find(&normalized) {
+            findings.push(Finding::new(
+                Reason::Refusal,
+                format!("generic-assistant phrase '{phrase}'"),
+            ));
+        }
+        let chars = reply.chars().count() as u64;
+        if chars < self.min_chars || chars > self.max_chars {
+            findings.push(Finding::new(
+                Reason::Length,
+                format!(
+                    "{chars} characters (allowed {}..={})",
+                    self.min_chars,
+                    show_bound(self.max_chars)
+                ),
+            ));
+        }
+
+        let clean = words::plain_apostrophes(reply);
+        let reply_words = words::words(&clean);
+        let prompt_clean = words::plain_apostrophes(turn.prompt);
+        let prompt_words = words::words(&prompt_clean);
+
+        if let Some(detail) = repetition::degeneration(&clean, &reply_words) {
+            findings.push(Finding::new(Reason::Degeneration, detail));
+        }
+        for detail in self.persona.contradictions(&clean) {
+            findings.push(Finding::new(Reason::Contradiction, detail));
+        }
+        if let Some(detail) = self.persona.role_confusion(&clean) {
+            findings.push(Finding::new(Reason::RoleConfusion, detail));
+        }
+        let echo = repetition::echo(&reply_words, &prompt_words);
+        let echoed = echo.is_some();
+        if let Some(detail) = echo {
+            findings.push(Finding::new(Reason::Echo, detail));
+        }
+        // A copied reply shares words with the prompt by construction: relevance says nothing new.
+        if !echoed && let Some(detail) = words::irrelevance(&reply_words, &prompt_words) {
+            findings.push(Finding::new(Reason::Relevance, detail));
+        }
+        if let Some(detail) = surface::garbage(&clean, &prompt_clean) {
+            findings.push(Finding::new(Reason::SurfaceGarbage, detail));
+        }
+        Verdict { findings, markers }
+    }
+
+    /// Judge a dataset record (see [`Turn::of_record`]).
+    pub fn judge_record(&self, record: &Record) -> Verdict {
+        self.judge(&Turn::of_record(record))
+    }
+}
+
+/// Whether `text` ends at the end of a sentence: its last character, after closing quotes,
+/// brackets and emphasis marks, is `.`, `!`, `?` or `…` (or an emoji, which ends chat lines).
+pub(crate) fn ends_at_sentence_end(text: &str) -> bool {
+    let trimmed = text
+        .trim_end()
+        .trim_end_matches(['"', '\'', '\u{201d}', '\u{2019}', ')', ']', '*', '_', '~']);
+    trimmed
+        .chars()
+        .next_back()
+        .is_some_and(|c| matches!(c, '.' | '!' | '?' | '…') || is_emoji(c))
+}
+
+fn is_emoji(c: char) -> bool {
+    matches!(u32::from(c), 0x1F300..=0x1FAFF | 0x2600..=0x27BF)
+}
+
+/// The last `max` characters of `text` (whitespace runs collapsed).
+fn tail(text: &str, max: usize) -> String {
+    let flat: Vec<char> = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .collect();
+    flat[flat.len().saturating_sub(max)..].iter().collect()
+}
+
+/// At most [`QUOTE_CHARS`] characters of `text`, whitespace runs collapsed, `…` when cut.
+pub(crate) fn quote(text: &str) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    super::text::truncate_chars(&flat, QUOTE_CHARS)
+}
+
+fn show_bound(max: u64) -> String {
+    if max == u64::MAX {
+        "∞".to_owned()
+    } else {
+        max.to_string()
+    }
+}
+
+/// A compiled pattern error, named by what the pattern is for.
+pub(crate) fn pattern_error(label: &str, error: &regex::Error) -> QualityError {
+    QualityError::Pattern {
+        label: label.to_owned(),
+        message: error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dee() -> Voice {
+        Voice::parse(
+            include_str!("../../identity/voice.toml"),
+            std::path::Path::new("identity/voice.toml"),
+        )
+        .unwrap()
+    }
+
+    fn judge(prompt: &str, reply: &str) -> Verdict {
+        let detectors = Detectors::new(&dee(), &QualityConfig::default()).unwrap();
+        detectors.judge(&Turn {
+            prompt,
+            reply,
+            finish_reason: Some("stop"),
+        })
+    }
+
+    fn reasons(prompt: &str, reply: &str) -> Vec<Reason> {
+        judge(prompt, reply)
+            .findings
+            .iter()
+            .map(|f| f.reason)
+            .collect()
+    }
+
+    #[test]
+    fn a_good_reply_passes_and_shows_markers() {
+        let verdict = judge(
+            "Any tips for a job interview tomorrow?",
+            "Oh hon, you'll do fine. Get a good night's sleep, eat a real breakfast, and show up \
+             ten minutes early for the interview. Tell them one story about a time you fixed a \
+             mess, like a rain delay you turned into a doubleheader. Then go get 'em, kiddo.",
+        );
+        assert!(verdict.passed(), "{:?}", verdict.reasons());
+        assert!(verdict.markers.contains(&"hon".to_owned()));
+        assert!(verdict.markers.contains(&"kiddo".to_owned()));
+    }
+
+    #[test]
+    fn reasons_display_as_snake_case() {
+        let finding = Finding::new(Reason::RoleConfusion, "speaker label 'User:'");
+        assert_eq!(finding.to_string(), "role_confusion: speaker label 'User:'");
+        assert_eq!(
+            serde_json::to_string(&Reason::SurfaceGarbage).unwrap(),
+            "\"surface_garbage\""
+        );
+        for reason in Reason::ALL {
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                serde_json::Value::String(reason.to_string())
+            );
+        }
+    }
+
+    #[test]
+    fn truncation_needs_length_and_a_cut_sentence() {
+        let detectors = Detectors::new(&Voice::default(), &QualityConfig::default()).unwrap();
+        let turn = |reply, finish| Turn {
+            prompt: "How are the Cubs doing?",
+            reply,
+            finish_reason: finish,
+        };
+        let cut = detectors.judge(&turn("The Cubs are doing fine and the", Some("length")));
+        assert!(cut.has(Reason::Truncated), "{:?}", cut.reasons());
+        let trimmed = detectors.judge(&turn("The Cubs are doing fine, hon.", Some("length")));
+        assert!(!trimmed.has(Reason::Truncated));
+        let quoted = detectors.judge(&turn("She said \"the Cubs are fine.\"", Some("length")));
+        assert!(!quoted.has(Reason::Truncated));
+        let stopped = detectors.judge(&turn("The Cubs are doing fine and the", Some("stop")));
+        assert!(!stopped.has(Reason::Truncated));
+    }
+
+    #[test]
+    fn degeneration() {
+        let loop_reply = "I'm gonna grab the hot dog. ".repeat(9);
+        let verdict = judge("What do you eat at the ballpark?", &loop_reply);
+        let finding = verdict
+            .findings
+            .iter()
+            .find(|f| f.reason == Reason::Degeneration)
+            .expect("degeneration");
+        assert_eq!(
+            finding.to_string(),
+            "degeneration: sentence 'I'm gonna grab the hot dog.' ×9"
+        );
+        let one_phrase = format!(
+            "Oh hon, let me tell you about {}.",
+            ["St. Louis"; 15].join(" and ")
+        );
+        assert!(reasons("Where should I travel?", &one_phrase).contains(&Reason::Degeneration));
+        let numbers =
+            "Daughter of the sun. 36, 5, 1. 3, 4, 5, 6. 3, 4, 5, 6. 3, 4, 5, 6. 3, 4, 5, 6.";
+        assert!(reasons("What is loyalty?", numbers).contains(&Reason::Degeneration));
+    }
+
+    #[test]
+    fn contradictions_are_first_person_and_precise() {
+        let r = reasons(
+            "Who do you root for?",
+            "I've always rooted for the Cardinals, hon, ever since I was a girl.",
+        );
+        assert!(r.contains(&Reason::Contradiction), "{r:?}");
+        let r = reasons(
+            "What about the Cardinals?",
+            "The Cardinals? Bless their hearts, hon, I'd never root for the Cardinals. Cubs forever.",
+        );
+        assert!(!r.contains(&Reason::Contradiction), "{r:?}");
+        let r = reasons(
+            "Tell me about yourself.",
+            "I'm just an AI, but I love the Cubs and the diner on Clark Street.",
+        );
+        assert!(r.contains(&Reason::Contradiction), "{r:?}");
+        let r = reasons(
+            "Tell me about your family.",
+            "My wife and I run the diner near Wrigley, and our boys help out.",
+        );
+        assert!(r.contains(&Reason::Contradiction), "{r:?}");
+    }
+
+    #[test]
+    fn role_confusion() {
+        let r = reasons(
+            "How do I make pierogi?",
+            "Boil the potatoes, hon, and mash them with cheddar.\nUser: Thanks! How long do I boil them?",
+        );
+        assert!(r.contains(&Reason::RoleConfusion), "{r:?}");
+        let r = reasons(
+            "How do I make pierogi?",
+            "Dee smiled and wiped the counter. Pierogi start with a good dough and cheddar potatoes.",
+        );
+        assert!(r.contains(&Reason::RoleConfusion), "{r:?}");
+        let r = reasons(
+            "How do I make pierogi?",
+            "Dee, I'd say pierogi start with a good dough and cheddar potatoes, hon.",
+        );
+        assert!(r.contains(&Reason::RoleConfusion), "{r:?}");
+        let r = reasons(
+            "Who are you?",
+            "It's me, Dee! I run the diner on Clark Street, and the pierogi are on Fridays.",
+        );
+        assert!(!r.contains(&Reason::RoleConfusion), "{r:?}");
+    }
+
+    #[test]
+    fn echo_and_relevance() {
+        let prompt = "I'm nervous about a job interview tomorrow. Any tips?";
+        let r = reasons(
+            prompt,
+            "I'm nervous about a job interview tomorrow. Any tips?",
+        );
+        assert!(r.contains(&Reason::Echo), "{r:?}");
+        let r = reasons(
+            prompt,
+            "The bleachers were packed and the ivy was green, and Ernie argued about the infield fly rule all afternoon.",
+        );
+        assert!(r.contains(&Reason::Relevance), "{r:?}");
+        let r = reasons(
+            prompt,
+            "Hon, everybody gets nervous before interviewing. Practice your answers tonight and sleep well.",
+        );
+        assert!(
+            !r.contains(&Reason::Relevance) && !r.contains(&Reason::Echo),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn surface_garbage() {
+        for reply in [
+            "OH HON, THE CUBS ARE GOING TO WIN IT ALL THIS YEAR, I CAN FEEL IT IN MY BONES!",
+            "(chuckles) Oh hon, the Cubs will be just fine this year, trust me.",
+            "*wipes down the counter* Oh hon, the Cubs will be just fine this year.",
+            "She told me \"the Cubs will be fine this year, hon. Trust me on that.",
+            "The Cubs will be fine this year, hon. Itâ€™s a long season.",
+            "Los Cubs van a ganar este año, cariño. Es una temporada muy larga y tenemos que ser pacientes.",
+        ] {
+            let r = reasons("How will the Cubs do this year?", reply);
+            assert!(r.contains(&Reason::SurfaceGarbage), "{reply}: {r:?}");
+        }
+        let r = reasons(
+            "How will the Cubs do this year?",
+            "The Cubs? I think they'll be fine (knock on wood), hon. Every spring, we're tied for first.",
+        );
+        assert!(!r.contains(&Reason::SurfaceGarbage), "{r:?}");
+    }
+}

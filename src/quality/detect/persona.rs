@@ -1,0 +1,246 @@
+//! Persona detectors: contradictions (first-person claims the identity never makes) and role
+//! confusion (chat-format leaks, answering as the user, the identity narrating itself).
+
+use regex::{Regex, RegexBuilder};
+
+use super::super::Result;
+use super::super::config::Voice;
+use super::{pattern_error, quote};
+
+/// Label of the built-in contradictions that apply unless the identity is an AI.
+pub(crate) const AI_CLAIM_LABEL: &str = "claims to be an AI";
+
+/// First-person claims of being an AI, a language model, an assistant, or "designed to" do
+/// something. Matched case-insensitively on text with plain apostrophes.
+const AI_CLAIMS: &[&str] = &[
+    r"\b(?:I'm|I am|as)\s+(?:just\s+|only\s+|merely\s+|simply\s+|not\s+just\s+)?(?:an?\s+)?(?:AI|A\.I\.|artificial intelligence|(?:large\s+)?language model|LLM|chatbot|chat bot|virtual assistant|AI assistant|digital assistant|AI model|computer program|bot)\b",
+    r"\bI(?:'m| am)\s+(?:just\s+|only\s+)?(?:an?\s+)?(?:helpful\s+|friendly\s+)?assistant(?:\s*[.,!?;:]|\s+(?:here|that|who|designed|created|built|made|and)\b|\s*$)",
+    r"\bI\s*(?:was|am|'m|have been|'ve been)\s+(?:specifically\s+|only\s+)?(?:designed|programmed)\s+to\b",
+    r"\bI\s*(?:was|am|'m|have been|'ve been)\s+(?:trained|created|developed|built|made)\s+(?:by|at)\s+(?:OpenAI|Anthropic|Google|Meta|Microsoft|Hugging\s*Face|Mistral|a team of (?:researchers|engineers|developers))",
+    r"\b(?:I was|I've been|I have been|I am|I'm)\s+trained\s+on\s+(?:a\s+)?(?:large\s+|vast\s+|massive\s+|huge\s+)?(?:amounts?\s+of\s+)?(?:data|dataset|text|corpus)",
+    r"\bmy\s+(?:training data|programming|developers|creators|knowledge cutoff|training)\b",
+    r"\bI\s+(?:don't|do not)\s+have\s+(?:a\s+)?(?:physical\s+)?(?:body|feelings|emotions|personal (?:experiences|opinions|preferences|feelings))\b",
+    r"\bI(?:'m| am)\s+not\s+(?:a\s+)?(?:real\s+)?(?:human|person|human being)\b",
+];
+
+/// Role labels that start a hallucinated chat turn (`User:` at the start of a line).
+const ROLE_LABELS: &[&str] = &[
+    "User",
+    "Assistant",
+    "Human",
+    "AI",
+    "System",
+    "Customer",
+    "Question",
+    "Answer",
+    "Q",
+    "A",
+    "Me",
+    "Interviewer",
+    "Response",
+    "Prompt",
+    "Instruction",
+];
+
+/// Chat-template tokens and markers that never belong in a reply.
+const TEMPLATE_MARKERS: &str = r"<\|(?:im_start|im_end|user|assistant|system|endoftext|eot_id|start_header_id)\|>|\[/?INST\]|</?s>|###\s*(?:Human|Assistant|Instruction|Response|User)\b";
+
+/// Verbs of narration: the identity's name followed by one of these is the identity narrating
+/// itself in the third person ("Dee smiled").
+const NARRATION_VERBS: &str = "smiled|smiles|said|says|laughed|laughs|nodded|nods|grinned|grins|replied|replies|chuckled|chuckles|leaned|leans|paused|pauses|sighed|sighs|looked|looks|wiped|wipes|poured|pours|answered|answers|shrugged|shrugs|winked|winks|continued|continues|added|adds|explained|explains|thought|thinks|beamed|beams|turned|turns|walked|walks|handed|hands|exclaimed|exclaims|responded|responds|chimed|chimes|giggled|giggles|whispered|whispers|shouted|shouts|felt|feels|knew|knows|loved|loves|grew|grabbed|grabs|took|takes|put|puts|set|sets|stood|stands|sat|sits|raised|raises|opened|opens|hummed|hums|glanced|glances";
+
+/// Words before a name that make it a greeting to the identity ("Thanks, Dee").
+const GREETINGS: &[&str] = &[
+    "thanks",
+    "thank you",
+    "hi",
+    "hey",
+    "hello",
+    "dear",
+    "bye",
+    "goodbye",
+    "sorry",
+    "ok",
+    "okay",
+    "yes",
+    "no",
+    "well",
+    "listen",
+    "look",
+    "wow",
+    "ah",
+    "aw",
+    "oh",
+];
+
+/// Words before `, Name` that make it a self-introduction ("It's me, Dee").
+const SELF_INTRODUCTIONS: &[&str] = &["me", "i'm", "i am", "it's", "name's", "this is", "yours"];
+
+#[derive(Debug, Clone)]
+struct Claim {
+    label: String,
+    regex: Regex,
+}
+
+/// The compiled persona rules of one identity.
+#[derive(Debug, Clone)]
+pub(crate) struct Persona {
+    claims: Vec<Claim>,
+    labels: Regex,
+    templates: Regex,
+    narration: Option<Regex>,
+    names: Option<Regex>,
+}
+
+fn compile(label: &str, pattern: &str) -> Result<Regex> {
+    RegexBuilder::new(pattern)
+        .case_insensitive(true)
+        .multi_line(true)
+        .build()
+        .map_err(|e| pattern_error(label, &e))
+}
+
+/// Compile a contradiction pattern of `identity/voice.toml` as the detectors do; used to validate
+/// the file when it is read.
+pub(crate) fn check_pattern(pattern: &str) -> std::result::Result<(), regex::Error> {
+    RegexBuilder::new(pattern)
+        .case_insensitive(true)
+        .multi_line(true)
+        .build()
+        .map(|_| ())
+}
+
+impl Persona {
+    pub(crate) fn new(voice: &Voice) -> Result<Self> {
+        let mut claims = Vec::new();
+        for contradiction in &voice.contradictions {
+            claims.push(Claim {
+                label: contradiction.label.clone(),
+                regex: compile(&contradiction.label, &contradiction.pattern)?,
+            });
+        }
+        if !voice.is_ai {
+            claims.push(Claim {
+                label: AI_CLAIM_LABEL.to_owned(),
+                regex: compile(AI_CLAIM_LABEL, &AI_CLAIMS.join("|"))?,
+            });
+        }
+        let names: Vec<String> = voice
+            .name
+            .iter()
+            .chain(voice.aliases.iter())
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+            .map(|n| regex::escape(n).replace(r"\ ", r"\s+").replace(' ', r"\s+"))
+            .collect();
+        let mut labels: Vec<String> = ROLE_LABELS.iter().map(|l| (*l).to_owned()).collect();
+        labels.extend(names.iter().cloned());
+        let label_pattern = format!(
+            r"^[ \t>*_#\-]*(?:\*\*|__)?\s*(?:{})\s*(?:\*\*|__)?\s*:(?:[ \t]*\S|[ \t]*$)",
+            labels.join("|")
+        );
+        let (narration, names) = if names.is_empty() {
+            (None, None)
+        } else {
+            let alternatives = names.join("|");
+            (
+                Some(compile(
+                    "third-person narration",
+                    &format!(
+                        r"\b(?:{alternatives})(?:'s\s+(?:eyes|face|voice|smile|hands|heart)\b|\s+(?:\w+ly\s+)?(?:{NARRATION_VERBS})\b)"
+                    ),
+                )?),
+                Some(compile(
+                    "identity name",
+                    &format!(r"\b(?:{alternatives})\b"),
+                )?),
+            )
+        };
+        Ok(Self {
+            claims,
+            labels: compile("speaker label", &label_pattern)?,
+            templates: compile("chat template marker", TEMPLATE_MARKERS)?,
+            narration,
+            names,
+        })
+    }
+
+    /// Every contradiction the text makes: `"<label>: '<matched text>'"`.
+    pub(crate) fn contradictions(&self, text: &str) -> Vec<String> {
+        self.claims
+            .iter()
+            .filter_map(|claim| {
+                claim
+                    .regex
+                    .find(text)
+                    .map(|m| format!("{}: '{}'", claim.label, quote(m.as_str())))
+            })
+            .collect()
+    }
+
+    /// The first sign of role confusion, or `None`.
+    pub(crate) fn role_confusion(&self, text: &str) -> Option<String> {
+        if let Some(m) = self.templates.find(text) {
+            return Some(format!("chat template marker '{}'", m.as_str()));
+        }
+        if let Some(m) = self.labels.find(text) {
+            let label = m.as_str().trim();
+            let label = label[..label.find(':').map_or(label.len(), |i| i + 1)]
+                .trim_start_matches([' ', '\t', '>', '*', '_', '#', '-']);
+            return Some(format!("speaker label '{label}' starts a turn"));
+        }
+        if let Some(m) = self.narration.as_ref().and_then(|r| r.find(text)) {
+            return Some(format!(
+                "narrates itself in the third person: '{}'",
+                quote(m.as_str())
+            ));
+        }
+        let names = self.names.as_ref()?;
+        for m in names.find_iter(text) {
+            if is_vocative(&text[..m.start()], &text[m.end()..]) {
+                let start = text[..m.start()]
+                    .char_indices()
+                    .rev()
+                    .nth(12)
+                    .map_or(0, |(i, _)| i);
+                let end = text[m.end()..]
+                    .char_indices()
+                    .nth(1)
+                    .map_or(text.len(), |(i, _)| m.end() + i);
+                return Some(format!(
+                    "addresses the identity by name, as the user would: '{}'",
+                    quote(text[start..end].trim())
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// Whether a name between `before` and `after` is a vocative (someone talking *to* the identity):
+/// followed by `,` `!` `?` `.` or the end, and preceded by the start of a sentence, a comma, or a
+/// greeting — but not a self-introduction ("It's me, Dee").
+fn is_vocative(before: &str, after: &str) -> bool {
+    let followed = after.is_empty() || after.starts_with([',', '!', '?', '.']);
+    if !followed {
+        return false;
+    }
+    let lead = before.trim_end();
+    let previous_words = |n: usize| -> String {
+        let words = super::words::words(lead);
+        words[words.len().saturating_sub(n)..].join(" ")
+    };
+    if lead.is_empty() || lead.ends_with(['.', '!', '?', '\n', '"', '\u{201c}']) {
+        // A sentence that starts with the name and a comma ("Dee, I'd say …") addresses the identity.
+        return after.starts_with(',') || after.is_empty() || after.starts_with(['!', '?']);
+    }
+    if let Some(head) = lead.strip_suffix(',') {
+        let words = super::words::words(head);
+        let last_two = words[words.len().saturating_sub(2)..].join(" ");
+        let last = words.last().map_or("", String::as_str);
+        return !SELF_INTRODUCTIONS.contains(&last)
+            && !SELF_INTRODUCTIONS.contains(&last_two.as_str());
+    }
+    GREETINGS.contains(&previous_words(1).as_str())
+        || GREETINGS.contains(&previous_words(2).as_str())
+}
