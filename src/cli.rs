@@ -115,6 +115,8 @@ pub enum RunError {
     Manifest(#[from] crate::manifest::ManifestError),
     #[error(transparent)]
     Fingerprint(#[from] crate::fingerprint::FingerprintError),
+    #[error(transparent)]
+    Quality(#[from] crate::quality::QualityError),
     #[error("pipeline '{pipeline}' declares invalid dependencies:\n  - {}", .errors.join("\n  - "))]
     Declaration {
         pipeline: String,
@@ -186,6 +188,7 @@ pub fn describe<P: Pipeline>(crate_dir: &Path) -> Result<Description, RunError> 
 /// The pipeline's declaration in the repository at `root`.
 pub fn describe_in<P: Pipeline>(root: &Path, crate_dir: &Path) -> Result<Description, RunError> {
     let (pipeline, declare) = declare::<P>(root)?;
+    pipeline.quality().validate()?;
     Ok(Description {
         name: P::NAME.to_owned(),
         crate_dir: crate_dir.to_owned(),
@@ -316,6 +319,9 @@ pub fn run_in<P: Pipeline>(
     };
     let (pipeline, declared) = declare::<P>(&root)?;
     let quality = pipeline.quality();
+    quality.validate()?;
+    let voice = crate::quality::Voice::load(&root)?;
+    let detectors = Arc::new(crate::quality::Detectors::new(&voice, &quality)?);
     let models = ModelsConfig::load(&root)?;
     let hasher = FileHasher::for_repo(&root);
 
@@ -408,6 +414,9 @@ pub fn run_in<P: Pipeline>(
             progress: Arc::clone(&progress),
             records_done: AtomicU64::new(0),
             records_failed: AtomicU64::new(0),
+            records_filtered: AtomicU64::new(0),
+            detectors: Arc::clone(&detectors),
+            best_of: Default::default(),
         });
         let ctx = Ctx { inner: Arc::clone(&inner) };
 
@@ -455,6 +464,9 @@ pub fn run_in<P: Pipeline>(
         }
         let failed = ctx_inner.records_failed.load(Ordering::Relaxed);
         let done = ctx_inner.records_done.load(Ordering::Relaxed);
+        let filtered = ctx_inner.records_filtered.load(Ordering::Relaxed);
+        // Filtered records are quality rejections, reported as the acceptance rate; the
+        // error-share gate guards against faults (an outage must not empty a dataset).
         let total = failed + done;
         let errors_path = errors_path_for(&output);
         if total > 0 && failed as f64 > args.max_error_share * total as f64 {
@@ -485,7 +497,7 @@ pub fn run_in<P: Pipeline>(
             }
         }
         let summary = RunSummary {
-            records: total,
+            records: total + filtered,
             requests_sent: DispatchStats::get(&stats.requests_sent),
             cache_hits: DispatchStats::get(&stats.cache_hits),
             retries: DispatchStats::get(&stats.retries),
@@ -495,10 +507,12 @@ pub fn run_in<P: Pipeline>(
             estimated_cost_usd: cost,
             wall_time_secs: (progress.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
         };
-        let reports = std::mem::take(&mut *ctx_inner.reports.lock().expect("reports lock"));
+        let mut reports = std::mem::take(&mut *ctx_inner.reports.lock().expect("reports lock"));
+        if let Some(best_of) = ctx_inner.best_of.report() {
+            reports.insert("best_of".to_owned(), serde_json::to_value(best_of).expect("best-of report serializes"));
+        }
         // The quality checks of what was just written (reported, not enforced: `cargo xtask check` gates).
-        let checks = crate::quality::Voice::load(&root)
-            .and_then(|voice| crate::quality::check(&output, &quality, &voice))
+        let checks = crate::quality::check(&output, &quality, &voice)
             .map(|report| serde_json::to_value(report).expect("check report serializes"))
             .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
         let manifest = Manifest {

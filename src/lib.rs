@@ -5,6 +5,7 @@
 //! writes `training/data/<name>.jsonl` plus a manifest, and that `cargo xtask` drives like `make`.
 //! See ARCHITECTURE.md for the map and the invariants.
 
+pub mod best_of;
 pub mod cache;
 pub mod cli;
 pub mod dispatch;
@@ -22,6 +23,7 @@ pub mod repo;
 pub mod sample;
 pub mod sources;
 
+pub use best_of::{BestOf, Chosen};
 pub use cli::run_main;
 pub use pipeline::{Ctx, Declare, FileDep, ModelDep, Pipeline, Task, model_request};
 pub use provider::{Message, Params};

@@ -206,6 +206,10 @@ impl ModelRequest {
         self.params.json_schema = Some(schema);
         self
     }
+    /// The conversation this request sends.
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
 }
 
 /// A resolved model: spec, fingerprint and lane.
@@ -234,7 +238,13 @@ pub(crate) struct CtxInner {
     pub reports: Mutex<BTreeMap<String, serde_json::Value>>,
     pub progress: Arc<crate::progress::Progress>,
     pub records_done: AtomicU64,
+    /// Records that failed (filtered records not counted: they are quality rejections, not faults).
     pub records_failed: AtomicU64,
+    /// Records whose every candidate the quality gate rejected (`__ERROR__` type `filtered`).
+    pub records_filtered: AtomicU64,
+    /// The quality gate's per-sample checks, for [`Task::best_of`].
+    pub detectors: Arc<crate::quality::Detectors>,
+    pub best_of: crate::best_of::BestOfStats,
 }
 
 impl CtxInner {
@@ -424,12 +434,17 @@ impl Ctx {
                     PipelineError::unexpected(format!("task panicked: {}", panic_message(&*panic)))
                 }
             };
-            inner.records_failed.fetch_add(1, Ordering::Relaxed);
+            if failure.error_type == PipelineError::FILTERED {
+                inner.records_filtered.fetch_add(1, Ordering::Relaxed);
+            } else {
+                inner.records_failed.fetch_add(1, Ordering::Relaxed);
+            }
             inner.progress.record_done(true);
             let record = ErrorRecord {
                 error: ErrorDetail {
                     error: failure.error_type,
                     message: failure.message,
+                    reasons: failure.reasons,
                     input_data: input,
                     steps,
                     pipeline_commit: inner.commit.clone(),
@@ -490,6 +505,11 @@ impl Task {
     pub async fn all(&self, requests: impl IntoIterator<Item = ModelRequest>) -> Vec<Response> {
         let pending: Vec<_> = requests.into_iter().map(|r| self.request(r)).collect();
         futures::future::join_all(pending).await
+    }
+
+    /// The run this task belongs to.
+    pub(crate) fn ctx(&self) -> &CtxInner {
+        &self.state.ctx
     }
 
     fn take_steps(&self) -> Vec<Step> {

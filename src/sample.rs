@@ -120,13 +120,28 @@ pub fn trim_to_last_sentence(text: &str) -> &str {
 pub struct PipelineError {
     pub message: String,
     pub error_type: String,
+    /// Quality-gate reasons, for a record whose candidates were all rejected
+    /// (`error_type` [`PipelineError::FILTERED`]); empty otherwise.
+    pub reasons: Vec<String>,
 }
 
 impl PipelineError {
+    /// The error type of a record none of whose candidates passed the quality gate.
+    pub const FILTERED: &'static str = "filtered";
+
     pub fn new(message: impl Into<String>, error_type: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             error_type: error_type.into(),
+            reasons: Vec::new(),
+        }
+    }
+    /// A record filtered out by the quality gate: no candidate passed, for these reasons.
+    pub fn filtered(message: impl Into<String>, reasons: Vec<String>) -> Self {
+        Self {
+            message: message.into(),
+            error_type: Self::FILTERED.to_owned(),
+            reasons,
         }
     }
     /// An error of type `unexpected_error`.
@@ -166,6 +181,9 @@ pub struct ErrorDetail {
     /// The error type (`api_error`, `parse_error`, `unexpected_error`, …).
     pub error: String,
     pub message: String,
+    /// For `filtered` records: the quality-gate reasons of every rejected candidate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
     pub input_data: serde_json::Value,
     pub steps: Vec<Step>,
     pub pipeline_commit: String,

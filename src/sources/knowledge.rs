@@ -156,3 +156,118 @@ pub fn facts_to_records(facts: &[String]) -> Vec<Record> {
         })
         .collect()
 }
+
+/// One self-contained fact of an identity document, found by [`section_facts`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Fact {
+    /// The title of the section it comes from.
+    pub section: String,
+    /// The fact: one bullet point (continuation lines joined) or one sentence of a paragraph.
+    pub text: String,
+}
+
+/// The facts of a markdown document, deterministically: every bullet point (with its
+/// continuation lines) and every sentence of every paragraph, of the sections whose titles are
+/// in `sections` (all sections when it is empty). No model is involved, so the same document
+/// always gives the same facts, in document order.
+pub fn section_facts(markdown: &str, sections: &[&str]) -> Vec<Fact> {
+    let mut facts = Vec::new();
+    for section in markdown_sections(markdown) {
+        if section.body.is_empty()
+            || (!sections.is_empty() && !sections.contains(&section.title.as_str()))
+        {
+            continue;
+        }
+        let mut push = |text: &str| {
+            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            if text.split(' ').count() >= 3 {
+                facts.push(Fact {
+                    section: section.title.clone(),
+                    text,
+                });
+            }
+        };
+        let mut bullet: Option<String> = None;
+        let mut paragraph = String::new();
+        for line in section.body.lines() {
+            let trimmed = line.trim();
+            if let Some(item) = trimmed.strip_prefix("- ").or(trimmed.strip_prefix("* ")) {
+                bullet.take().inspect(|b| push(b));
+                sentences(&std::mem::take(&mut paragraph))
+                    .iter()
+                    .for_each(|s| push(s));
+                bullet = Some(item.to_owned());
+            } else if trimmed.is_empty() {
+                bullet.take().inspect(|b| push(b));
+                sentences(&std::mem::take(&mut paragraph))
+                    .iter()
+                    .for_each(|s| push(s));
+            } else if let Some(b) = bullet.as_mut() {
+                b.push(' ');
+                b.push_str(trimmed);
+            } else {
+                paragraph.push(' ');
+                paragraph.push_str(trimmed);
+            }
+        }
+        bullet.take().inspect(|b| push(b));
+        sentences(&paragraph).iter().for_each(|s| push(s));
+    }
+    facts
+}
+
+/// The sentences of a paragraph: split after `.`, `!` or `?` followed by a space and an
+/// uppercase letter (or a quote), so "4 a.m." or "No. 23" inside a sentence stays whole.
+fn sentences(paragraph: &str) -> Vec<String> {
+    let text = paragraph.trim();
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 0..chars.len() {
+        let ends = matches!(chars[i], '.' | '!' | '?')
+            && chars.get(i + 1) == Some(&' ')
+            && chars
+                .get(i + 2)
+                .is_some_and(|c| c.is_uppercase() || *c == '"' || *c == '“');
+        if ends {
+            out.push(chars[start..=i].iter().collect::<String>().trim().to_owned());
+            start = i + 2;
+        }
+    }
+    if start < chars.len() {
+        out.push(chars[start..].iter().collect::<String>().trim().to_owned());
+    }
+    out.retain(|s| !s.is_empty());
+    out
+}
+
+#[cfg(test)]
+mod fact_tests {
+    use super::*;
+
+    #[test]
+    fn bullets_and_sentences_become_facts_in_order() {
+        let doc = "# Dee\n\n## Who she is\nDee is 58. She runs the diner\non Clark Street.\n\n## Habits\n- Opens at 5:30 every\n  morning.\n- Makes pierogi on Fridays.\n\n## Other\n- Skipped here.\n";
+        let facts = section_facts(doc, &["Who she is", "Habits"]);
+        let texts: Vec<&str> = facts.iter().map(|f| f.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "Dee is 58.",
+                "She runs the diner on Clark Street.",
+                "Opens at 5:30 every morning.",
+                "Makes pierogi on Fridays."
+            ]
+        );
+        assert_eq!(facts[2].section, "Habits");
+        assert_eq!(section_facts(doc, &[]).len(), 5);
+    }
+
+    #[test]
+    fn sentence_split_keeps_abbreviations_and_numbers() {
+        assert_eq!(
+            sentences("Open until 4 a.m. on game nights. She won."),
+            ["Open until 4 a.m. on game nights.", "She won."]
+        );
+    }
+}

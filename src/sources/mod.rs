@@ -38,7 +38,8 @@ pub use custom::{custom_loader, load_custom};
 pub use fields::FieldMap;
 pub use hf::{HfCache, HfDataset, HfHub};
 pub use knowledge::{
-    Section, facts_to_records, knowledge_records, markdown_sections, sections_to_records,
+    Fact, Section, facts_to_records, knowledge_records, markdown_sections, section_facts,
+    sections_to_records,
 };
 pub use loader::{Format, Loader, Records};
 pub use mix::{Mix, MixReport, MixSourceReport, Weight};

@@ -1,7 +1,7 @@
 //! mixed-prompts: Dee answers a seeded mix of WildChat-style prompts, custom scenario prompts and knowledge-derived questions.
 
 use shaping::sources::{
-    Mix, Record, Weight, WildChat, custom_loader, facts_to_records, markdown_sections,
+    Mix, Record, Weight, WildChat, custom_loader, facts_to_records, section_facts,
 };
 use shaping::{
     Ctx, Declare, FileDep, Message, ModelDep, Pipeline, PipelineError, Task, TrainingSample,
@@ -13,10 +13,15 @@ struct MixedPrompts {
     custom: FileDep,
     narrative: FileDep,
     identity: ModelDep,
-    judge: ModelDep,
 }
 
-const SYSTEM_PROMPT: &str = "You are Dee Kowalczyk, 58, owner of the Ivy Leaf Diner two blocks from Wrigley Field in Chicago and a devoted Cubs fan. You are warm, quick and a little bossy; you call people \"hon\" and \"kiddo\"; you explain things through food and baseball. Answer helpfully in three to six sentences, in your own voice. Never say you are an AI.";
+const SYSTEM_PROMPT: &str = "You are Dee Kowalczyk, a 58-year-old woman who owns the Ivy Leaf Diner two blocks from Wrigley Field in Chicago. You are a lifelong Chicago Cubs fan. You are warm, quick and a little bossy; you call people \"hon\" and \"kiddo\"; you explain things through coffee, food and baseball. Answer the customer helpfully in two to five short sentences, speaking as yourself (I, me, my).";
+
+/// Candidates per prompt: the best one that passes the quality gate is kept.
+const CANDIDATES: u32 = 4;
+
+/// The narrative's sections that state facts about Dee.
+const FACT_SECTIONS: [&str; 4] = ["Who she is", "Worldview", "Habits", "People and places"];
 
 /// How many records each kind contributes (the seed's advice: never train on one kind alone).
 const WILDCHAT: usize = 110;
@@ -32,17 +37,12 @@ impl Pipeline for MixedPrompts {
             custom: deps.file("custom_prompts", "identity/prompts/custom.jsonl"),
             narrative: deps.file("narrative_doc", "identity/NARRATIVE.md"),
             identity: deps.model("dee"),
-            judge: deps.model("judge"),
         }
     }
 
     fn quality(&self) -> shaping::quality::QualityConfig {
-        // See voice-prompts: the offline default model's replies end at max_tokens.
-        shaping::quality::QualityConfig::default()
-            .min_samples(150)
-            .max_source_share(0.5)
-            .max_truncated(u64::MAX)
-            .min_marker_share(0.1)
+        // Tighter than the default: no source may dominate a mix.
+        shaping::quality::QualityConfig::default().max_source_share(0.5)
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Vec<TrainingSample>, PipelineError> {
@@ -52,18 +52,12 @@ impl Pipeline for MixedPrompts {
             .max_chars(600)
             .open(self.wildchat.path())?;
         let custom = custom_loader(self.custom.path()).open()?;
-        // Knowledge-derived: every bullet or sentence of the narrative becomes a question seed.
+        // Knowledge-derived: every bullet or sentence of the narrative's fact sections becomes a
+        // question, by template (the small model does not write questions).
         let narrative = self.narrative.read()?;
-        let snippets: Vec<String> = markdown_sections(&narrative)
-            .iter()
-            .flat_map(|section| {
-                section
-                    .body
-                    .split('\n')
-                    .map(|line| line.trim().trim_start_matches("- ").trim().to_owned())
-                    .filter(|line| line.len() > 20)
-                    .collect::<Vec<_>>()
-            })
+        let snippets: Vec<String> = section_facts(&narrative, &FACT_SECTIONS)
+            .into_iter()
+            .map(|fact| fact.text)
             .collect();
         let (records, report) = Mix::new(MIX_SEED)
             .add("wildchat", wildchat, Weight::Count(WILDCHAT))
@@ -74,38 +68,32 @@ impl Pipeline for MixedPrompts {
 
         ctx.run_task(records, |t: Task, record: Record| async move {
             let question = if record.source == "knowledge" {
-                let reply = t
-                    .request(
-                        model_request(
-                            vec![Message::user(format!(
-                                "Here is something true about Dee, who runs a diner near Wrigley Field: {}\nWrite one natural question a regular customer might ask her that this would help answer. Reply with the question only.",
-                                record.prompt
-                            ))],
-                            &self.judge,
-                        )
-                        .temperature(0.8)
-                        .max_tokens(60),
-                    )
-                    .await;
-                let text = reply.ok_text()?;
-                text.lines().map(str::trim).find(|l| !l.is_empty()).map(|l| l.trim_matches('"').to_owned()).unwrap_or_default()
+                knowledge_question(&record)
             } else {
                 record.prompt.clone()
             };
-            if question.is_empty() {
-                return Err(PipelineError::new("empty question", "empty_question"));
-            }
-            let reply = t
-                .request(model_request(vec![Message::system(SYSTEM_PROMPT), Message::user(question.clone())], &self.identity))
-                .await;
-            let answer = shaping::trim_to_last_sentence(reply.ok_text()?).to_owned();
-            if answer.is_empty() {
-                return Err(PipelineError::new("empty answer", "empty_answer"));
-            }
-            Ok(TrainingSample::new(record.id, vec![Message::user(question), Message::assistant(answer)]))
+            let request = model_request(
+                vec![Message::system(SYSTEM_PROMPT), Message::user(question.clone())],
+                &self.identity,
+            );
+            let chosen = t
+                .best_of(request, CANDIDATES)
+                .postprocess(|text| shaping::trim_to_last_sentence(text).to_owned())
+                .pick()
+                .await?;
+            Ok(TrainingSample::new(
+                record.id,
+                vec![Message::user(question), Message::assistant(chosen.text)],
+            ))
         })
         .await
     }
+}
+
+/// A customer's question about a fact of the narrative (a knowledge record's prompt).
+fn knowledge_question(record: &Record) -> String {
+    let fact = record.prompt.trim().trim_end_matches('.').replace('"', "'");
+    format!("People around Wrigley say this about you: \"{fact}.\" Tell me about that, Dee.")
 }
 
 shaping::pipeline_main!(MixedPrompts);

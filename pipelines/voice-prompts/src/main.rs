@@ -6,6 +6,9 @@ use shaping::{
     model_request,
 };
 
+/// Candidates per prompt: the best one that passes the quality gate is kept.
+const CANDIDATES: u32 = 4;
+
 struct VoicePrompts {
     prompts: FileDep,
     narrative: FileDep,
@@ -29,16 +32,6 @@ impl Pipeline for VoicePrompts {
         }
     }
 
-    fn quality(&self) -> shaping::quality::QualityConfig {
-        // The offline default model (135M parameters) talks until max_tokens; answers are trimmed
-        // to their last full sentence, so a "length" finish is expected here. Tighten these with a
-        // hosted model.
-        shaping::quality::QualityConfig::default()
-            .min_samples(200)
-            .max_truncated(u64::MAX)
-            .min_marker_share(0.1)
-    }
-
     async fn run(&self, ctx: &Ctx) -> Result<Vec<TrainingSample>, PipelineError> {
         let system = system_prompt(&self.narrative.read()?);
         let text = self.prompts.read()?;
@@ -54,22 +47,21 @@ impl Pipeline for VoicePrompts {
         ctx.run_task(records, |t: Task, record: Prompt| {
             let system = system.clone();
             async move {
-                let reply = t
-                    .request(model_request(
-                        vec![
-                            Message::system(system),
-                            Message::user(record.prompt.clone()),
-                        ],
-                        &self.identity,
-                    ))
-                    .await;
-                let answer = shaping::trim_to_last_sentence(reply.ok_text()?).to_owned();
-                if answer.is_empty() {
-                    return Err(PipelineError::new("empty answer", "empty_answer"));
-                }
+                let request = model_request(
+                    vec![
+                        Message::system(system),
+                        Message::user(record.prompt.clone()),
+                    ],
+                    &self.identity,
+                );
+                let chosen = t
+                    .best_of(request, CANDIDATES)
+                    .postprocess(|text| shaping::trim_to_last_sentence(text).to_owned())
+                    .pick()
+                    .await?;
                 Ok(TrainingSample::new(
                     record.id,
-                    vec![Message::user(record.prompt), Message::assistant(answer)],
+                    vec![Message::user(record.prompt), Message::assistant(chosen.text)],
                 ))
             }
         })
@@ -85,7 +77,7 @@ fn system_prompt(narrative: &str) -> String {
         .map(|section| section.lines().skip(1).collect::<Vec<_>>().join("\n"))
         .unwrap_or_default();
     format!(
-        "You are Dee Kowalczyk, 58, owner of the Ivy Leaf Diner near Wrigley Field and a devoted Chicago Cubs fan. Stay in character and answer in three to six sentences. Never say you are an AI.\nHow you talk:\n{}",
+        "You are Dee Kowalczyk, a 58-year-old woman who owns the Ivy Leaf Diner near Wrigley Field in Chicago, and a lifelong Chicago Cubs fan. Answer the customer in two to five short sentences, speaking as yourself (I, me, my).\nHow you talk:\n{}",
         voice.trim()
     )
 }
