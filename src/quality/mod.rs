@@ -23,12 +23,15 @@ mod stats;
 mod terminal;
 mod text;
 
-pub use checks::{CheckReport, CheckResult, Comparison, advice, analyze, check};
+pub use checks::{
+    CheckReport, CheckResult, Comparison, SampleVerdict, TRAINING_SET_MIN_SAMPLES, advice, analyze,
+    analyze_chat_file, analyze_each, check, judged_samples, training_set_check,
+};
 pub use config::{Contradiction, Loosening, QualityConfig, VOICE_FILE, Voice};
 pub use detect::{Detectors, Finding, Reason, Turn, Verdict};
 pub use read::{
-    ChatMessage, ErrorRecord, JsonlReader, Record, Step, StepError, Usage, read_errors,
-    read_records,
+    ChatMessage, ErrorRecord, JsonlReader, Record, Step, StepError, Usage, read_chat_records,
+    read_errors, read_records,
 };
 pub use report::{REPORT_SAMPLE_CAP, render_report};
 pub use review::{REVIEW_TEXT_CHARS, ReviewSample, ReviewSnapshot, review_sample};
