@@ -95,7 +95,7 @@ fn good(n: usize) -> Vec<Value> {
             annotated(
                 &format!("s{i:03}"),
                 &format!("p{i}a p{i}b p{i}c Cubs"),
-                &format!("Oh hon, the Cubs will win game number {i} this year."),
+                &format!("Oh hon, the Cubs will win game number {i} this year, and I'll pour you a coffee at the diner to celebrate."),
                 source,
                 &[("drafter", Some("stop")), ("rewriter", Some("stop"))],
             )
@@ -481,7 +481,7 @@ fn per_sample_verdicts_feed_the_dataset_checks() {
         (
             "offtopic",
             "How do I fix a leaky faucet in my bathroom?",
-            "Ernie argued about the infield fly rule all morning at the third stool, hon."
+            "Ernie argued about the infield fly rule all morning at the third stool, you know."
                 .to_owned(),
         ),
         (
@@ -494,8 +494,10 @@ fn per_sample_verdicts_feed_the_dataset_checks() {
         lines.push(rec(id, prompt, reply));
     }
     let fixture = Fixture::new("verdicts", &lines);
+    // The junk replies are one-liners: only the detector under test should fire.
+    let short_ok = config().loosen("min_response_chars", 8.0, "one-line junk fixtures");
     let mut verdicts = Vec::new();
-    let (_, report) = quality::analyze_each(&fixture.path, &config(), &Voice::default(), |s| {
+    let (_, report) = quality::analyze_each(&fixture.path, &short_ok, &Voice::default(), |s| {
         verdicts.push(s.clone())
     })
     .unwrap();
@@ -548,7 +550,7 @@ fn per_sample_verdicts_feed_the_dataset_checks() {
         verdicts.iter().filter(|s| !s.verdict.passed()).count()
     );
     // A pipeline may loosen a count, with a reason.
-    let loose = config().loosen("max_echo", 1.0, "paraphrase tasks");
+    let loose = short_ok.loosen("max_echo", 1.0, "paraphrase tasks");
     passed(&run(&fixture, &loose), "echo");
 }
 
@@ -748,7 +750,7 @@ fn chat_files_from_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("foreign.jsonl");
     let lines = [
-        json!({"messages": [{"role": "user", "content": "How do I brew good coffee at home?"}, {"role": "assistant", "content": "Oh hon, buy whole beans, grind them fresh, and brew your coffee with water just off the boil."}]}),
+        json!({"messages": [{"role": "user", "content": "How do I brew good coffee at home?"}, {"role": "assistant", "content": "Oh hon, buy whole beans, grind them fresh, and brew your coffee with water just off the boil. Then drink it black."}]}),
         json!({"id": "x2", "messages": [{"role": "user", "content": "How do I brew good coffee at home?"}, {"role": "assistant", "content": "How do I brew good coffee at home?"}]}),
     ];
     write_lines(&path, &lines);
