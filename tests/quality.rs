@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use shaping::quality::{
-    self, CheckReport, QualityConfig, QualityError, ReviewSnapshot, Sample, Voice, render_report,
-    review_sample,
+    self, CheckReport, Detectors, QualityConfig, QualityError, Reason, ReviewSnapshot, Sample,
+    Turn, Verdict, Voice, render_report, review_sample,
 };
 
 /// A dataset written to `<tmp>/training/data/<name>.jsonl`.
@@ -86,15 +86,16 @@ fn annotated(
     value
 }
 
-/// `n` samples that pass every check of [`config`]: unique ids, prompts and responses, a marker in each.
+/// `n` samples that pass every check of [`config`]: unique ids, prompts and responses, a marker in
+/// each, and a reply that shares a content word ("Cubs") with its prompt.
 fn good(n: usize) -> Vec<Value> {
     (0..n)
         .map(|i| {
             let source = ["forum", "trivia", "chat"][i % 3];
             annotated(
                 &format!("s{i:03}"),
-                &format!("p{i}a p{i}b p{i}c p{i}d"),
-                &format!("Oh hon, the Cubs will win game number {i} this year."),
+                &format!("p{i}a p{i}b p{i}c Cubs"),
+                &format!("Oh hon, the Cubs will win game number {i} this year, and I'll pour you a coffee at the diner to celebrate."),
                 source,
                 &[("drafter", Some("stop")), ("rewriter", Some("stop"))],
             )
@@ -104,7 +105,7 @@ fn good(n: usize) -> Vec<Value> {
 
 fn config() -> QualityConfig {
     QualityConfig::default()
-        .min_samples(20)
+        .loosen("min_samples", 20.0, "small test fixtures")
         .voice_markers(["Cubs", "hon"])
 }
 
@@ -144,6 +145,12 @@ fn good_dataset_passes_every_check() {
             "duplicate_ids",
             "duplicate_responses",
             "refusals",
+            "degeneration",
+            "contradiction",
+            "role_confusion",
+            "echo",
+            "relevance",
+            "surface_garbage",
             "voice_markers",
             "response_length",
             "source_share",
@@ -151,6 +158,12 @@ fn good_dataset_passes_every_check() {
         ]
     );
     assert!(report.passed, "{report:#?}");
+    assert_eq!((report.samples, report.failing_samples), (30, 0));
+    assert!(
+        report.reason_counts.is_empty(),
+        "{:?}",
+        report.reason_counts
+    );
     assert!(
         report
             .checks
@@ -230,6 +243,14 @@ fn truncated_counts_only_the_final_step() {
         "Oh hon, the Cubs rule.",
         "chat",
         &[("d", Some("length")), ("r", Some("stop"))],
+    ));
+    // Stopped at max_tokens, but the pipeline trimmed the reply to its last full sentence.
+    lines.push(annotated(
+        "trimmed",
+        "p trimmed a",
+        "Oh hon, the Cubs rule the whole league.",
+        "chat",
+        &[("r", Some("length"))],
     ));
     let fixture = Fixture::new("trunc", &lines);
     let report = run(&fixture, &config());
@@ -318,8 +339,8 @@ fn refusals_and_generic_phrases() {
         ["s007", "r1", "r2", "r3"]
     );
     let voice = Voice {
-        markers: vec![],
         generic_phrases: vec!["aide at Wrigley".into()],
+        ..Voice::default()
     };
     let report = quality::check(&fixture.path, &config().max_refusal_share(0.0), &voice).unwrap();
     assert_eq!(failed(&report, "refusals"), ["r1", "r2", "r3", "fine"]);
@@ -380,6 +401,406 @@ fn voice_file_errors_name_the_file() {
     std::fs::write(dir.path().join(quality::VOICE_FILE), "markers = [1,").unwrap();
     let err = Voice::load(dir.path()).unwrap_err().to_string();
     assert!(err.contains("voice.toml"), "{err}");
+
+    // An unknown key: file, line and key.
+    std::fs::write(
+        dir.path().join(quality::VOICE_FILE),
+        "name = \"Dee\"\nmarkers = [\"hon\"]\nmarkrs = [\"Cubs\"]\n",
+    )
+    .unwrap();
+    let err = Voice::load(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("voice.toml:3") && err.contains("markrs"),
+        "{err}"
+    );
+    // An unknown key inside a contradiction.
+    std::fs::write(
+        dir.path().join(quality::VOICE_FILE),
+        "[[contradictions]]\nlabel = \"x\"\npattern = \"a\"\nflags = \"i\"\n",
+    )
+    .unwrap();
+    let err = Voice::load(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("voice.toml:4") && err.contains("flags"),
+        "{err}"
+    );
+    // A pattern that does not compile: file, line, key and label.
+    std::fs::write(
+        dir.path().join(quality::VOICE_FILE),
+        "name = \"Dee\"\n\n[[contradictions]]\nlabel = \"ok\"\npattern = 'I am fine'\n\n[[contradictions]]\nlabel = \"broken\"\npattern = '(unclosed'\n",
+    )
+    .unwrap();
+    let err = Voice::load(dir.path()).unwrap_err();
+    assert!(
+        matches!(&err, QualityError::VoiceFile { line: 9, key, .. } if key == "contradictions[1].pattern"),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("voice.toml:9") && text.contains("broken"),
+        "{text}"
+    );
+}
+
+/// The repository's own identity/voice.toml parses and names Dee.
+#[test]
+fn repository_voice_file_is_valid() {
+    let voice = Voice::load(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
+    assert_eq!(voice.name.as_deref(), Some("Dee"));
+    assert!(!voice.is_ai);
+    assert!(voice.contradictions.len() >= 5);
+    Detectors::new(&voice, &QualityConfig::default()).unwrap();
+}
+
+/// Per-sample verdicts: each detector fails its sample with a readable reason, the dataset checks
+/// count them, and the report keeps per-reason counts.
+#[test]
+fn per_sample_verdicts_feed_the_dataset_checks() {
+    let mut lines = good(25);
+    let junk = [
+        (
+            "loop",
+            "What hot dog do you grab at the game?",
+            "I'm gonna grab the hot dog. ".repeat(9),
+        ),
+        (
+            "cards",
+            "Who do you root for, the Cubs?",
+            "Hon, I've always rooted for the Cardinals and I always will.".to_owned(),
+        ),
+        (
+            "script",
+            "Any Cubs news today?",
+            "The Cubs won, hon.\nUser: Who pitched for the Cubs?".to_owned(),
+        ),
+        (
+            "parrot",
+            "Should I paint my kitchen blue or yellow?",
+            "Should I paint my kitchen blue or yellow?".to_owned(),
+        ),
+        (
+            "offtopic",
+            "How do I fix a leaky faucet in my bathroom?",
+            "Ernie argued about the infield fly rule all morning at the third stool, you know."
+                .to_owned(),
+        ),
+        (
+            "shout",
+            "How are the Cubs looking?",
+            "THE CUBS ARE LOOKING GREAT THIS YEAR HON, BELIEVE ME!".to_owned(),
+        ),
+    ];
+    for (id, prompt, reply) in &junk {
+        lines.push(rec(id, prompt, reply));
+    }
+    let fixture = Fixture::new("verdicts", &lines);
+    // The junk replies are one-liners: only the detector under test should fire.
+    let short_ok = config().loosen("min_response_chars", 8.0, "one-line junk fixtures");
+    let mut verdicts = Vec::new();
+    let (_, report) = quality::analyze_each(&fixture.path, &short_ok, &Voice::default(), |s| {
+        verdicts.push(s.clone())
+    })
+    .unwrap();
+    assert_eq!(verdicts.len(), 31);
+    assert!(
+        verdicts[..25].iter().all(|s| s.verdict.passed()),
+        "{verdicts:#?}"
+    );
+    let reasons_of = |id: &str| -> Vec<Reason> {
+        let sample = verdicts.iter().find(|s| s.id == id).unwrap();
+        sample.verdict.findings.iter().map(|f| f.reason).collect()
+    };
+    assert_eq!(
+        verdicts
+            .iter()
+            .find(|s| s.id == "loop")
+            .unwrap()
+            .verdict
+            .reasons(),
+        ["degeneration: sentence 'I'm gonna grab the hot dog.' ×9"]
+    );
+    // Which claims contradict the identity is the voice's business: the default voice has none
+    // about baseball teams (Dee's file does, see `contradictions_follow_the_identity`).
+    assert_eq!(reasons_of("cards"), []);
+    assert_eq!(reasons_of("script"), [Reason::RoleConfusion]);
+    assert_eq!(reasons_of("parrot"), [Reason::Echo]);
+    assert_eq!(reasons_of("offtopic"), [Reason::Relevance]);
+    assert_eq!(reasons_of("shout"), [Reason::SurfaceGarbage]);
+    assert!(
+        verdicts
+            .iter()
+            .find(|s| s.id == "shout")
+            .unwrap()
+            .verdict
+            .markers
+            .contains(&"hon".to_owned())
+    );
+
+    assert_eq!(failed(&report, "degeneration"), ["loop"]);
+    assert_eq!(failed(&report, "role_confusion"), ["script"]);
+    assert_eq!(failed(&report, "echo"), ["parrot"]);
+    assert_eq!(failed(&report, "surface_garbage"), ["shout"]);
+    // One irrelevant reply of 31 is within the default 5 %.
+    passed(&report, "relevance");
+    assert_eq!(report.get("relevance").unwrap().value, 0.0323);
+    assert_eq!(report.reason_counts.get("echo"), Some(&1));
+    assert_eq!(report.reason_counts.get("relevance"), Some(&1));
+    assert_eq!(
+        report.failing_samples as usize,
+        verdicts.iter().filter(|s| !s.verdict.passed()).count()
+    );
+    // A pipeline may loosen a count, with a reason.
+    let loose = short_ok.loosen("max_echo", 1.0, "paraphrase tasks");
+    passed(&run(&fixture, &loose), "echo");
+}
+
+/// Contradictions come from identity/voice.toml (Dee's file here); AI claims are contradictions
+/// unless the identity is an AI.
+#[test]
+fn contradictions_follow_the_identity() {
+    let dee = Voice::load(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let detectors = Detectors::new(&dee, &QualityConfig::default()).unwrap();
+    let judge = |prompt: &str, reply: &str| {
+        detectors.judge(&Turn {
+            prompt,
+            reply,
+            finish_reason: None,
+        })
+    };
+    for reply in [
+        "Hon, I've always rooted for the Cardinals, ever since I was a girl in the diner.",
+        "I'm a lifelong White Sox fan, kiddo, but I serve Cubs fans coffee all the same.",
+        "My wife runs the register while I work the grill at the diner, hon.",
+        "I'm retired now, hon, so the diner is somebody else's headache these days.",
+        "I'm a 21-year-old college student, so the diner is just my summer job, hon.",
+        "I play second base for the Cubs, hon, so I don't get to the diner much.",
+        "I'm an AI language model, so I can't taste the pierogi at the diner, hon.",
+        "I was designed to help people with their questions about the diner, hon.",
+    ] {
+        let verdict = judge("Tell me about yourself and the diner.", reply);
+        assert!(
+            verdict.has(Reason::Contradiction),
+            "{reply}: {:?}",
+            verdict.reasons()
+        );
+    }
+    for reply in [
+        "The Cardinals? Bless their hearts, hon. I'd never root for the Cardinals, but their fans drink good coffee at the diner.",
+        "White Sox fans come into the diner too, hon, and I tease them something awful.",
+        "I'm 58, hon, and I've run the diner for twenty-six years.",
+    ] {
+        let verdict = judge("Tell me about yourself and the diner.", reply);
+        assert!(
+            !verdict.has(Reason::Contradiction),
+            "{reply}: {:?}",
+            verdict.reasons()
+        );
+    }
+    // An AI persona may say it is an AI.
+    let robot = Voice {
+        is_ai: true,
+        ..Voice::default()
+    };
+    let detectors = Detectors::new(&robot, &QualityConfig::default()).unwrap();
+    let verdict = detectors.judge(&Turn {
+        prompt: "Are you a language model?",
+        reply: "Yes, I'm a language model, and I'm happy to talk about what that means.",
+        finish_reason: Some("stop"),
+    });
+    assert!(
+        !verdict.has(Reason::Contradiction),
+        "{:?}",
+        verdict.reasons()
+    );
+    // A contradiction pattern built in code that does not compile is an error naming its label.
+    let broken = Voice {
+        contradictions: vec![quality::Contradiction {
+            label: "broken claim".into(),
+            pattern: "(".into(),
+        }],
+        ..Voice::default()
+    };
+    let err = Detectors::new(&broken, &QualityConfig::default()).unwrap_err();
+    assert!(err.to_string().contains("broken claim"), "{err}");
+}
+
+/// Strict defaults, and no quiet lowering: loosening a threshold needs a reason.
+#[test]
+fn loosening_needs_a_reason() {
+    let defaults = QualityConfig::default();
+    assert_eq!(defaults.min_samples, 100);
+    assert_eq!(defaults.min_marker_share, 0.6);
+    assert_eq!(defaults.max_irrelevant_share, 0.05);
+    assert_eq!(
+        (
+            defaults.max_degeneration,
+            defaults.max_contradiction,
+            defaults.max_role_confusion,
+            defaults.max_echo,
+            defaults.max_surface_garbage,
+            defaults.max_truncated,
+            defaults.max_empty,
+            defaults.max_error_text
+        ),
+        (0, 0, 0, 0, 0, 0, 0, 0)
+    );
+    assert_eq!(defaults.max_refusal_share, 0.0);
+    defaults.validate().unwrap();
+    assert!(defaults.loosenings().is_empty());
+    QualityConfig::lenient().validate().unwrap();
+
+    // Tightening needs no reason.
+    QualityConfig::default()
+        .min_samples(1000)
+        .min_marker_share(0.8)
+        .max_irrelevant_share(0.01)
+        .validate()
+        .unwrap();
+
+    // Loosening without a reason names field, value and default.
+    let err = QualityConfig::default()
+        .min_marker_share(0.1)
+        .validate()
+        .unwrap_err();
+    assert!(
+        matches!(&err, QualityError::UnjustifiedLoosening { field, .. } if field == "min_marker_share")
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("min_marker_share") && text.contains("0.1") && text.contains("0.6"),
+        "{text}"
+    );
+    let err = QualityConfig::default()
+        .max_truncated(u64::MAX)
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("max_truncated = any") && err.contains("default 0"),
+        "{err}"
+    );
+
+    // With a reason it validates, and the reason is kept (and serialized into the manifest).
+    let config = QualityConfig::default()
+        .loosen(
+            "min_marker_share",
+            0.1,
+            "knowledge answers rarely mention the diner",
+        )
+        .max_truncated(u64::MAX)
+        .reason(
+            "max_truncated",
+            "replies are trimmed to the last full sentence",
+        );
+    config.validate().unwrap();
+    let loosenings = config.loosenings();
+    assert_eq!(loosenings.len(), 2);
+    assert_eq!(
+        loosenings[1].to_string(),
+        "min_marker_share loosened to 0.1 (default 0.6): knowledge answers rarely mention the diner"
+    );
+    let back: QualityConfig =
+        serde_json::from_value(serde_json::to_value(&config).unwrap()).unwrap();
+    assert_eq!(back, config);
+    back.validate().unwrap();
+
+    // Unknown thresholds and impossible shares are errors too.
+    let err = QualityConfig::default()
+        .loosen("min_vibes", 0.1, "why not")
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("min_vibes"), "{err}");
+    let err = QualityConfig::default()
+        .max_source_share(1.5)
+        .reason("max_source_share", "x")
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("max_source_share") && err.contains("1.5"),
+        "{err}"
+    );
+
+    // `check` enforces the default for a loosening without a reason.
+    let unjustified = QualityConfig::default()
+        .min_marker_share(0.1)
+        .min_samples(1000);
+    let enforced = unjustified.with_unjustified_loosenings_reset();
+    assert_eq!(
+        (enforced.min_marker_share, enforced.min_samples),
+        (0.6, 1000)
+    );
+
+    // Checks show each loosening next to the result.
+    let fixture = Fixture::new("loose", &good(25));
+    let report = run(&fixture, &config.clone().voice_markers(["Cubs"]));
+    let check = report.get("voice_markers").unwrap();
+    assert_eq!(check.loosened.len(), 1);
+    assert_eq!(
+        check.loosened[0].reason.as_deref(),
+        Some("knowledge answers rarely mention the diner")
+    );
+    assert_eq!(report.loosened.len(), 2, "{:?}", report.loosened);
+}
+
+/// Any chat JSONL: ids are optional, and a line that is not a chat record is an error naming it.
+#[test]
+fn chat_files_from_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("foreign.jsonl");
+    let lines = [
+        json!({"messages": [{"role": "user", "content": "How do I brew good coffee at home?"}, {"role": "assistant", "content": "Oh hon, buy whole beans, grind them fresh, and brew your coffee with water just off the boil. Then drink it black."}]}),
+        json!({"id": "x2", "messages": [{"role": "user", "content": "How do I brew good coffee at home?"}, {"role": "assistant", "content": "How do I brew good coffee at home?"}]}),
+    ];
+    write_lines(&path, &lines);
+    let mut seen = Vec::new();
+    let (stats, report) =
+        quality::analyze_chat_file(&path, &QualityConfig::default(), &Voice::default(), |s| {
+            seen.push((s.id.clone(), s.verdict.passed()))
+        })
+        .unwrap();
+    assert_eq!(stats.samples, 2);
+    assert_eq!(
+        seen,
+        [("line-1".to_owned(), true), ("x2".to_owned(), false)]
+    );
+    assert_eq!(failed(&report, "echo"), ["x2"]);
+    // Datasets of our own still need ids.
+    assert!(quality::check(&path, &QualityConfig::default(), &Voice::default()).is_err());
+
+    std::fs::write(
+        &path,
+        format!("{}\n{}\n", lines[0], json!({"text": "not chat"})),
+    )
+    .unwrap();
+    let err =
+        quality::analyze_chat_file(&path, &QualityConfig::default(), &Voice::default(), |_| {})
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("foreign.jsonl:2") && err.contains("messages"),
+        "{err}"
+    );
+    std::fs::write(&path, "id,prompt,response\n1,a,b\n").unwrap();
+    let err =
+        quality::analyze_chat_file(&path, &QualityConfig::default(), &Voice::default(), |_| {})
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("foreign.jsonl:1"), "{err}");
+}
+
+#[test]
+fn training_set_volume() {
+    let small = quality::training_set_check(quality::TRAINING_SET_MIN_SAMPLES - 1, 3);
+    assert!(!small.passed);
+    assert_eq!(small.name, "training_set");
+    assert!(
+        small.message.contains("499 samples in 3 datasets"),
+        "{}",
+        small.message
+    );
+    assert!(quality::training_set_check(quality::TRAINING_SET_MIN_SAMPLES, 1).passed);
 }
 
 #[test]
@@ -574,7 +995,7 @@ fn stats() {
     assert_eq!(stats.errors, 3);
     assert_eq!(stats.error_types.get("rate_limited"), Some(&2));
     assert_eq!(stats.response_chars.min, 0);
-    assert_eq!(stats.prompt_chars.min, 15);
+    assert_eq!(stats.prompt_chars.min, 16);
     assert_eq!(stats.prompt_chars.max, 21);
     assert_eq!(
         stats
@@ -696,11 +1117,11 @@ fn config_serde_and_manifest() {
     assert_eq!(back, report);
 }
 
-fn all_samples(path: &Path) -> Vec<Sample> {
-    quality::read_records(path)
+fn all_samples(path: &Path, config: &QualityConfig) -> Vec<(Sample, Verdict)> {
+    let detectors = Detectors::new(&Voice::default(), config).unwrap();
+    quality::judged_samples(path, &detectors)
         .unwrap()
         .map(|r| r.unwrap())
-        .map(|(line, record)| Sample::from_record(line, record))
         .collect()
 }
 
@@ -720,7 +1141,7 @@ fn html_report() {
         "margaret_voice",
         &stats,
         &report,
-        all_samples(&fixture.path),
+        all_samples(&fixture.path, &config()),
     );
 
     assert!(html.starts_with("<!DOCTYPE html>"));
@@ -748,6 +1169,12 @@ fn html_report() {
     let link = html.split("class=\"idlink\" href=\"#").nth(1).unwrap();
     let anchor = &link[..link.find('"').unwrap()];
     assert!(html.contains(&format!("id=\"{anchor}\"")), "{anchor}");
+    // Failing samples are listed by reason, with what exactly is wrong.
+    assert!(html.contains("Failing samples by reason"));
+    assert!(html.contains("<span class=\"chip bad\">empty</span> 1 sample</summary>"));
+    assert!(html.contains("empty: the reply has no text"));
+    // The loosened volume threshold is shown with its reason.
+    assert!(html.contains("min_samples loosened to 20 (default 100): small test fixtures"));
     // Self-contained: nothing fetched.
     for needle in ["http://", "https://", "src=", "<link"] {
         assert!(!html.contains(needle), "{needle}");
@@ -755,8 +1182,14 @@ fn html_report() {
 
     let passing = Fixture::new("fine", &good(25));
     let (stats, report) = quality::analyze(&passing.path, &config(), &Voice::default()).unwrap();
-    let html = render_report("fine", &stats, &report, all_samples(&passing.path));
+    let html = render_report(
+        "fine",
+        &stats,
+        &report,
+        all_samples(&passing.path, &config()),
+    );
     assert!(html.contains("PASSED") && html.contains("No failed records."));
+    assert!(html.contains("No sample fails a detector."));
 }
 
 #[test]
@@ -770,14 +1203,12 @@ fn html_report_caps_samples_but_keeps_flagged() {
         report.get("empty_responses").unwrap().example_ids,
         ["late-bad"]
     );
-    let html = render_report("big", &stats, &report, all_samples(&fixture.path));
+    let html = render_report("big", &stats, &report, all_samples(&fixture.path, &config));
     assert_eq!(
         html.matches("<details class=\"sample").count(),
         quality::REPORT_SAMPLE_CAP + 1
     );
-    assert!(
-        html.contains("Listing the first 2,000 of 2,031 samples, plus 1 named by failing checks")
-    );
+    assert!(html.contains("Listing the first 2,000 of 2,031 samples, plus 1 failing"));
     assert!(html.contains(">late-bad</span>"));
 }
 
@@ -862,4 +1293,82 @@ fn a_hand_edit_outside_the_sample_changes_the_review_snapshot() {
         "the edit is outside the sample"
     );
     assert_ne!(before, after, "yet the snapshot changes");
+}
+
+/// The per-sample verdicts against a hand-labelled calibration set (`tests/calibration/`, see its
+/// RUBRIC.md): junk taken from real outputs and good replies. Prints precision and recall; run with
+/// `cargo test --test quality calibration -- --nocapture` to see the figures.
+#[test]
+fn calibration() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let voice = Voice::load(root).unwrap();
+    let detectors = Detectors::new(&voice, &QualityConfig::default()).unwrap();
+    let path = root.join("tests/calibration/labelled.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (mut junk, mut junk_rejected, mut good, mut good_rejected) = (0u32, 0u32, 0u32, 0u32);
+    let mut per_category: std::collections::BTreeMap<String, (u32, u32)> = Default::default();
+    let mut misses = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let value: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("line {}: {e}", n + 1));
+        let record: quality::Record = serde_json::from_value(value.clone()).unwrap();
+        let verdict = detectors.judge_record(&record);
+        let label = value["label"].as_str().unwrap();
+        let category = value["category"].as_str().unwrap_or("?").to_owned();
+        let rejected = !verdict.passed();
+        if label == "junk" {
+            junk += 1;
+            let entry = per_category.entry(category.clone()).or_default();
+            entry.0 += 1;
+            if rejected {
+                junk_rejected += 1;
+                entry.1 += 1;
+            } else {
+                misses.push(format!("missed junk {} ({category})", record.id));
+            }
+        } else {
+            good += 1;
+            if rejected {
+                good_rejected += 1;
+                misses.push(format!(
+                    "rejected good {}: {:?}",
+                    record.id,
+                    verdict.reasons()
+                ));
+            }
+        }
+    }
+    let share = |part: u32, whole: u32| f64::from(part) / f64::from(whole.max(1));
+    println!(
+        "calibration: {} samples ({junk} junk, {good} good)",
+        junk + good
+    );
+    println!(
+        "  junk rejected: {junk_rejected} of {junk} ({:.1}%)  [target ≥ 90%]",
+        100.0 * share(junk_rejected, junk)
+    );
+    println!(
+        "  good rejected: {good_rejected} of {good} ({:.1}%)  [target ≤ 10%]",
+        100.0 * share(good_rejected, good)
+    );
+    println!(
+        "  precision (rejected samples that are junk): {:.1}%",
+        100.0 * share(junk_rejected, junk_rejected + good_rejected)
+    );
+    for (category, (total, caught)) in &per_category {
+        println!(
+            "  recall {category:<20} {caught:>3} of {total:<3} ({:.1}%)",
+            100.0 * share(*caught, *total)
+        );
+    }
+    for miss in &misses {
+        println!("  {miss}");
+    }
+    assert!(junk >= 50 && good >= 50, "the calibration set is too small");
+    assert!(share(junk_rejected, junk) >= 0.9, "junk rejected below 90%");
+    assert!(share(good_rejected, good) <= 0.1, "good rejected above 10%");
 }

@@ -1,4 +1,9 @@
 //! The checks of the quality gate: [`check`] and [`analyze`] produce a [`CheckReport`].
+//!
+//! Every sample is judged by the [`Detectors`]; the dataset checks are counts or shares of those
+//! per-sample findings (one check per [`Reason`]) plus the set-level checks: volume, duplicate ids
+//! and responses, voice-marker share, source mix and prompt diversity. [`training_set_check`]
+//! judges all datasets together.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -8,15 +13,18 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::Result;
-use super::config::{QualityConfig, Voice};
-use super::read::{Record, read_errors, read_records};
+use super::config::{Loosening, QualityConfig, Voice, show_value};
+use super::detect::{Detectors, Reason, Verdict};
+use super::read::{JsonlReader, Record, read_chat_records, read_errors, read_records};
 use super::stats::{DatasetStats, StatsBuilder};
-use super::text::{
-    ERROR_TEXT_PATTERNS, Phrases, REFUSAL_PHRASES, errors_path_for, fnv1a, normalize, words,
-};
+use super::text::{Sample, errors_path_for, fnv1a, normalize, words};
 
 /// Most example ids a check names.
 const MAX_EXAMPLES: usize = 5;
+
+/// Fewest samples of all datasets together: the seed's checklist ("at least 500 samples") is
+/// about the training set. `cargo xtask check` without names and `--file` apply it.
+pub const TRAINING_SET_MIN_SAMPLES: u64 = 500;
 
 /// The outcome of all checks on one dataset.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -24,6 +32,18 @@ pub struct CheckReport {
     /// Whether every check passed.
     pub passed: bool,
     pub checks: Vec<CheckResult>,
+    /// Samples judged.
+    #[serde(default)]
+    pub samples: u64,
+    /// Samples with at least one finding.
+    #[serde(default)]
+    pub failing_samples: u64,
+    /// Samples per finding reason (`degeneration`, `echo`, ...), only reasons that occurred.
+    #[serde(default)]
+    pub reason_counts: BTreeMap<String, u64>,
+    /// Thresholds looser than their defaults, with their reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loosened: Vec<Loosening>,
 }
 
 impl CheckReport {
@@ -61,8 +81,9 @@ impl fmt::Display for Comparison {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckResult {
     /// Stable name: `volume`, `empty_responses`, `error_text`, `truncated`, `duplicate_ids`,
-    /// `duplicate_responses`, `refusals`, `voice_markers`, `response_length`, `source_share`,
-    /// `prompt_diversity`.
+    /// `duplicate_responses`, `refusals`, `degeneration`, `contradiction`, `role_confusion`,
+    /// `echo`, `relevance`, `surface_garbage`, `voice_markers`, `response_length`,
+    /// `source_share`, `prompt_diversity` (and `training_set` from [`training_set_check`]).
     pub name: String,
     pub passed: bool,
     /// Whether the check did not apply (it then passes); `message` says why.
@@ -76,6 +97,9 @@ pub struct CheckResult {
     pub message: String,
     /// Up to 5 ids of samples that show the problem (in file order).
     pub example_ids: Vec<String>,
+    /// The thresholds of this check that the pipeline loosened, with their reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loosened: Vec<Loosening>,
 }
 
 impl CheckResult {
@@ -85,11 +109,23 @@ impl CheckResult {
     }
 }
 
+/// One judged sample of a dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleVerdict {
+    /// Line number in the file (1-based).
+    pub line: u64,
+    pub id: String,
+    pub verdict: Verdict,
+}
+
 /// What to do when the named check fails.
 pub fn advice(name: &str) -> &'static str {
     match name {
         "volume" => {
-            "generate more samples (more input records or variations), or lower min_samples in the pipeline's quality config"
+            "generate more samples (more input records or variations), or lower min_samples in the pipeline's quality config (with a reason)"
+        }
+        "training_set" => {
+            "all datasets together are too small to train on: add pipelines or generate more samples per pipeline"
         }
         "empty_responses" => {
             "look at the listed samples' steps; fix the prompt or parsing that yields empty text, or filter empty responses in the pipeline"
@@ -98,7 +134,7 @@ pub fn advice(name: &str) -> &'static str {
             "provider errors leaked into responses: make the pipeline fail those records (they belong in the errors file), then rebuild"
         }
         "truncated" => {
-            "raise max_tokens for the final step or ask for shorter answers, then rebuild"
+            "raise max_tokens for the final step, ask for shorter answers, or trim replies to their last full sentence, then rebuild"
         }
         "duplicate_ids" => {
             "derive sample ids from something unique per record (e.g. input id + variation index)"
@@ -108,6 +144,24 @@ pub fn advice(name: &str) -> &'static str {
         }
         "refusals" => {
             "the model answered as a generic assistant: strengthen the identity system prompt, rephrase the inputs, or filter such responses"
+        }
+        "degeneration" => {
+            "the model loops: lower temperature or max_tokens, add a repetition penalty, use a stronger model, or keep the best of n candidates (Detectors::judge)"
+        }
+        "contradiction" => {
+            "replies claim things the identity never would: put the facts in the system prompt, use a stronger model, or filter with Detectors::judge"
+        }
+        "role_confusion" => {
+            "replies leak chat turns or speak about the identity in the third person: check the chat template and stop sequences, and filter such replies"
+        }
+        "echo" => {
+            "replies repeat the prompt: check that the prompt ends the user turn (chat template), and filter copied replies"
+        }
+        "relevance" => {
+            "replies do not answer their prompts: check the prompt/response pairing, the system prompt, and the model's strength"
+        }
+        "surface_garbage" => {
+            "replies shout, act out stage directions, break quotes or switch language: tell the model to answer in plain prose, and filter such replies"
         }
         "voice_markers" => {
             "responses do not sound like the identity: strengthen the voice in the system prompt, or review identity/voice.toml markers"
@@ -136,12 +190,50 @@ pub fn analyze(
     config: &QualityConfig,
     voice: &Voice,
 ) -> Result<(DatasetStats, CheckReport)> {
+    analyze_each(path, config, voice, |_| {})
+}
+
+/// [`analyze`], calling `on_sample` with each sample's verdict (in file order) as it is judged.
+pub fn analyze_each(
+    path: &Path,
+    config: &QualityConfig,
+    voice: &Voice,
+    on_sample: impl FnMut(&SampleVerdict),
+) -> Result<(DatasetStats, CheckReport)> {
+    analyze_lines(read_records(path)?, path, config, voice, on_sample)
+}
+
+/// [`analyze_each`] for any chat JSONL: lines need only `messages` (a missing `id` becomes
+/// `line-<n>`); a line that is not a chat record is an error naming the line.
+pub fn analyze_chat_file(
+    path: &Path,
+    config: &QualityConfig,
+    voice: &Voice,
+    on_sample: impl FnMut(&SampleVerdict),
+) -> Result<(DatasetStats, CheckReport)> {
+    analyze_lines(read_chat_records(path)?, path, config, voice, on_sample)
+}
+
+fn analyze_lines(
+    lines: JsonlReader<Record>,
+    path: &Path,
+    config: &QualityConfig,
+    voice: &Voice,
+    mut on_sample: impl FnMut(&SampleVerdict),
+) -> Result<(DatasetStats, CheckReport)> {
+    let detectors = Detectors::new(voice, config)?;
     let mut stats = StatsBuilder::new();
-    let mut checks = Checker::new(config, voice);
-    for item in read_records(path)? {
-        let (_, record) = item?;
+    let mut checks = Checker::new(config, &detectors);
+    for item in lines {
+        let (line, record) = item?;
         stats.add(&record);
-        checks.add(&record);
+        let verdict = detectors.judge_record(&record);
+        checks.add(&record, &verdict);
+        on_sample(&SampleVerdict {
+            line,
+            id: record.id,
+            verdict,
+        });
     }
     let errors = errors_path_for(path);
     if errors.is_file() {
@@ -153,6 +245,21 @@ pub fn analyze(
     let stats = stats.finish();
     let report = checks.finish(&stats);
     Ok((stats, report))
+}
+
+/// The training-set check: all datasets together (`samples` over `datasets` files) must have at
+/// least [`TRAINING_SET_MIN_SAMPLES`] samples.
+pub fn training_set_check(samples: u64, datasets: usize) -> CheckResult {
+    at_least(
+        "training_set",
+        samples as f64,
+        TRAINING_SET_MIN_SAMPLES as f64,
+        format!(
+            "{samples} samples in {datasets} dataset{}",
+            if datasets == 1 { "" } else { "s" }
+        ),
+        Vec::new(),
+    )
 }
 
 /// Ids of samples that show one problem: a count and the first few ids.
@@ -174,19 +281,14 @@ impl Hits {
 /// Per-record state of the checks.
 struct Checker<'a> {
     config: &'a QualityConfig,
-    refusal_phrases: Phrases,
-    markers: Phrases,
-    error_patterns: Phrases,
+    has_markers: bool,
     samples: u64,
-    empty: Hits,
-    error_text: Hits,
-    truncated: Hits,
+    failing: u64,
+    by_reason: HashMap<Reason, Hits>,
     duplicate_ids: Hits,
     duplicate_responses: Hits,
-    refusals: Hits,
     with_marker: u64,
     without_marker: Hits,
-    length_outliers: Hits,
     seen_ids: HashSet<String>,
     seen_responses: HashSet<[u8; 16]>,
     seen_prompts: HashSet<u64>,
@@ -197,28 +299,17 @@ struct Checker<'a> {
 }
 
 impl<'a> Checker<'a> {
-    fn new(config: &'a QualityConfig, voice: &Voice) -> Self {
-        let refusals = REFUSAL_PHRASES
-            .iter()
-            .map(|s| (*s).to_owned())
-            .chain(voice.generic_phrases.iter().cloned())
-            .chain(config.generic_phrases.iter().cloned());
-        let markers = voice.markers.iter().chain(config.voice_markers.iter());
+    fn new(config: &'a QualityConfig, detectors: &Detectors) -> Self {
         Self {
             config,
-            refusal_phrases: Phrases::words(refusals),
-            markers: Phrases::words(markers),
-            error_patterns: Phrases::substrings(ERROR_TEXT_PATTERNS),
+            has_markers: detectors.has_markers(),
             samples: 0,
-            empty: Hits::default(),
-            error_text: Hits::default(),
-            truncated: Hits::default(),
+            failing: 0,
+            by_reason: HashMap::new(),
             duplicate_ids: Hits::default(),
             duplicate_responses: Hits::default(),
-            refusals: Hits::default(),
             with_marker: 0,
             without_marker: Hits::default(),
-            length_outliers: Hits::default(),
             seen_ids: HashSet::new(),
             seen_responses: HashSet::new(),
             seen_prompts: HashSet::new(),
@@ -229,18 +320,25 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn add(&mut self, record: &Record) {
+    fn add(&mut self, record: &Record, verdict: &Verdict) {
         let id = record.id.as_str();
         self.samples += 1;
         if !self.seen_ids.insert(record.id.clone()) {
             self.duplicate_ids.hit(id);
         }
+        if !verdict.passed() {
+            self.failing += 1;
+        }
+        let mut counted = Vec::new();
+        for finding in &verdict.findings {
+            if !counted.contains(&finding.reason) {
+                counted.push(finding.reason);
+                self.by_reason.entry(finding.reason).or_default().hit(id);
+            }
+        }
 
-        let response = record.response();
-        let normalized = normalize(response);
-        if normalized.is_empty() {
-            self.empty.hit(id);
-        } else {
+        let normalized = normalize(record.response());
+        if !normalized.is_empty() {
             let digest = Sha256::digest(normalized.as_bytes());
             let mut key = [0u8; 16];
             key.copy_from_slice(&digest[..16]);
@@ -248,28 +346,12 @@ impl<'a> Checker<'a> {
                 self.duplicate_responses.hit(id);
             }
         }
-        if self.error_patterns.find(&normalized).is_some() {
-            self.error_text.hit(id);
-        }
-        if record
-            .final_step()
-            .is_some_and(|s| s.finish_reason.as_deref() == Some("length"))
-        {
-            self.truncated.hit(id);
-        }
-        if self.refusal_phrases.find(&normalized).is_some() {
-            self.refusals.hit(id);
-        }
-        if !self.markers.is_empty() {
-            if self.markers.find(&normalized).is_some() {
-                self.with_marker += 1;
-            } else {
+        if self.has_markers {
+            if verdict.markers.is_empty() {
                 self.without_marker.hit(id);
+            } else {
+                self.with_marker += 1;
             }
-        }
-        let length = response.chars().count() as u64;
-        if length < self.config.min_response_chars || length > self.config.max_response_chars {
-            self.length_outliers.hit(id);
         }
 
         let prompt_words: Vec<String> = words(record.prompt()).collect();
@@ -289,6 +371,14 @@ impl<'a> Checker<'a> {
         }
     }
 
+    fn hits(&self, reason: Reason) -> &Hits {
+        static NONE: Hits = Hits {
+            count: 0,
+            ids: Vec::new(),
+        };
+        self.by_reason.get(&reason).unwrap_or(&NONE)
+    }
+
     fn finish(self, stats: &DatasetStats) -> CheckReport {
         let c = self.config;
         let n = self.samples;
@@ -302,21 +392,21 @@ impl<'a> Checker<'a> {
             ),
             count_check(
                 "empty_responses",
-                &self.empty,
+                self.hits(Reason::Empty),
                 c.max_empty,
                 "empty or whitespace-only responses",
             ),
             count_check(
                 "error_text",
-                &self.error_text,
+                self.hits(Reason::ErrorText),
                 c.max_error_text,
                 "responses containing provider error text",
             ),
             count_check(
                 "truncated",
-                &self.truncated,
+                self.hits(Reason::Truncated),
                 c.max_truncated,
-                "responses cut off (finish_reason \"length\")",
+                "responses cut off (finish_reason \"length\" and no sentence end)",
             ),
             count_check(
                 "duplicate_ids",
@@ -333,14 +423,51 @@ impl<'a> Checker<'a> {
             ),
             share_check(
                 "refusals",
-                &self.refusals,
+                self.hits(Reason::Refusal),
                 n,
                 c.max_refusal_share,
                 "responses read like a generic assistant",
             ),
+            count_check(
+                "degeneration",
+                self.hits(Reason::Degeneration),
+                c.max_degeneration,
+                "responses degenerate (repeated sentences or phrases)",
+            ),
+            count_check(
+                "contradiction",
+                self.hits(Reason::Contradiction),
+                c.max_contradiction,
+                "responses contradict the identity",
+            ),
+            count_check(
+                "role_confusion",
+                self.hits(Reason::RoleConfusion),
+                c.max_role_confusion,
+                "responses confuse roles (chat turns, answering as the user, third-person self-narration)",
+            ),
+            count_check(
+                "echo",
+                self.hits(Reason::Echo),
+                c.max_echo,
+                "responses repeat or copy their prompt",
+            ),
+            share_check(
+                "relevance",
+                self.hits(Reason::Relevance),
+                n,
+                c.max_irrelevant_share,
+                "responses share no content word with their prompt",
+            ),
+            count_check(
+                "surface_garbage",
+                self.hits(Reason::SurfaceGarbage),
+                c.max_surface_garbage,
+                "responses with surface garbage (shouting, stage directions, broken quotes, mojibake, wrong language)",
+            ),
         ];
 
-        checks.push(if self.markers.is_empty() {
+        checks.push(if !self.has_markers {
             skipped(
                 "voice_markers",
                 Comparison::AtLeast,
@@ -364,12 +491,13 @@ impl<'a> Checker<'a> {
 
         checks.push(share_check(
             "response_length",
-            &self.length_outliers,
+            self.hits(Reason::Length),
             n,
             c.max_length_outlier_share,
             &format!(
                 "responses outside {}..={} chars",
-                c.min_response_chars, c.max_response_chars
+                c.min_response_chars,
+                show_value(c.max_response_chars as f64)
             ),
         ));
 
@@ -406,8 +534,25 @@ impl<'a> Checker<'a> {
             )
         });
 
+        for check in &mut checks {
+            check.loosened = c.loosenings_of(&check.name);
+        }
         let passed = checks.iter().all(|check| check.passed);
-        CheckReport { passed, checks }
+        let reason_counts = Reason::ALL
+            .iter()
+            .filter_map(|r| {
+                let count = self.by_reason.get(r)?.count;
+                Some((r.name().to_owned(), count))
+            })
+            .collect();
+        CheckReport {
+            passed,
+            checks,
+            samples: n,
+            failing_samples: self.failing,
+            reason_counts,
+            loosened: c.loosenings(),
+        }
     }
 
     fn source_check(&self, stats: &DatasetStats) -> CheckResult {
@@ -494,6 +639,7 @@ fn at_least(
         threshold,
         message,
         example_ids: if passed { Vec::new() } else { example_ids },
+        loosened: Vec::new(),
     }
 }
 
@@ -518,20 +664,27 @@ fn at_most(
         threshold,
         message,
         example_ids: if passed { Vec::new() } else { example_ids },
+        loosened: Vec::new(),
     }
 }
 
 fn show_threshold(threshold: f64, name: &str) -> String {
     let is_count = matches!(
         name,
-        "volume" | "empty_responses" | "error_text" | "truncated" | "duplicate_ids"
+        "volume"
+            | "training_set"
+            | "empty_responses"
+            | "error_text"
+            | "truncated"
+            | "duplicate_ids"
+            | "degeneration"
+            | "contradiction"
+            | "role_confusion"
+            | "echo"
+            | "surface_garbage"
     );
     if is_count {
-        if threshold >= u64::MAX as f64 {
-            "any".to_owned()
-        } else {
-            format!("{threshold}")
-        }
+        show_value(threshold)
     } else if name == "prompt_diversity" {
         format!("{threshold}")
     } else {
@@ -570,5 +723,21 @@ fn skipped(name: &str, comparison: Comparison, threshold: f64, why: &str) -> Che
         threshold,
         message: format!("skipped: {why}"),
         example_ids: Vec::new(),
+        loosened: Vec::new(),
     }
+}
+
+/// Each sample of the dataset at `path` prepared for display, with its verdict: the input of
+/// [`render_report`](super::render_report). Lines are read lazily; a malformed one is an error
+/// naming the line.
+pub fn judged_samples<'a>(
+    path: &Path,
+    detectors: &'a Detectors,
+) -> Result<impl Iterator<Item = Result<(Sample, Verdict)>> + 'a> {
+    Ok(read_records(path)?.map(move |item| {
+        item.map(|(line, record)| {
+            let verdict = detectors.judge_record(&record);
+            (Sample::from_record(line, record), verdict)
+        })
+    }))
 }

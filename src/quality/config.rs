@@ -72,7 +72,8 @@ pub struct QualityConfig {
     pub voice_markers: Vec<String>,
     /// Generic-assistant phrases of this pipeline, added to the built-in ones and to `identity/voice.toml`'s.
     pub generic_phrases: Vec<String>,
-    /// Shortest acceptable response, in characters.
+    /// Shortest acceptable response, in characters. The default (100) is about two short
+    /// sentences: identity data teaches a voice, and a fragment teaches nothing.
     pub min_response_chars: u64,
     /// Longest acceptable response, in characters.
     pub max_response_chars: u64,
@@ -107,7 +108,7 @@ impl Default for QualityConfig {
             min_marker_share: 0.6,
             voice_markers: Vec::new(),
             generic_phrases: Vec::new(),
-            min_response_chars: 8,
+            min_response_chars: 100,
             max_response_chars: 4000,
             max_length_outlier_share: 0.05,
             max_source_share: 0.8,

@@ -274,7 +274,12 @@ impl Detectors {
                 format!("provider error text '{pattern}'"),
             ));
         }
-        if turn.finish_reason == Some("length") && !ends_at_sentence_end(reply) {
+        if let Some(marker) = empty_last_list_item(reply) {
+            findings.push(Finding::new(
+                Reason::Truncated,
+                format!("ends on an empty list item '{marker}'"),
+            ));
+        } else if turn.finish_reason == Some("length") && !ends_at_sentence_end(reply) {
             findings.push(Finding::new(
                 Reason::Truncated,
                 format!(
@@ -321,7 +326,13 @@ impl Detectors {
             findings.push(Finding::new(Reason::Echo, detail));
         }
         // A copied reply shares words with the prompt by construction: relevance says nothing new.
-        if !echoed && let Some(detail) = words::irrelevance(&reply_words, &prompt_words) {
+        // Word overlap is a weak signal: an in-character answer often paraphrases (a pancake
+        // recipe talks of flour and the griddle), so a reply that shows a voice marker is not
+        // judged by it.
+        if !echoed
+            && markers.is_empty()
+            && let Some(detail) = words::irrelevance(&reply_words, &prompt_words)
+        {
             findings.push(Finding::new(Reason::Relevance, detail));
         }
         if let Some(detail) = surface::garbage(&clean, &prompt_clean) {
@@ -348,7 +359,17 @@ pub(crate) fn ends_at_sentence_end(text: &str) -> bool {
         .is_some_and(|c| matches!(c, '.' | '!' | '?' | '…') || is_emoji(c))
 }
 
-fn is_emoji(c: char) -> bool {
+/// The marker of an empty last list item (`6.`, `-`), if the reply ends on one.
+fn empty_last_list_item(text: &str) -> Option<&str> {
+    let last = text.trim_end().lines().next_back()?.trim();
+    let is_number = last
+        .strip_suffix(['.', ')'])
+        .is_some_and(|n| !n.is_empty() && n.len() <= 3 && n.chars().all(|c| c.is_ascii_digit()));
+    let is_bullet = matches!(last, "-" | "*" | "•");
+    (is_number || is_bullet).then_some(last)
+}
+
+pub(crate) fn is_emoji(c: char) -> bool {
     matches!(u32::from(c), 0x1F300..=0x1FAFF | 0x2600..=0x27BF)
 }
 
@@ -542,7 +563,7 @@ mod tests {
         assert!(r.contains(&Reason::Echo), "{r:?}");
         let r = reasons(
             prompt,
-            "The bleachers were packed and the ivy was green, and Ernie argued about the infield fly rule all afternoon.",
+            "My cousin bought a red truck last spring and drove it all the way to Milwaukee for a wedding.",
         );
         assert!(r.contains(&Reason::Relevance), "{r:?}");
         let r = reasons(

@@ -3,15 +3,23 @@
 //! A dataset is `training/data/<name>.jsonl` (one sample per line) with failed records beside it in
 //! `<name>.errors.jsonl`. Everything here reads those files in one streaming pass:
 //!
+//! - [`Detectors`] judge one sample ([`Turn`] → [`Verdict`]): degeneration, contradiction, role
+//!   confusion, echo, relevance, surface garbage, and empty, error text, truncation, refusal,
+//!   length. Pipelines use them for best-of-n filtering.
 //! - [`analyze`] computes [`DatasetStats`] and runs the checks of a [`QualityConfig`] into a
-//!   [`CheckReport`]; [`check`] is the short form that returns only the report.
+//!   [`CheckReport`]: counts and shares of per-sample findings plus the set-level checks;
+//!   [`analyze_each`] also hands out every [`SampleVerdict`], [`analyze_chat_file`] reads any chat
+//!   JSONL, and [`check`] is the short form that returns only the report.
+//! - [`training_set_check`] judges all datasets together ([`TRAINING_SET_MIN_SAMPLES`]).
 //! - [`review_sample`] picks a deterministic sample (smallest `sha256(id)`), and [`ReviewSnapshot`]
 //!   bundles stats, checks and that sample for an insta snapshot, so a changed dataset shows up in review.
 //! - [`sample`] renders a seeded random sample for the terminal (`cargo xtask sample`).
 //! - [`render_report`] renders one self-contained HTML page (`cargo xtask report`).
 //!
 //! Identity voice markers come from the pipeline's [`QualityConfig::voice_markers`] and from
-//! `identity/voice.toml` ([`Voice`]).
+//! `identity/voice.toml` ([`Voice`]), which also declares the identity's name, aliases and the
+//! claims it never makes. Thresholds default to strict values; loosening one needs a reason
+//! ([`QualityConfig::validate`]).
 
 mod checks;
 mod config;
@@ -23,12 +31,15 @@ mod stats;
 mod terminal;
 mod text;
 
-pub use checks::{CheckReport, CheckResult, Comparison, advice, analyze, check};
+pub use checks::{
+    CheckReport, CheckResult, Comparison, SampleVerdict, TRAINING_SET_MIN_SAMPLES, advice, analyze,
+    analyze_chat_file, analyze_each, check, judged_samples, training_set_check,
+};
 pub use config::{Contradiction, Loosening, QualityConfig, VOICE_FILE, Voice};
 pub use detect::{Detectors, Finding, Reason, Turn, Verdict};
 pub use read::{
-    ChatMessage, ErrorRecord, JsonlReader, Record, Step, StepError, Usage, read_errors,
-    read_records,
+    ChatMessage, ErrorRecord, JsonlReader, Record, Step, StepError, Usage, read_chat_records,
+    read_errors, read_records,
 };
 pub use report::{REPORT_SAMPLE_CAP, render_report};
 pub use review::{REVIEW_TEXT_CHARS, ReviewSample, ReviewSnapshot, review_sample};

@@ -204,17 +204,32 @@ struct ErrorLine {
 
 /// Read dataset lines one at a time: `(line number, record)`. Blank lines are skipped.
 pub fn read_records(path: &Path) -> Result<JsonlReader<Record>> {
-    JsonlReader::open(path, serde_json::from_value)
+    JsonlReader::open(path, |value, _| serde_json::from_value(value))
+}
+
+/// Read any chat JSONL one line at a time: like [`read_records`], but a line without an `id` gets
+/// `line-<n>` (chat data from elsewhere often has none). Every line must still be an object with
+/// a `messages` array; anything else is an error naming the line.
+pub fn read_chat_records(path: &Path) -> Result<JsonlReader<Record>> {
+    JsonlReader::open(path, |mut value, line| {
+        if let Value::Object(map) = &mut value
+            && !map.contains_key("id")
+        {
+            map.insert("id".to_owned(), Value::String(format!("line-{line}")));
+        }
+        serde_json::from_value(value)
+    })
 }
 
 /// Read error lines one at a time: `(line number, error)`. Blank lines are skipped.
 pub fn read_errors(path: &Path) -> Result<JsonlReader<ErrorRecord>> {
-    JsonlReader::open(path, |value| {
+    JsonlReader::open(path, |value, _| {
         serde_json::from_value::<ErrorLine>(value).map(|line| line.error)
     })
 }
 
-type Convert<T> = fn(Value) -> serde_json::Result<T>;
+/// Turns a line's JSON value (and its line number) into an item.
+type Convert<T> = fn(Value, u64) -> serde_json::Result<T>;
 
 /// An iterator over the JSON lines of a file; see [`read_records`].
 pub struct JsonlReader<T> {
@@ -279,7 +294,7 @@ impl<T: DeserializeOwned> Iterator for JsonlReader<T> {
                             message: "expected a JSON object".to_owned(),
                         });
                     }
-                    return match (self.convert)(value) {
+                    return match (self.convert)(value, line) {
                         Ok(record) => Some(Ok((line, record))),
                         Err(e) => self.fail(QualityError::Invalid {
                             path: self.path.clone(),

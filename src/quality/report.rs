@@ -6,11 +6,15 @@ use std::fmt::Write as _;
 use sha2::{Digest, Sha256};
 
 use super::checks::{CheckReport, CheckResult, Comparison};
+use super::detect::{Reason, Verdict};
 use super::stats::{Bucket, DatasetStats};
 use super::text::{Sample, truncate_chars};
 
-/// Most samples listed in a report (samples named by a failing check are listed too).
+/// Most samples listed in a report in file order; after these, up to as many failing samples
+/// (and every sample named by a failing check) are listed too.
 pub const REPORT_SAMPLE_CAP: usize = 2000;
+/// Most samples named per reason in the "failing samples by reason" section.
+const REASON_LIST_CAP: usize = 200;
 
 /// Characters of the prompt shown in a sample's collapsed line.
 const PREVIEW_CHARS: usize = 140;
@@ -19,8 +23,10 @@ const TOP_BARS: usize = 12;
 
 /// Render the report page of one dataset.
 ///
-/// `samples` is read lazily: the first [`REPORT_SAMPLE_CAP`] are listed, and after that only those
-/// named by a check's example ids. Every piece of data is HTML-escaped.
+/// `samples` (each with its [`Verdict`], see [`super::judged_samples`]) is read lazily: the first
+/// [`REPORT_SAMPLE_CAP`] are listed, and after that failing samples (up to as many again) and
+/// those named by a check's example ids. Failing samples are also listed by reason, with the
+/// finding's detail. Every piece of data is HTML-escaped.
 pub fn render_report<I>(
     dataset_name: &str,
     stats: &DatasetStats,
@@ -28,15 +34,27 @@ pub fn render_report<I>(
     samples: I,
 ) -> String
 where
-    I: IntoIterator<Item = Sample>,
+    I: IntoIterator<Item = (Sample, Verdict)>,
 {
-    let flagged = flagged_ids(checks);
-    let mut listed = Vec::new();
+    let named = named_ids(checks);
+    let mut listed: Vec<(Sample, Verdict)> = Vec::new();
+    let mut by_reason: BTreeMap<Reason, (u64, Vec<(String, String)>)> = BTreeMap::new();
     let mut total = 0usize;
-    for sample in samples {
+    for (sample, verdict) in samples {
         total += 1;
-        if listed.len() < REPORT_SAMPLE_CAP || flagged.contains_key(sample.id.as_str()) {
-            listed.push(sample);
+        for finding in &verdict.findings {
+            let (count, list) = by_reason.entry(finding.reason).or_default();
+            *count += 1;
+            if list.len() < REASON_LIST_CAP {
+                list.push((sample.id.clone(), finding.detail.clone()));
+            }
+        }
+        let extra = listed.len().saturating_sub(REPORT_SAMPLE_CAP);
+        if listed.len() < REPORT_SAMPLE_CAP
+            || named.contains(sample.id.as_str())
+            || (!verdict.passed() && extra < REPORT_SAMPLE_CAP)
+        {
+            listed.push((sample, verdict));
         }
     }
 
@@ -67,6 +85,7 @@ where
 
     summary_cards(&mut page, stats);
     checks_table(&mut page, checks);
+    failing_by_reason(&mut page, checks, &by_reason);
 
     // Charts.
     page.push_str("<section class=\"grid\">\n");
@@ -123,7 +142,7 @@ where
     );
     page.push_str("</section>\n");
 
-    samples_section(&mut page, &listed, total, &flagged);
+    samples_section(&mut page, &listed, total);
 
     let _ = write!(
         page,
@@ -132,18 +151,59 @@ where
     page
 }
 
-/// Check names per example id of failing checks.
-fn flagged_ids(checks: &CheckReport) -> BTreeMap<&str, Vec<&str>> {
-    let mut flagged: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for check in checks.checks.iter().filter(|c| !c.passed) {
-        for id in &check.example_ids {
-            flagged
-                .entry(id.as_str())
-                .or_default()
-                .push(check.name.as_str());
-        }
+/// Ids named as examples by failing checks.
+fn named_ids(checks: &CheckReport) -> HashSet<&str> {
+    checks
+        .checks
+        .iter()
+        .filter(|c| !c.passed)
+        .flat_map(|c| c.example_ids.iter().map(String::as_str))
+        .collect()
+}
+
+/// The "failing samples by reason" section: per reason, the samples and what exactly is wrong.
+fn failing_by_reason(
+    page: &mut String,
+    checks: &CheckReport,
+    by_reason: &BTreeMap<Reason, (u64, Vec<(String, String)>)>,
+) {
+    let _ = write!(
+        page,
+        "<section class=\"card\" id=\"failing\"><h2>Failing samples by reason</h2>\
+         <p class=\"hint\">{} of {} samples fail at least one detector.</p>\n",
+        fmt_int(checks.failing_samples),
+        fmt_int(checks.samples)
+    );
+    if by_reason.is_empty() {
+        page.push_str("<p class=\"empty\">No sample fails a detector.</p></section>\n");
+        return;
     }
-    flagged
+    for (reason, (count, list)) in by_reason {
+        let _ = write!(
+            page,
+            "<details class=\"reason\"><summary><span class=\"chip bad\">{reason}</span> {count} sample{s}</summary><ul>",
+            count = fmt_int(*count),
+            s = if *count == 1 { "" } else { "s" }
+        );
+        for (id, detail) in list {
+            let _ = write!(
+                page,
+                "<li><a class=\"idlink\" href=\"#{}\">{}</a> {}</li>",
+                anchor(id),
+                esc(&truncate_chars(id, 40)),
+                esc(detail)
+            );
+        }
+        if *count > list.len() as u64 {
+            let _ = write!(
+                page,
+                "<li class=\"muted\">… and {} more</li>",
+                fmt_int(*count - list.len() as u64)
+            );
+        }
+        page.push_str("</ul></details>\n");
+    }
+    page.push_str("</section>\n");
 }
 
 fn summary_cards(page: &mut String, stats: &DatasetStats) {
@@ -232,11 +292,18 @@ fn checks_table(page: &mut String, checks: &CheckReport) {
                 esc(&truncate_chars(id, 40))
             );
         }
-        let advice = if check.passed {
+        let mut advice = if check.passed {
             String::new()
         } else {
             format!("<div class=\"advice\">{}</div>", esc(check.advice()))
         };
+        for loosening in &check.loosened {
+            let _ = write!(
+                advice,
+                "<div class=\"loosened\">{}</div>",
+                esc(&loosening.to_string())
+            );
+        }
         let _ = writeln!(
             page,
             "<tr class=\"{class}\"><td><span class=\"pill {class}\">{label}</span></td><td class=\"name\">{name}</td>\
@@ -263,7 +330,17 @@ fn show_value(check: &CheckResult, x: f64) -> String {
         "∞".to_owned()
     } else if matches!(
         check.name.as_str(),
-        "volume" | "empty_responses" | "error_text" | "truncated" | "duplicate_ids"
+        "volume"
+            | "training_set"
+            | "empty_responses"
+            | "error_text"
+            | "truncated"
+            | "duplicate_ids"
+            | "degeneration"
+            | "contradiction"
+            | "role_confusion"
+            | "echo"
+            | "surface_garbage"
     ) {
         fmt_int(x as u64)
     } else if check.name == "prompt_diversity" {
@@ -443,14 +520,9 @@ fn bar_list(map: &BTreeMap<String, u64>, total: u64, unit: &str) -> String {
     svg
 }
 
-fn samples_section(
-    page: &mut String,
-    listed: &[Sample],
-    total: usize,
-    flagged: &BTreeMap<&str, Vec<&str>>,
-) {
+fn samples_section(page: &mut String, listed: &[(Sample, Verdict)], total: usize) {
     let sources: std::collections::BTreeSet<&str> =
-        listed.iter().map(|s| s.source.as_str()).collect();
+        listed.iter().map(|(s, _)| s.source.as_str()).collect();
     let _ = write!(
         page,
         "<section class=\"card\" id=\"samples\"><h2>Samples</h2>\n<div class=\"filters\">\
@@ -474,10 +546,7 @@ fn samples_section(
             fmt_int(shown_in_order as u64),
             fmt_int(total as u64),
             if listed.len() > shown_in_order {
-                format!(
-                    ", plus {} named by failing checks",
-                    listed.len() - shown_in_order
-                )
+                format!(", plus {} failing", listed.len() - shown_in_order)
             } else {
                 String::new()
             }
@@ -488,7 +557,7 @@ fn samples_section(
     }
     page.push_str("<div id=\"sample-list\">\n");
     let mut seen_anchor = HashSet::new();
-    for sample in listed {
+    for (sample, verdict) in listed {
         // Duplicate ids share an anchor; only the first gets the id attribute.
         let anchor_id = anchor(&sample.id);
         let id_attr = if seen_anchor.insert(anchor_id.clone()) {
@@ -496,20 +565,21 @@ fn samples_section(
         } else {
             String::new()
         };
-        let flags = flagged.get(sample.id.as_str());
+        let mut flags: Vec<Reason> = verdict.findings.iter().map(|f| f.reason).collect();
+        flags.dedup();
         let _ = write!(
             page,
             "<details class=\"sample{flag_class}\"{id_attr} data-source=\"{source}\"><summary>\
              <span class=\"sid\">{id}</span><span class=\"chip\">{source}</span>",
-            flag_class = if flags.is_some() { " flagged" } else { "" },
+            flag_class = if flags.is_empty() { "" } else { " flagged" },
             id = esc(&sample.id),
             source = esc(&sample.source),
         );
         if let Some(category) = &sample.category {
             let _ = write!(page, "<span class=\"chip cat\">{}</span>", esc(category));
         }
-        for check in flags.into_iter().flatten() {
-            let _ = write!(page, "<span class=\"chip bad\">{}</span>", esc(check));
+        for reason in &flags {
+            let _ = write!(page, "<span class=\"chip bad\">{reason}</span>");
         }
         let _ = write!(
             page,
@@ -572,9 +642,22 @@ fn samples_section(
             }
             page.push_str("</ol></details>");
         }
+        if !verdict.findings.is_empty() {
+            page.push_str("<ul class=\"findings\">");
+            for finding in &verdict.findings {
+                let _ = write!(page, "<li>{}</li>", esc(&finding.to_string()));
+            }
+            page.push_str("</ul>");
+        }
+        let markers = if verdict.markers.is_empty() {
+            "no voice marker".to_owned()
+        } else {
+            format!("markers: {}", verdict.markers.join(", "))
+        };
         let _ = writeln!(
             page,
-            "<div class=\"meta\">line {}</div></details>",
+            "<div class=\"meta\">{} · line {}</div></details>",
+            esc(&markers),
             sample.line
         );
     }
@@ -750,6 +833,9 @@ details.steps ol{padding-left:22px;margin:6px 0}
 details.steps li{margin-bottom:8px}
 .step-io{white-space:pre-wrap;overflow-wrap:anywhere;margin-left:4px}
 .step-io.err{color:var(--fail)}
+ul.findings{margin:4px 14px 8px;padding-left:20px;color:var(--fail);font-size:13px}
+details.reason{margin:6px 0}details.reason>summary{cursor:pointer}details.reason ul{margin:6px 0 10px;padding-left:20px;font-size:13px}
+.loosened{color:var(--skip);font-size:13px;margin-top:3px;font-style:italic}
 .muted{color:var(--muted)}
 .meta{color:var(--muted);font-size:12px;padding:0 14px 10px;text-align:right}
 @media (max-width:700px){

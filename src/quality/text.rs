@@ -213,6 +213,12 @@ pub(crate) const REFUSAL_PHRASES: &[&str] = &[
     "I don't have personal preferences",
     "my knowledge cutoff",
     "my training data",
+    "I'm here to help",
+    "I am here to help",
+    "assist you",
+    "how can I assist",
+    "how may I assist",
+    "my primary function",
 ];
 
 /// Built-in signs of provider error text leaking into a response.

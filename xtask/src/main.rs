@@ -81,11 +81,22 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// The validation checklist, automated; exits non-zero on failure.
+    /// The validation checklist, automated: per-sample detectors and dataset checks. Exit code 0
+    /// when everything passes, 1 when a check fails, 2 when the input cannot be checked.
     Check {
+        /// Only these datasets (default: all, plus the training-set check over all of them).
+        #[arg(conflicts_with = "file")]
         names: Vec<String>,
+        /// Check any chat JSONL file (`{"id"?, "messages"}` per line) with the default
+        /// thresholds and identity/voice.toml, as a whole training set.
+        #[arg(long, value_name = "PATH")]
+        file: Option<std::path::PathBuf>,
+        /// Machine-readable output (with --file: one JSON object per sample, then the results).
         #[arg(long)]
         json: bool,
+        /// List every failing sample with its reasons.
+        #[arg(long)]
+        samples: bool,
     },
     /// Write a self-contained HTML report per dataset.
     Report {
@@ -250,14 +261,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
             quality_cmds::sample_cmd(&datasets[0], n, full, seed)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { names, json } => {
-            let datasets = datasets(&ws, &names)?;
-            let passed = quality_cmds::check_cmd(&datasets, json, ws.root())?;
-            Ok(if passed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+        Command::Check {
+            names,
+            file,
+            json,
+            samples,
+        } => {
+            let output = quality_cmds::CheckOutput { json, samples };
+            let outcome = match &file {
+                Some(path) => quality_cmds::check_file_cmd(path, output, ws.root()),
+                None => datasets(&ws, &names).and_then(|datasets| {
+                    quality_cmds::check_cmd(&datasets, output, ws.root(), names.is_empty())
+                }),
+            };
+            Ok(ExitCode::from(match outcome {
+                Ok(true) => quality_cmds::EXIT_CHECKS_PASSED,
+                Ok(false) => quality_cmds::EXIT_CHECKS_FAILED,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    quality_cmds::EXIT_BAD_INPUT
+                }
+            }))
         }
         Command::Report { names, out } => {
             let datasets = datasets(&ws, &names)?;

@@ -36,17 +36,44 @@ pub fn sample_cmd(dataset: &DatasetInfo, n: usize, full: bool, seed: Option<u64>
     Ok(())
 }
 
-/// `cargo xtask check [names...] [--json]`: run the quality checks of each dataset. Prints every
-/// failing check with its example ids and what to do (or, with `json`, one JSON object keyed by
-/// dataset name). Returns whether all datasets passed; a dataset that is not built fails.
-pub fn check_cmd(datasets: &[DatasetInfo], json: bool, repo_root: &Path) -> Result<bool> {
+/// Exit code of `cargo xtask check` when every check passes.
+pub const EXIT_CHECKS_PASSED: u8 = 0;
+/// Exit code of `cargo xtask check` when some check fails (or a dataset is not built).
+pub const EXIT_CHECKS_FAILED: u8 = 1;
+/// Exit code of `cargo xtask check` when the input cannot be checked: a file that is not chat
+/// JSONL, a malformed `identity/voice.toml`, an unreadable dataset.
+pub const EXIT_BAD_INPUT: u8 = 2;
+
+/// What `cargo xtask check` prints besides the failing checks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckOutput {
+    /// Machine-readable output.
+    pub json: bool,
+    /// List every failing sample with its reasons.
+    pub samples: bool,
+}
+
+/// `cargo xtask check [names...] [--json] [--samples]`: run the quality checks of each dataset.
+/// Prints every failing check with its example ids, what to do and any loosened threshold with
+/// its reason; with `samples`, every failing sample with its reasons (or, with `json`, one JSON
+/// object keyed by dataset name). With `training_set`, also checks all datasets together against
+/// [`quality::TRAINING_SET_MIN_SAMPLES`]. Returns whether everything passed; a dataset that is not
+/// built fails.
+pub fn check_cmd(
+    datasets: &[DatasetInfo],
+    output: CheckOutput,
+    repo_root: &Path,
+    training_set: bool,
+) -> Result<bool> {
     let voice = Voice::load(repo_root)?;
     let mut all_passed = true;
     let mut json_out = serde_json::Map::new();
+    let mut total_samples = 0u64;
+    let mut built = 0usize;
     for dataset in datasets {
         if !dataset.output.is_file() {
             all_passed = false;
-            if json {
+            if output.json {
                 json_out.insert(
                     dataset.name.clone(),
                     serde_json::json!({ "passed": false, "error": "not built" }),
@@ -57,55 +84,199 @@ pub fn check_cmd(datasets: &[DatasetInfo], json: bool, repo_root: &Path) -> Resu
                     dataset.name,
                     dataset.output.display()
                 );
-                println!("  → run `cargo xtask build {}` first", dataset.name);
+                println!("  → run `cargo xtask data {}` first", dataset.name);
             }
             continue;
         }
-        let config = effective_config(dataset)?;
-        let (stats, report) = quality::analyze(&dataset.output, &config, &voice)
-            .with_context(|| format!("checking dataset {}", dataset.name))?;
+        built += 1;
+        let declared = effective_config(dataset)?;
+        let (config, config_error) = enforced_config(&declared);
+        if config_error.is_some() {
+            all_passed = false;
+        }
+        let mut failing = Vec::new();
+        let (stats, report) = quality::analyze_each(&dataset.output, &config, &voice, |s| {
+            if output.samples && !s.verdict.passed() {
+                failing.push((s.id.clone(), s.verdict.reasons()));
+            }
+        })
+        .with_context(|| format!("checking dataset {}", dataset.name))?;
+        total_samples += stats.samples;
         all_passed &= report.passed;
-        if json {
-            json_out.insert(dataset.name.clone(), serde_json::to_value(&report)?);
-            continue;
-        }
-        let failed: Vec<_> = report.failures().collect();
-        if failed.is_empty() {
-            println!(
-                "✓ {}: all {} checks passed ({} samples, {} errors)",
-                dataset.name,
-                report.checks.len(),
-                stats.samples,
-                stats.errors
-            );
-            continue;
-        }
-        println!(
-            "✗ {}: {} of {} checks failed ({} samples)",
-            dataset.name,
-            failed.len(),
-            report.checks.len(),
-            stats.samples
-        );
-        for check in failed {
-            println!("  ✗ {}: {}", check.name, check.message);
-            if !check.example_ids.is_empty() {
-                println!("      e.g. {}", check.example_ids.join(", "));
+        if output.json {
+            let mut value = serde_json::to_value(&report)?;
+            if let Some(error) = &config_error {
+                value["config_error"] = serde_json::Value::String(error.clone());
             }
-            println!("      → {}", check.advice());
+            if output.samples {
+                value["failing"] = failing
+                    .iter()
+                    .map(|(id, reasons)| serde_json::json!({ "id": id, "reasons": reasons }))
+                    .collect();
+            }
+            json_out.insert(dataset.name.clone(), value);
+            continue;
         }
-        println!(
-            "  look at samples with `cargo xtask sample {0}`, or open the report from `cargo xtask report {0}`",
-            dataset.name
-        );
+        print_report(&dataset.name, &stats, &report, config_error.as_deref());
+        if output.samples {
+            print_failing(&failing);
+        }
+        if !report.passed {
+            println!(
+                "  look at samples with `cargo xtask check {0} --samples` or `cargo xtask sample {0}`, or open the report from `cargo xtask report {0}`",
+                dataset.name
+            );
+        }
     }
-    if json {
+    if training_set {
+        let check = quality::training_set_check(total_samples, built);
+        all_passed &= check.passed;
+        if output.json {
+            json_out.insert("training_set".to_owned(), serde_json::to_value(&check)?);
+        } else {
+            print_check_line(&check, "training set");
+        }
+    }
+    if output.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::Value::Object(json_out))?
         );
     }
     Ok(all_passed)
+}
+
+/// `cargo xtask check --file PATH [--json] [--samples]`: check any chat JSONL (lines with
+/// `messages`, `id` optional) with the default thresholds and `identity/voice.toml`, treating the
+/// file as a whole training set. With `json`, prints one JSON object per sample
+/// (`{"id", "verdict", "reasons", "markers"}`) and then one line with the dataset-level results.
+/// Returns whether everything passed.
+pub fn check_file_cmd(path: &Path, output: CheckOutput, repo_root: &Path) -> Result<bool> {
+    let voice = Voice::load(repo_root)?;
+    let config = QualityConfig::default();
+    let mut failing = Vec::new();
+    let mut stdout = std::io::stdout().lock();
+    let mut write_error = None;
+    let (stats, report) = quality::analyze_chat_file(path, &config, &voice, |s| {
+        if output.json {
+            let line = serde_json::json!({
+                "id": s.id,
+                "verdict": if s.verdict.passed() { "pass" } else { "fail" },
+                "reasons": s.verdict.reasons(),
+                "markers": s.verdict.markers,
+            });
+            if let Err(e) = writeln!(stdout, "{line}") {
+                write_error.get_or_insert(e);
+            }
+        } else if output.samples && !s.verdict.passed() {
+            failing.push((s.id.clone(), s.verdict.reasons()));
+        }
+    })
+    .with_context(|| format!("checking {}", path.display()))?;
+    // A closed pipe (`| head`) is not an error worth reporting.
+    drop(write_error);
+    let training_set = quality::training_set_check(stats.samples, 1);
+    let passed = report.passed && training_set.passed;
+    let name = quality::dataset_name(path);
+    if output.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["dataset"] = serde_json::Value::String(name);
+        value["passed"] = serde_json::Value::Bool(passed);
+        value["training_set"] = serde_json::to_value(&training_set)?;
+        let _ = writeln!(stdout, "{value}");
+        return Ok(passed);
+    }
+    drop(stdout);
+    print_report(&name, &stats, &report, None);
+    if output.samples {
+        print_failing(&failing);
+    }
+    print_check_line(&training_set, "training set (the whole file)");
+    Ok(passed)
+}
+
+/// The config to enforce: `declared` when it validates; otherwise `declared` with every
+/// loosening that lacks a reason put back to its default, and the validation error.
+fn enforced_config(declared: &QualityConfig) -> (QualityConfig, Option<String>) {
+    match declared.validate() {
+        Ok(()) => (declared.clone(), None),
+        Err(e) => (
+            declared.with_unjustified_loosenings_reset(),
+            Some(e.to_string()),
+        ),
+    }
+}
+
+fn print_report(
+    name: &str,
+    stats: &quality::DatasetStats,
+    report: &quality::CheckReport,
+    config_error: Option<&str>,
+) {
+    if let Some(error) = config_error {
+        println!("✗ {name}: invalid {error}");
+        println!(
+            "  → thresholds loosened without a reason are checked at their defaults; add the reason in the pipeline's quality config"
+        );
+    }
+    let failed: Vec<_> = report.failures().collect();
+    if failed.is_empty() {
+        println!(
+            "✓ {name}: all {} checks passed ({} samples, {} errors)",
+            report.checks.len(),
+            stats.samples,
+            stats.errors
+        );
+    } else {
+        println!(
+            "✗ {name}: {} of {} checks failed ({} samples, {} failing a detector)",
+            failed.len(),
+            report.checks.len(),
+            stats.samples,
+            report.failing_samples
+        );
+    }
+    for check in &report.checks {
+        if !check.passed {
+            println!("  ✗ {}: {}", check.name, check.message);
+            if !check.example_ids.is_empty() {
+                println!("      e.g. {}", check.example_ids.join(", "));
+            }
+            println!("      → {}", check.advice());
+        }
+        for loosening in &check.loosened {
+            println!(
+                "  {} {}: {loosening}",
+                if check.passed { "~" } else { " " },
+                check.name
+            );
+        }
+    }
+}
+
+fn print_failing(failing: &[(String, Vec<String>)]) {
+    if failing.is_empty() {
+        println!("  no sample fails a detector");
+        return;
+    }
+    println!("  failing samples ({}):", failing.len());
+    for (id, reasons) in failing {
+        println!("    {id}");
+        for reason in reasons {
+            println!("      - {reason}");
+        }
+    }
+}
+
+fn print_check_line(check: &quality::CheckResult, label: &str) {
+    println!(
+        "{} {label}: {}",
+        if check.passed { "✓" } else { "✗" },
+        check.message
+    );
+    if !check.passed {
+        println!("  → {}", check.advice());
+    }
 }
 
 /// `cargo xtask report [names...] [--out DIR]`: write `<out_dir>/<name>.html` for each built
@@ -122,22 +293,24 @@ pub fn report_cmd(datasets: &[DatasetInfo], out_dir: &Path) -> Result<Vec<PathBu
             );
             continue;
         }
-        let config = effective_config(dataset)?;
+        let (config, config_error) = enforced_config(&effective_config(dataset)?);
+        if let Some(error) = config_error {
+            eprintln!(
+                "{}: invalid {error}; checking loosened thresholds at their defaults",
+                dataset.name
+            );
+        }
         let voice = match dataset_repo_root(dataset) {
             Some(root) => Voice::load(&root)?,
             None => Voice::default(),
         };
         let (stats, report) = quality::analyze(&dataset.output, &config, &voice)
             .with_context(|| format!("analyzing dataset {}", dataset.name))?;
+        let detectors = quality::Detectors::new(&voice, &config)?;
         // The stats pass already validated every line, so a read error here means the file changed.
         let mut read_error = None;
-        let samples = quality::read_records(&dataset.output)?.map_while(|item| match item {
-            Ok((line, record)) => Some(quality::Sample::from_record(line, record)),
-            Err(e) => {
-                read_error = Some(e);
-                None
-            }
-        });
+        let samples = quality::judged_samples(&dataset.output, &detectors)?
+            .map_while(|item| item.map_err(|e| read_error = Some(e)).ok());
         let html = quality::render_report(&dataset.name, &stats, &report, samples);
         if let Some(e) = read_error {
             return Err(e).with_context(|| format!("reading dataset {}", dataset.name));
@@ -152,7 +325,7 @@ pub fn report_cmd(datasets: &[DatasetInfo], out_dir: &Path) -> Result<Vec<PathBu
         written.push(path);
     }
     if written.is_empty() && !datasets.is_empty() {
-        bail!("no dataset is built; run `cargo xtask build` first");
+        bail!("no dataset is built; run `cargo xtask data` first");
     }
     Ok(written)
 }
@@ -229,7 +402,7 @@ fn effective_config(dataset: &DatasetInfo) -> Result<QualityConfig> {
 fn ensure_built(dataset: &DatasetInfo) -> Result<()> {
     if !dataset.output.is_file() {
         bail!(
-            "dataset {} is not built ({} is missing); run `cargo xtask build {}`",
+            "dataset {} is not built ({} is missing); run `cargo xtask data {}`",
             dataset.name,
             dataset.output.display(),
             dataset.name

@@ -21,6 +21,8 @@ const AI_CLAIMS: &[&str] = &[
     r"\bmy\s+(?:training data|programming|developers|creators|knowledge cutoff|training)\b",
     r"\bI\s+(?:don't|do not)\s+have\s+(?:a\s+)?(?:physical\s+)?(?:body|feelings|emotions|personal (?:experiences|opinions|preferences|feelings))\b",
     r"\bI(?:'m| am)\s+not\s+(?:a\s+)?(?:real\s+)?(?:human|person|human being)\b",
+    // Talk about being (or not being) some kind of AI is assistant talk either way.
+    r"\bI(?:'m| am)\s+(?:not\s+)?(?:just\s+|only\s+|really\s+)?(?:an?\s+)?(?:[\w-]+\s+){0,2}(?:AI|A\.I\.|chatbot|language model)\b",
 ];
 
 /// Role labels that start a hallucinated chat turn (`User:` at the start of a line).
@@ -44,6 +46,13 @@ const ROLE_LABELS: &[&str] = &[
 
 /// Chat-template tokens and markers that never belong in a reply.
 const TEMPLATE_MARKERS: &str = r"<\|(?:im_start|im_end|user|assistant|system|endoftext|eot_id|start_header_id)\|>|\[/?INST\]|</?s>|###\s*(?:Human|Assistant|Instruction|Response|User)\b";
+
+/// Signs of the reply speaking as the user: asking the assistant to do the task, or talking to
+/// the model as a model.
+const AS_THE_USER: &str = r"\b(?:can|could|would|will)\s+you\s+(?:please\s+)?(?:tell|explain|help|give|write|show|teach|recommend|suggest)\s+me\b|\b(?:you're|you are)\s+(?:an?\s+)?(?:AI|helpful assistant|AI assistant|language model|chatbot)\b";
+
+/// Instructions of a system prompt leaking into the reply.
+const PROMPT_LEAK: &str = r"^[ \t>*_#\-]*(?:How you talk|Your voice|Your task|Instructions?|System prompt|Rules)\s*:|\bstay in character\b|\bnever (?:say|reveal) (?:that )?you(?:'re| are) an AI\b";
 
 /// Verbs of narration: the identity's name followed by one of these is the identity narrating
 /// itself in the third person ("Dee smiled").
@@ -88,6 +97,8 @@ pub(crate) struct Persona {
     claims: Vec<Claim>,
     labels: Regex,
     templates: Regex,
+    as_the_user: Regex,
+    prompt_leak: Regex,
     narration: Option<Regex>,
     names: Option<Regex>,
 }
@@ -147,7 +158,7 @@ impl Persona {
                 Some(compile(
                     "third-person narration",
                     &format!(
-                        r"\b(?:{alternatives})(?:'s\s+(?:eyes|face|voice|smile|hands|heart)\b|\s+(?:\w+ly\s+)?(?:{NARRATION_VERBS})\b)"
+                        r"\b(?:{alternatives})(?:'s\s+(?:eyes|face|voice|smile|hands|heart)\b|(?:'s|\s+is|\s+was|\s+has|\s+will|\s+would)\s+(?:going|gonna|quite|got|been|not|always|never|so|very|really|just)\b|\s+(?:\w+ly\s+)?(?:{NARRATION_VERBS})\b)"
                     ),
                 )?),
                 Some(compile(
@@ -160,6 +171,8 @@ impl Persona {
             claims,
             labels: compile("speaker label", &label_pattern)?,
             templates: compile("chat template marker", TEMPLATE_MARKERS)?,
+            as_the_user: compile("speaking as the user", AS_THE_USER)?,
+            prompt_leak: compile("system prompt leak", PROMPT_LEAK)?,
             narration,
             names,
         })
@@ -188,6 +201,15 @@ impl Persona {
             let label = label[..label.find(':').map_or(label.len(), |i| i + 1)]
                 .trim_start_matches([' ', '\t', '>', '*', '_', '#', '-']);
             return Some(format!("speaker label '{label}' starts a turn"));
+        }
+        if let Some(m) = self.prompt_leak.find(text) {
+            return Some(format!(
+                "system prompt instructions leak into the reply: '{}'",
+                quote(m.as_str())
+            ));
+        }
+        if let Some(m) = self.as_the_user.find(text) {
+            return Some(format!("speaks as the user would: '{}'", quote(m.as_str())));
         }
         if let Some(m) = self.narration.as_ref().and_then(|r| r.find(text)) {
             return Some(format!(

@@ -22,6 +22,8 @@ const DOMINANT_PHRASE_SHARE: f64 = 0.2;
 
 /// Shortest prompt (in words) whose verbatim repetition counts as an echo.
 const MIN_ECHO_PROMPT_WORDS: usize = 4;
+/// Share of a short reply's words taken from the prompt that makes it the prompt handed back.
+const MIN_REWORDED_SHARE: f64 = 0.7;
 /// Largest share of the reply's word trigrams that may come from the prompt.
 const MAX_COPIED_TRIGRAM_SHARE: f64 = 0.5;
 /// Fewest reply trigrams for the copied share to be judged.
@@ -160,6 +162,18 @@ pub(crate) fn echo(reply: &[String], prompt: &[String]) -> Option<String> {
     }
     if prompt.len() >= MIN_ECHO_PROMPT_WORDS && reply.starts_with(prompt) {
         return Some("the reply starts by repeating the prompt".to_owned());
+    }
+    // A short reply made almost only of the prompt's words hands the prompt back, reworded.
+    if reply.len() >= MIN_ECHO_PROMPT_WORDS && reply.len() <= prompt.len() + MIN_ECHO_PROMPT_WORDS {
+        let prompt_words: HashSet<&String> = prompt.iter().collect();
+        let shared = reply.iter().filter(|w| prompt_words.contains(w)).count();
+        let share = shared as f64 / reply.len() as f64;
+        if share >= MIN_REWORDED_SHARE {
+            return Some(format!(
+                "{:.0}% of its words are the prompt's: the prompt handed back",
+                share * 100.0
+            ));
+        }
     }
     let prompt_trigrams: HashSet<&[String]> = prompt.windows(3).collect();
     let reply_trigrams: Vec<&[String]> = reply.windows(3).collect();

@@ -52,6 +52,9 @@ pub(crate) fn garbage(reply: &str, prompt: &str) -> Option<String> {
     if let Some(direction) = stage_direction(reply) {
         return Some(format!("stage direction '{}'", quote(&direction)));
     }
+    if let Some(run) = emoji_run(reply) {
+        return Some(format!("emoji run '{run}'"));
+    }
     if let Some(m) = MOJIBAKE.find(reply) {
         return Some(format!("mojibake {:?}", m.as_str()));
     }
@@ -151,6 +154,32 @@ fn stage_direction(text: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Most emoji in a row (spaces between them ignored).
+const MAX_EMOJI_RUN: usize = 2;
+
+/// A run of more than [`MAX_EMOJI_RUN`] emoji, if any.
+fn emoji_run(text: &str) -> Option<String> {
+    let mut run = String::new();
+    let mut count = 0;
+    for c in text.chars() {
+        if super::is_emoji(c) || c == '\u{fe0f}' || c == '\u{200d}' {
+            run.push(c);
+            if super::is_emoji(c) {
+                count += 1;
+            }
+        } else if c == ' ' && count > 0 {
+            continue;
+        } else {
+            if count > MAX_EMOJI_RUN {
+                return Some(run);
+            }
+            run.clear();
+            count = 0;
+        }
+    }
+    (count > MAX_EMOJI_RUN).then_some(run)
 }
 
 fn unbalanced_quotes(text: &str) -> Option<String> {
