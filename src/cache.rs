@@ -8,12 +8,19 @@
 //! arrive while a commit is running share the next transaction and fsync, and each caller is
 //! released only after its answer is on disk. Keys are [`CacheKey`]s: a hash of the
 //! model fingerprint, messages, parameters, and the step's place in its record's task.
+//!
+//! An entry also keeps when its request was made and when its answer arrived: a replay hands
+//! those times back, so samples rebuilt from the cache carry the original timestamps and come
+//! out byte for byte as before. Entries written before these times were kept decode with both
+//! times taken from `stored_at` (whole seconds), a fallback that is the same at every replay.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use time::OffsetDateTime;
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -81,6 +88,51 @@ pub struct CachedReply {
     pub usage: Usage,
     /// Unix seconds when stored (for pruning).
     pub stored_at: u64,
+    /// When the request was handed to the dispatcher (absent in entries of older versions).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub requested_at: Option<OffsetDateTime>,
+    /// When the answer arrived (absent in entries of older versions).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub received_at: Option<OffsetDateTime>,
+}
+
+impl CachedReply {
+    /// An answer received at `received_at` for a request made at `requested_at`.
+    pub fn new(
+        text: String,
+        finish_reason: Option<String>,
+        usage: Usage,
+        requested_at: OffsetDateTime,
+        received_at: OffsetDateTime,
+    ) -> Self {
+        Self {
+            text,
+            finish_reason,
+            usage,
+            stored_at: u64::try_from(received_at.unix_timestamp()).unwrap_or(0),
+            requested_at: Some(requested_at),
+            received_at: Some(received_at),
+        }
+    }
+
+    /// (requested at, received at). An entry of an older version, which kept only
+    /// `stored_at`, gives that second for both: deterministic, so replays still agree.
+    pub fn times(&self) -> (OffsetDateTime, OffsetDateTime) {
+        let stored = || {
+            OffsetDateTime::from_unix_timestamp(i64::try_from(self.stored_at).unwrap_or(0))
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+        };
+        let received = self.received_at.unwrap_or_else(stored);
+        (self.requested_at.unwrap_or(received), received)
+    }
 }
 
 type WriteJob = (
@@ -424,6 +476,8 @@ mod tests {
                 output_tokens: 2,
             },
             stored_at,
+            requested_at: None,
+            received_at: None,
         }
     }
 
@@ -505,5 +559,59 @@ mod tests {
             read.open_table(LEGACY_RESPONSES).is_err(),
             "legacy table removed"
         );
+    }
+
+    #[test]
+    fn answer_times_survive_reopening_to_the_nanosecond() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.redb");
+        let requested =
+            OffsetDateTime::from_unix_timestamp_nanos(1_764_000_000_123_456_789).unwrap();
+        let received = requested + time::Duration::nanoseconds(987_654_321);
+        let answer = CachedReply::new(
+            "timed".to_owned(),
+            Some("stop".to_owned()),
+            Usage::default(),
+            requested,
+            received,
+        );
+        assert_eq!(answer.stored_at, 1_764_000_001);
+        {
+            let cache = ResponseCache::open(&path).unwrap();
+            put(&cache, CacheKey([4; 32]), &answer);
+        }
+        let cache = ResponseCache::open(&path).unwrap();
+        let replayed = cache.get(&CacheKey([4; 32])).unwrap().unwrap();
+        assert_eq!(replayed, answer);
+        assert_eq!(replayed.times(), (requested, received));
+    }
+
+    #[test]
+    fn entries_without_times_fall_back_to_their_stored_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.redb");
+        // An entry as versions before the answer times wrote it, straight into the log.
+        let old_json = br#"{"text":"old","finish_reason":"stop","usage":{"input_tokens":1,"output_tokens":2},"stored_at":1700000000}"#;
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut log = txn.open_table(LOG).unwrap();
+                let mut entry = vec![9u8; KEY_LEN];
+                entry.extend_from_slice(old_json);
+                log.insert(0, entry.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let cache = ResponseCache::open(&path).unwrap();
+        let old = cache
+            .get(&CacheKey([9; 32]))
+            .unwrap()
+            .expect("old entry still readable");
+        assert_eq!(old.text, "old");
+        let second = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        assert_eq!(old.times(), (second, second));
+        // Rewriting it leaves the JSON as it was: the fallback adds nothing to the entry.
+        assert_eq!(serde_json::to_vec(&old).unwrap(), old_json.to_vec());
     }
 }

@@ -248,38 +248,17 @@ pub fn git_commit(root: &Path) -> (String, bool) {
 
 struct FileSink {
     annotate: bool,
-    commit: String,
     output: JsonlWriter,
     errors: JsonlWriter,
 }
 
 impl SampleSink for FileSink {
     fn sample(&mut self, sample: TrainingSample) -> Result<(), PipelineError> {
-        let written = match (self.annotate, sample.provenance) {
-            (true, Some(p)) => self.output.write(&AnnotatedSample {
-                id: sample.id,
-                messages: sample.messages,
-                input_data: p.input_data,
-                steps: p.steps,
-                pipeline_commit: self.commit.clone(),
-                started_at: p.started_at,
-                completed_at: p.completed_at,
-            }),
-            (true, None) => {
-                let now = OffsetDateTime::now_utc();
-                self.output.write(&AnnotatedSample {
-                    id: sample.id,
-                    messages: sample.messages,
-                    input_data: serde_json::Value::Null,
-                    steps: Vec::new(),
-                    pipeline_commit: self.commit.clone(),
-                    started_at: now,
-                    completed_at: now,
-                })
-            }
-            (false, _) => self
-                .output
-                .write(&TrainingSample::new(sample.id, sample.messages)),
+        let written = if self.annotate {
+            self.output.write(&AnnotatedSample::from(sample))
+        } else {
+            self.output
+                .write(&TrainingSample::new(sample.id, sample.messages))
         };
         written.map_err(|e| PipelineError::new(e.to_string(), "output_error"))
     }
@@ -396,7 +375,6 @@ pub fn run_in<P: Pipeline>(
         let progress = crate::progress::Progress::new(P::NAME, Arc::clone(&dispatcher.stats), args.quiet);
         let sink = FileSink {
             annotate,
-            commit: commit.clone(),
             output: JsonlWriter::create(&output)?,
             errors: JsonlWriter::create(&errors_path_for(&output))?,
         };
@@ -407,7 +385,6 @@ pub fn run_in<P: Pipeline>(
             models: bound,
             limit: args.limit,
             window,
-            commit: commit.clone(),
             queries: AtomicU32::new(0),
             sink: Mutex::new(Box::new(sink)),
             reports: Mutex::default(),

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
+use time::OffsetDateTime;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
@@ -336,19 +337,15 @@ impl Dispatcher {
         request: ChatRequest,
         key: CacheKey,
     ) -> Response {
+        let requested_at = OffsetDateTime::now_utc();
         if self.options.cache_mode == CacheMode::ReadWrite
             && let Some(cache) = &self.cache
         {
             match cache.get(&key) {
                 Ok(Some(hit)) => {
                     DispatchStats::add(&self.stats.cache_hits, 1);
-                    return Response {
-                        text: hit.text,
-                        finish_reason: hit.finish_reason,
-                        usage: hit.usage,
-                        error: None,
-                        cached: true,
-                    };
+                    // The original request's times, so the replayed step is the same.
+                    return Response::from_cached(hit, true);
                 }
                 Ok(None) => {}
                 Err(e) => return failure(ErrorKind::Local, e.to_string()),
@@ -359,14 +356,18 @@ impl Dispatcher {
         let mut cancelled = self.cancel.subscribe();
         let request_task = AbortOnDrop(tokio::spawn(async move {
             tokio::select! {
-                response = dispatcher.send_with_retries(&lane, &request, key) => response,
+                response = dispatcher.send_with_retries(&lane, &request, key, requested_at) => response,
                 _ = cancelled.wait_for(|c| *c) => failure(
                     ErrorKind::Cancelled,
                     "interrupted before an answer arrived".into(),
                 ),
             }
         }));
-        request_task.join().await
+        let mut response = request_task.join().await;
+        if response.error.is_some() {
+            response.requested_at = requested_at;
+        }
+        response
     }
 
     async fn send_with_retries(
@@ -374,6 +375,7 @@ impl Dispatcher {
         lane: &Lane,
         request: &ChatRequest,
         key: CacheKey,
+        requested_at: OffsetDateTime,
     ) -> Response {
         let estimate = lane.provider.estimate_prompt_tokens(&request.messages)
             + request.params.max_tokens.unwrap_or(256) as u64;
@@ -417,7 +419,7 @@ impl Dispatcher {
                     // Commit the answer while still holding the slots: "in flight" then covers
                     // everything received but not yet durable, so a kill re-pays at most the
                     // lane's concurrency.
-                    Ok(reply) => Ok(self.accept(lane, reply, key).await),
+                    Ok(reply) => Ok(self.accept(lane, reply, key, requested_at).await),
                     Err(error) => Err(error),
                 }
             };
@@ -463,7 +465,16 @@ impl Dispatcher {
         half + Duration::from_secs_f64(half.as_secs_f64() * rand::rng().random::<f64>())
     }
 
-    async fn accept(&self, lane: &Lane, reply: ProviderReply, key: CacheKey) -> (Response, u64) {
+    /// Count, pace and cache a successful answer. The response is made from the cache entry,
+    /// exactly as a later replay of it will be.
+    async fn accept(
+        &self,
+        lane: &Lane,
+        reply: ProviderReply,
+        key: CacheKey,
+        requested_at: OffsetDateTime,
+    ) -> (Response, u64) {
+        let received_at = OffsetDateTime::now_utc();
         let usage = reply.usage;
         let used = usage.input_tokens + usage.output_tokens;
         lane.input_tokens
@@ -476,33 +487,25 @@ impl Dispatcher {
         if let Some(pause) = reply.hints.pause() {
             lane.pause_for(pause);
         }
-        if let Some(cache) = &self.cache {
-            let entry = CachedReply {
-                text: reply.text.clone(),
-                finish_reason: reply.finish_reason.clone(),
-                usage,
-                stored_at: crate::cache::unix_now(),
-            };
-            if let Err(e) = cache.put(key, &entry).await {
-                return (
-                    failure(
-                        ErrorKind::Local,
-                        format!("answer received but not cached: {e}"),
-                    ),
-                    used,
-                );
-            }
+        let entry = CachedReply::new(
+            reply.text,
+            reply.finish_reason,
+            usage,
+            requested_at,
+            received_at,
+        );
+        if let Some(cache) = &self.cache
+            && let Err(e) = cache.put(key, &entry).await
+        {
+            return (
+                failure(
+                    ErrorKind::Local,
+                    format!("answer received but not cached: {e}"),
+                ),
+                used,
+            );
         }
-        (
-            Response {
-                text: reply.text,
-                finish_reason: reply.finish_reason,
-                usage,
-                error: None,
-                cached: false,
-            },
-            used,
-        )
+        (Response::from_cached(entry, false), used)
     }
 
     /// Lanes by key, for summaries.
@@ -542,12 +545,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A failed request, failing now (`execute` sets when it was requested).
 fn failure(kind: ErrorKind, message: String) -> Response {
-    Response {
-        text: String::new(),
-        finish_reason: None,
-        usage: Usage::default(),
-        error: Some(StepError { kind, message }),
-        cached: false,
-    }
+    let now = OffsetDateTime::now_utc();
+    Response::failed(StepError { kind, message }, now, now)
 }

@@ -2,6 +2,12 @@
 //!
 //! Status is computed from manifests and current fingerprints only (no network, no model calls);
 //! an upstream that is not CURRENT makes its downstream STALE.
+//!
+//! Early cutoff, as in build systems: a downstream is STALE because of its upstream only until
+//! the upstream has run. If the upstream's new output is byte-identical to the old one, the
+//! downstream's file fingerprint still matches its manifest and it is CURRENT again: `data`
+//! runs the plan level by level ([`ready`]) and evaluates again in between, instead of assuming
+//! that everything downstream of a run must run too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -195,6 +201,33 @@ pub fn plan<'a>(
     selected: &[String],
     force: bool,
 ) -> Vec<(&'a Evaluated, usize)> {
+    plan_excluding(evaluated, selected, force, &BTreeSet::new())
+}
+
+/// What `data` runs now (early cutoff): the first level of the [`plan`] of what is left, given
+/// the pipelines this invocation already ran (`done`, never run twice). Run these, evaluate
+/// again, and call again until it is empty: a downstream of a run whose output came out
+/// byte-identical is CURRENT by then and is not run.
+pub fn ready<'a>(
+    evaluated: &'a [Evaluated],
+    selected: &[String],
+    force: bool,
+    done: &BTreeSet<String>,
+) -> Vec<&'a Evaluated> {
+    plan_excluding(evaluated, selected, force, done)
+        .into_iter()
+        .filter(|(_, level)| *level == 0)
+        .map(|(e, _)| e)
+        .collect()
+}
+
+/// [`plan`] leaving out the pipelines in `done` (they neither run nor hold back their downstream).
+fn plan_excluding<'a>(
+    evaluated: &'a [Evaluated],
+    selected: &[String],
+    force: bool,
+    done: &BTreeSet<String>,
+) -> Vec<(&'a Evaluated, usize)> {
     let by_name: BTreeMap<&str, &Evaluated> =
         evaluated.iter().map(|e| (e.name.as_str(), e)).collect();
     let mut wanted: BTreeSet<&str> = if selected.is_empty() {
@@ -223,6 +256,9 @@ pub fn plan<'a>(
     let mut plan = Vec::new();
     for e in evaluated {
         let name = e.name.as_str();
+        if done.contains(name) {
+            continue;
+        }
         let upstream_running = e
             .upstream
             .iter()
@@ -240,4 +276,106 @@ pub fn plan<'a>(
         }
     }
     plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// a → b → c (b reads a's output, c reads b's).
+    fn chain(states: [(State, &str); 3]) -> Vec<Evaluated> {
+        ["a", "b", "c"]
+            .iter()
+            .zip(states)
+            .enumerate()
+            .map(|(i, (name, (state, reason)))| Evaluated {
+                name: (*name).to_owned(),
+                output: format!("training/data/{name}.jsonl"),
+                upstream: if i == 0 {
+                    Vec::new()
+                } else {
+                    vec![["a", "b"][i - 1].to_owned()]
+                },
+                status: Status {
+                    state,
+                    samples: Some(1),
+                    reasons: if reason.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![reason.to_owned()]
+                    },
+                },
+            })
+            .collect()
+    }
+
+    fn names(ready: Vec<&Evaluated>) -> Vec<&str> {
+        ready.into_iter().map(|e| e.name.as_str()).collect()
+    }
+
+    const CURRENT: (State, &str) = (State::Current, "");
+
+    #[test]
+    fn downstream_waits_for_its_upstream_and_is_cut_off_when_the_output_is_unchanged() {
+        let before = chain([
+            (State::Stale, "Pipeline code changed"),
+            (State::Stale, "Input from pipeline 'a' is stale"),
+            (State::Stale, "Input from pipeline 'b' is stale"),
+        ]);
+        let levels: Vec<(&str, usize)> = plan(&before, &[], false)
+            .iter()
+            .map(|(e, l)| (e.name.as_str(), *l))
+            .collect();
+        assert_eq!(levels, [("a", 0), ("b", 1), ("c", 2)]);
+        let mut done = BTreeSet::new();
+        assert_eq!(names(ready(&before, &[], false, &done)), ["a"]);
+        done.insert("a".to_owned());
+
+        // a's output came out byte-identical: evaluation finds b and c CURRENT.
+        let unchanged = chain([CURRENT, CURRENT, CURRENT]);
+        assert!(ready(&unchanged, &[], false, &done).is_empty());
+
+        // a's output changed: b runs next, and c waits for b.
+        let changed = chain([
+            CURRENT,
+            (State::Stale, "File 'in' content changed"),
+            (State::Stale, "Input from pipeline 'b' is stale"),
+        ]);
+        assert_eq!(names(ready(&changed, &[], false, &done)), ["b"]);
+    }
+
+    #[test]
+    fn forced_pipelines_run_once_each_in_dependency_order() {
+        let all_current = chain([CURRENT, CURRENT, CURRENT]);
+        let mut done = BTreeSet::new();
+        let mut order = Vec::new();
+        loop {
+            let next = names(ready(&all_current, &[], true, &done));
+            if next.is_empty() {
+                break;
+            }
+            for name in next {
+                order.push(name);
+                done.insert(name.to_owned());
+            }
+        }
+        assert_eq!(order, ["a", "b", "c"]);
+        // Forcing one pipeline does not force its upstream or downstream.
+        assert_eq!(
+            names(ready(
+                &all_current,
+                &["b".to_owned()],
+                true,
+                &BTreeSet::new()
+            )),
+            ["b"]
+        );
+    }
+
+    #[test]
+    fn a_pipeline_already_run_is_not_run_again_even_if_still_not_current() {
+        let still_stale = chain([(State::Stale, "Pipeline code changed"), CURRENT, CURRENT]);
+        let done = BTreeSet::from(["a".to_owned()]);
+        assert!(ready(&still_stale, &[], false, &done).is_empty());
+    }
 }

@@ -15,15 +15,12 @@ use std::sync::{Arc, Mutex};
 
 use futures::{FutureExt, StreamExt};
 use serde::Serialize;
-use time::OffsetDateTime;
 
 use crate::cache::CacheKey;
 use crate::dispatch::{Dispatcher, Lane};
 use crate::models::{ModelFingerprint, ModelSpec};
 use crate::provider::{ChatRequest, Message, Params};
-use crate::sample::{
-    ErrorDetail, ErrorRecord, PipelineError, Provenance, Response, Step, TrainingSample,
-};
+use crate::sample::{ErrorRecord, PipelineError, Provenance, Response, Step, TrainingSample};
 
 /// A data-generating pipeline. Implement it in a crate under `pipelines/` and hand it to
 /// [`crate::run_main`] (or the [`crate::pipeline_main!`] macro) from `main`.
@@ -232,7 +229,6 @@ pub(crate) struct CtxInner {
     pub models: BTreeMap<String, BoundModel>,
     pub limit: Option<usize>,
     pub window: usize,
-    pub commit: String,
     pub queries: AtomicU32,
     pub sink: Mutex<Box<dyn SampleSink>>,
     pub reports: Mutex<BTreeMap<String, serde_json::Value>>,
@@ -274,17 +270,7 @@ impl CtxInner {
             derived_seed,
         };
         let response = self.dispatcher.execute(&bound.lane, chat, key).await;
-        let step = Step {
-            model: alias.to_owned(),
-            messages: request.messages.clone(),
-            params,
-            text: response.text.clone(),
-            success: response.is_success(),
-            finish_reason: response.finish_reason.clone(),
-            usage: response.usage,
-            error: response.error.clone(),
-            cached: response.cached,
-        };
+        let step = Step::record(alias, request.messages.clone(), params, &response);
         (response, step)
     }
 }
@@ -403,27 +389,22 @@ impl Ctx {
                         next_step: AtomicU32::new(0),
                     }),
                 };
-                let started_at = OffsetDateTime::now_utc();
                 let future = task(handle.clone(), record);
                 async move {
                     let outcome = AssertUnwindSafe(future).catch_unwind().await;
-                    (input, handle, started_at, outcome)
+                    (input, handle, outcome)
                 }
             })
             .buffered(inner.window.max(1));
-        while let Some((input, handle, started_at, outcome)) = outcomes.next().await {
+        while let Some((input, handle, outcome)) = outcomes.next().await {
             if inner.dispatcher.is_cancelled() {
                 return Err(PipelineError::new("the run was interrupted", "interrupted"));
             }
             let steps = handle.take_steps();
             let failure = match outcome {
                 Ok(Ok(mut sample)) => {
-                    sample.provenance = Some(Provenance {
-                        input_data: input,
-                        steps,
-                        started_at,
-                        completed_at: OffsetDateTime::now_utc(),
-                    });
+                    // Timed by its answers (cached ones keep their times): replays are identical.
+                    sample.provenance = Some(Provenance::new(input, steps));
                     inner.records_done.fetch_add(1, Ordering::Relaxed);
                     inner.progress.record_done(false);
                     on_sample(sample)?;
@@ -440,17 +421,7 @@ impl Ctx {
                 inner.records_failed.fetch_add(1, Ordering::Relaxed);
             }
             inner.progress.record_done(true);
-            let record = ErrorRecord {
-                error: ErrorDetail {
-                    error: failure.error_type,
-                    message: failure.message,
-                    reasons: failure.reasons,
-                    input_data: input,
-                    steps,
-                    pipeline_commit: inner.commit.clone(),
-                    failed_at: OffsetDateTime::now_utc(),
-                },
-            };
+            let record = ErrorRecord::new(failure, input, steps);
             inner.sink.lock().expect("sink lock").error(record)?;
         }
         if inner.dispatcher.is_cancelled() {

@@ -1,8 +1,14 @@
 //! What pipelines produce: training samples, their provenance (steps), responses, and per-record errors.
+//!
+//! A sample line records only what its answers determine: every timestamp comes from the
+//! answers (kept in the response cache), never from the clock of the run that writes the line,
+//! and per-run facts (cache hits, the commit, run time) live in the manifest. So a run that
+//! replays every answer from the cache writes the same bytes as the run that paid for them.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::cache::CachedReply;
 use crate::provider::{ErrorKind, Message, Params, Usage};
 
 /// One training example: an id and a conversation. Provenance is attached by `run_task`.
@@ -37,10 +43,33 @@ impl TrainingSample {
 pub struct Provenance {
     pub input_data: serde_json::Value,
     pub steps: Vec<Step>,
-    #[serde(with = "time::serde::rfc3339")]
-    pub started_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub completed_at: OffsetDateTime,
+    /// When the record's first request was made (`None` for a record without steps).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    /// When the record's last answer arrived (`None` for a record without steps).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub completed_at: Option<OffsetDateTime>,
+}
+
+impl Provenance {
+    /// The provenance of a record: its input and steps, timed by its steps.
+    pub fn new(input_data: serde_json::Value, steps: Vec<Step>) -> Self {
+        let (started_at, completed_at) = answer_span(&steps);
+        Self {
+            input_data,
+            steps,
+            started_at,
+            completed_at,
+        }
+    }
+}
+
+/// The earliest request and the latest answer among `steps` (both `None` without steps).
+pub fn answer_span(steps: &[Step]) -> (Option<OffsetDateTime>, Option<OffsetDateTime>) {
+    (
+        steps.iter().map(|s| s.requested_at).min(),
+        steps.iter().map(|s| s.answered_at).max(),
+    )
 }
 
 /// One inference call made by a task, recorded automatically.
@@ -55,8 +84,41 @@ pub struct Step {
     pub finish_reason: Option<String>,
     pub usage: Usage,
     pub error: Option<StepError>,
-    /// Answered from the response cache (no request sent).
+    /// When the request was made (for a replayed answer: the original request's time).
+    #[serde(with = "time::serde::rfc3339")]
+    pub requested_at: OffsetDateTime,
+    /// When the answer (or the final failure) arrived (replayed: the original answer's time).
+    #[serde(with = "time::serde::rfc3339")]
+    pub answered_at: OffsetDateTime,
+    /// Answered from the response cache in this run. Not written: it is a fact of the run,
+    /// not of the sample (the manifest's run summary counts cache hits), and writing it would
+    /// make a replay differ from the run that paid for the answer.
+    #[serde(skip)]
     pub cached: bool,
+}
+
+impl Step {
+    /// The step for a request to model `alias` and its response.
+    pub fn record(
+        alias: &str,
+        messages: Vec<Message>,
+        params: Params,
+        response: &Response,
+    ) -> Self {
+        Self {
+            model: alias.to_owned(),
+            messages,
+            params,
+            text: response.text.clone(),
+            success: response.is_success(),
+            finish_reason: response.finish_reason.clone(),
+            usage: response.usage,
+            error: response.error.clone(),
+            requested_at: response.requested_at,
+            answered_at: response.answered_at,
+            cached: response.cached,
+        }
+    }
 }
 
 /// Why a step failed.
@@ -74,10 +136,48 @@ pub struct Response {
     pub usage: Usage,
     /// Set when the request finally failed (after retries).
     pub error: Option<StepError>,
+    /// Answered from the response cache (no request sent in this run).
     pub cached: bool,
+    /// When the request was made; for a cached answer, when the original request was made.
+    pub requested_at: OffsetDateTime,
+    /// When the answer arrived; for a cached answer, when it originally arrived.
+    pub answered_at: OffsetDateTime,
 }
 
 impl Response {
+    /// A successful answer as stored in the response cache: `cached` says whether it was
+    /// replayed from there (true) or just received (false); either way the times are the
+    /// entry's, so both give the same step.
+    pub fn from_cached(reply: CachedReply, cached: bool) -> Self {
+        let (requested_at, answered_at) = reply.times();
+        Self {
+            text: reply.text,
+            finish_reason: reply.finish_reason,
+            usage: reply.usage,
+            error: None,
+            cached,
+            requested_at,
+            answered_at,
+        }
+    }
+
+    /// A request that finally failed, requested and failed at the given times.
+    pub fn failed(
+        error: StepError,
+        requested_at: OffsetDateTime,
+        answered_at: OffsetDateTime,
+    ) -> Self {
+        Self {
+            text: String::new(),
+            finish_reason: None,
+            usage: Usage::default(),
+            error: Some(error),
+            cached: false,
+            requested_at,
+            answered_at,
+        }
+    }
+
     pub fn is_success(&self) -> bool {
         self.error.is_none()
     }
@@ -176,6 +276,23 @@ pub struct ErrorRecord {
     pub error: ErrorDetail,
 }
 
+impl ErrorRecord {
+    /// The error record of a record that ended with `failure` after `steps`.
+    pub fn new(failure: PipelineError, input_data: serde_json::Value, steps: Vec<Step>) -> Self {
+        let failed_at = answer_span(&steps).1;
+        Self {
+            error: ErrorDetail {
+                error: failure.error_type,
+                message: failure.message,
+                reasons: failure.reasons,
+                input_data,
+                steps,
+                failed_at,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorDetail {
     /// The error type (`api_error`, `parse_error`, `unexpected_error`, …).
@@ -186,9 +303,14 @@ pub struct ErrorDetail {
     pub reasons: Vec<String>,
     pub input_data: serde_json::Value,
     pub steps: Vec<Step>,
-    pub pipeline_commit: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub failed_at: OffsetDateTime,
+    /// When the record's last answer (or failed request) arrived: the failure follows from
+    /// it. Absent when the record failed before any request.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub failed_at: Option<OffsetDateTime>,
 }
 
 /// A sample as written with provenance (`--annotate`).
@@ -198,9 +320,133 @@ pub struct AnnotatedSample {
     pub messages: Vec<Message>,
     pub input_data: serde_json::Value,
     pub steps: Vec<Step>,
-    pub pipeline_commit: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub started_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub completed_at: OffsetDateTime,
+    /// When the first request of the record was made; absent for a record without steps.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub started_at: Option<OffsetDateTime>,
+    /// When the last answer of the record arrived; absent for a record without steps.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub completed_at: Option<OffsetDateTime>,
+}
+
+impl From<TrainingSample> for AnnotatedSample {
+    /// The annotated form of a sample; one made outside `run_task` has no input or steps.
+    fn from(sample: TrainingSample) -> Self {
+        let provenance = sample
+            .provenance
+            .unwrap_or_else(|| Provenance::new(serde_json::Value::Null, Vec::new()));
+        Self {
+            id: sample.id,
+            messages: sample.messages,
+            input_data: provenance.input_data,
+            steps: provenance.steps,
+            started_at: provenance.started_at,
+            completed_at: provenance.completed_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotated_line(response: &Response) -> String {
+        let params = Params {
+            temperature: Some(0.5),
+            ..Params::default()
+        };
+        let step = Step::record("m", vec![Message::user("q")], params, response);
+        let mut sample = TrainingSample::new(
+            "r-1",
+            vec![Message::user("q"), Message::assistant(response.text())],
+        );
+        sample.provenance = Some(Provenance::new(
+            serde_json::json!({"id": "r-1", "prompt": "q"}),
+            vec![step],
+        ));
+        serde_json::to_string(&AnnotatedSample::from(sample)).expect("sample serializes")
+    }
+
+    #[test]
+    fn a_replayed_answer_gives_the_same_annotated_line_as_the_paid_one() {
+        let requested = OffsetDateTime::now_utc();
+        let received = requested + time::Duration::milliseconds(1_234);
+        let usage = Usage {
+            input_tokens: 5,
+            output_tokens: 7,
+        };
+        let entry = CachedReply::new(
+            "the answer".to_owned(),
+            Some("stop".to_owned()),
+            usage,
+            requested,
+            received,
+        );
+        let paid = Response::from_cached(entry.clone(), false);
+        // The entry as the cache hands it back: through its stored JSON.
+        let stored: CachedReply =
+            serde_json::from_slice(&serde_json::to_vec(&entry).expect("serializes"))
+                .expect("decodes");
+        let replayed = Response::from_cached(stored, true);
+        assert!(!paid.cached && replayed.cached);
+
+        let (paid_line, replayed_line) = (annotated_line(&paid), annotated_line(&replayed));
+        assert_eq!(paid_line, replayed_line);
+        assert!(!paid_line.contains("cached"), "{paid_line}");
+        let rfc3339 = |t: OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .expect("formats")
+        };
+        assert!(
+            paid_line.contains(&format!(
+                r#""started_at":"{}","completed_at":"{}""#,
+                rfc3339(requested),
+                rfc3339(received)
+            )),
+            "{paid_line}"
+        );
+    }
+
+    #[test]
+    fn records_are_timed_by_their_steps_and_untimed_without_any() {
+        let t = |s: i64| OffsetDateTime::from_unix_timestamp(1_700_000_000 + s).expect("time");
+        let answer = |requested: i64, answered: i64| {
+            Response::from_cached(
+                CachedReply::new(
+                    "a".into(),
+                    None,
+                    Usage::default(),
+                    t(requested),
+                    t(answered),
+                ),
+                true,
+            )
+        };
+        let steps: Vec<Step> = [answer(5, 9), answer(2, 4), answer(6, 7)]
+            .iter()
+            .map(|r| Step::record("m", Vec::new(), Params::default(), r))
+            .collect();
+        assert_eq!(answer_span(&steps), (Some(t(2)), Some(t(9))));
+
+        let failure = || PipelineError::new("bad reply", "parse_error");
+        let failed = ErrorRecord::new(failure(), serde_json::Value::Null, steps);
+        assert_eq!(failed.error.failed_at, Some(t(9)));
+        let early = ErrorRecord::new(failure(), serde_json::Value::Null, Vec::new());
+        let line = serde_json::to_string(&early).expect("serializes");
+        assert!(!line.contains("failed_at"), "{line}");
+
+        let bare = AnnotatedSample::from(TrainingSample::new("x", Vec::new()));
+        let line = serde_json::to_string(&bare).expect("serializes");
+        assert_eq!(
+            line,
+            r#"{"id":"x","messages":[],"input_data":null,"steps":[]}"#
+        );
+    }
 }

@@ -419,7 +419,6 @@ fn steps_are_recorded_in_order_for_sequential_and_parallel_requests() {
             "messages",
             "input_data",
             "steps",
-            "pipeline_commit",
             "started_at",
             "completed_at",
         ] {
@@ -498,7 +497,7 @@ fn pipeline_errors_and_panics_become_error_records_with_their_steps() {
     assert_eq!(failed["message"], "refused by the test");
     assert_eq!(failed["input_data"]["prompt"], "FAIL please");
     assert_eq!(failed["steps"][0]["text"], "reply[mock-model]: FAIL please");
-    assert!(failed["pipeline_commit"].is_string() && failed["failed_at"].is_string());
+    assert!(failed["failed_at"].is_string(), "{failed}");
     let panicked = &errors[1]["__ERROR__"];
     assert_eq!(panicked["error"], "unexpected_error");
     assert!(

@@ -1,6 +1,6 @@
 //! The repository as xtask sees it: pipeline crates (via cargo_metadata), building them, describing and running their binaries.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus};
 
@@ -222,31 +222,43 @@ impl Workspace {
             }
         }
         let evaluated = self.evaluate(&pipelines)?;
-        let by_name: BTreeMap<&str, &Evaluated> =
-            evaluated.iter().map(|e| (e.name.as_str(), e)).collect();
         let plan = shaping::graph::plan(&evaluated, selected, force);
-        let level: BTreeMap<&str, usize> =
-            plan.iter().map(|(e, l)| (e.name.as_str(), *l)).collect();
+        let planned: BTreeSet<String> = plan.iter().map(|(e, _)| e.name.clone()).collect();
         if plan.is_empty() {
             println!("everything is CURRENT; nothing to do");
             return Ok(ExitCode::SUCCESS);
         }
-        for (e, _) in &plan {
-            let why = if e.status.state == State::Current {
+        for (e, level) in &plan {
+            // Early cutoff: a pipeline planned only because an upstream runs waits for it and
+            // runs only if that upstream's output changes.
+            let own_reasons = e
+                .status
+                .reasons
+                .iter()
+                .any(|r| !r.starts_with("Input from pipeline "));
+            let waits = *level > 0 && !own_reasons && !force;
+            let why = if waits {
+                format!(
+                    "after {}, if its output changes",
+                    e.upstream
+                        .iter()
+                        .filter(|u| planned.contains(*u))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            } else if e.status.state == State::Current {
                 "forced".to_owned()
             } else {
                 e.status.to_string()
             };
-            println!(
-                "{} {}: {}",
-                if dry_run {
-                    "would regenerate"
-                } else {
-                    "regenerating"
-                },
-                e.name,
-                why
-            );
+            let verb = match (dry_run, waits) {
+                (true, false) => "would regenerate",
+                (true, true) => "would check",
+                (false, false) => "regenerating",
+                (false, true) => "will check",
+            };
+            println!("{verb} {}: {why}", e.name);
         }
         if dry_run {
             return Ok(ExitCode::SUCCESS);
@@ -256,7 +268,6 @@ impl Workspace {
             .filter_map(|(e, _)| pipelines.iter().find(|d| d.name == e.name).cloned())
             .collect();
         self.ensure_models(&running)?;
-        let max_level = plan.iter().map(|(_, l)| *l).max().unwrap_or(0);
         let models = ModelsConfig::load(&self.root)?;
         let uses_local_model = |name: &str| {
             pipelines
@@ -269,24 +280,35 @@ impl Workspace {
                         .is_ok_and(|spec| spec.provider == ProviderKind::LlamaCpp)
                 })
         };
+        let hasher = FileHasher::for_repo(&self.root);
+        let output_hash = |name: &str| {
+            let output = pipelines.iter().find(|d| d.name == name)?.output.clone();
+            hasher.hash_file(&self.root.join(output)).ok()
+        };
         let mut failed: Vec<String> = Vec::new();
-        for l in 0..=max_level {
-            let this_level: Vec<&str> = plan
-                .iter()
-                .filter(|(_, pl)| *pl == l)
-                .map(|(e, _)| e.name.as_str())
-                .collect();
-            let runnable: Vec<&str> = this_level
-                .into_iter()
-                .filter(|name| {
-                    let blocked = by_name[name].upstream.iter().any(|u| failed.contains(u));
-                    if blocked {
-                        eprintln!("skipping {name}: an input pipeline failed");
-                        failed.push((*name).to_owned());
-                    }
-                    !blocked
-                })
-                .collect();
+        let mut done: BTreeSet<String> = BTreeSet::new();
+        let mut now = evaluated;
+        // Run what is ready, evaluate again, repeat: a downstream of an output that came out
+        // byte-identical is CURRENT by then and does not run (early cutoff).
+        loop {
+            let ready: Vec<(String, Vec<String>)> =
+                shaping::graph::ready(&now, selected, force, &done)
+                    .into_iter()
+                    .map(|e| (e.name.clone(), e.upstream.clone()))
+                    .collect();
+            if ready.is_empty() {
+                break;
+            }
+            let mut runnable: Vec<&str> = Vec::new();
+            for (name, upstream) in &ready {
+                done.insert(name.clone());
+                if upstream.iter().any(|u| failed.contains(u)) {
+                    eprintln!("skipping {name}: an input pipeline failed");
+                    failed.push(name.clone());
+                } else {
+                    runnable.push(name);
+                }
+            }
             // An in-process model already uses every core (llama.cpp's threads spin): running two
             // such pipelines at once only makes both slower, so they run one at a time.
             let jobs = if runnable.iter().any(|name| uses_local_model(name)) {
@@ -297,11 +319,13 @@ impl Workspace {
             for chunk in runnable.chunks(jobs) {
                 let share = chunk.len();
                 let plain = share > 1;
+                let before: Vec<Option<String>> =
+                    chunk.iter().map(|name| output_hash(name)).collect();
                 let children: Vec<(&str, Result<Child>)> = chunk
                     .iter()
                     .map(|name| (*name, self.spawn(name, &[], share, plain)))
                     .collect();
-                for (name, child) in children {
+                for ((name, child), before) in children.into_iter().zip(before) {
                     let ok = child
                         .and_then(|mut c| Ok(c.wait()?))
                         .map(|s| s.success())
@@ -311,9 +335,14 @@ impl Workspace {
                         });
                     if !ok {
                         failed.push(name.to_owned());
+                    } else if before.is_some() && before == output_hash(name) {
+                        println!(
+                            "{name}: output unchanged, byte for byte (only its manifest was rewritten)"
+                        );
                     }
                 }
             }
+            now = self.evaluate(&pipelines)?;
         }
         if !failed.is_empty() {
             eprintln!(
@@ -322,9 +351,13 @@ impl Workspace {
             );
             return Ok(ExitCode::FAILURE);
         }
-        let after = self.evaluate(&pipelines)?;
-        for e in after.iter().filter(|e| level.contains_key(e.name.as_str())) {
-            println!("{}: {}", e.name, e.status);
+        for e in now.iter().filter(|e| planned.contains(&e.name)) {
+            let cut_off = if done.contains(&e.name) {
+                ""
+            } else {
+                " (not regenerated: its inputs came out unchanged)"
+            };
+            println!("{}: {}{cut_off}", e.name, e.status);
         }
         Ok(ExitCode::SUCCESS)
     }
