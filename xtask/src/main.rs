@@ -17,6 +17,10 @@ use workspace::Workspace;
     about = "Training data as a build artifact: build, check and inspect datasets."
 )]
 struct Cli {
+    /// The repository to act on (default: `$SHAPING_ROOT`, else the nearest directory above the
+    /// current one holding models.toml).
+    #[arg(long, global = true)]
+    root: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -106,6 +110,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    shaping::cli::exit_quietly_on_closed_pipe();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -116,10 +121,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let ws = Workspace::discover()?;
+    let ws = Workspace::discover(cli.root.as_deref())?;
     match cli.command {
         Command::Bench(args) => {
-            bench::bench_cmd(args)?;
+            bench::bench_cmd(args, ws.root())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::List => {

@@ -28,17 +28,18 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    /// Find the workspace and its pipeline crates (packages under `pipelines/` with a binary).
-    pub fn discover() -> Result<Self> {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join("Cargo.toml");
+    /// Find the repository the way cargo finds its workspace (`root` from `--root`, else
+    /// `$SHAPING_ROOT`, else the nearest directory above the current one holding models.toml),
+    /// never from where xtask was compiled, then its pipeline crates (packages under
+    /// `pipelines/` with a binary) from cargo metadata run there.
+    pub fn discover(root: Option<&Path>) -> Result<Self> {
+        let root = shaping::repo::find_root_from(root)?;
         let metadata = MetadataCommand::new()
-            .manifest_path(&manifest)
+            .manifest_path(root.join("Cargo.toml"))
+            .current_dir(&root)
             .no_deps()
             .exec()
-            .context("reading cargo metadata")?;
-        let root: PathBuf = metadata.workspace_root.clone().into();
+            .with_context(|| format!("reading cargo metadata in {}", root.display()))?;
         let pipelines_dir = root.join("pipelines");
         let target: PathBuf = metadata.target_directory.clone().into();
         let mut crates: Vec<PipelineCrate> = metadata
@@ -75,7 +76,11 @@ impl Workspace {
             .iter()
             .flat_map(|p| ["-p".to_owned(), (*p).to_owned()])
             .collect();
+        // The repository this build is for: compiled into the library and the pipelines, and
+        // tracked by cargo, so a target directory shared with another clone is rebuilt for this
+        // one (.cargo/config.toml sets the same for plain cargo commands).
         cmd!(sh, "cargo build --quiet {args...}")
+            .env("SHAPING_BUILD_REPO", &self.root)
             .run()
             .context("building the pipeline crates")?;
         Ok(())
