@@ -87,6 +87,9 @@ pub struct RunArgs {
     /// No progress output.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Fail at once instead of waiting when another run of this pipeline holds its lock.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 /// What `describe` prints: everything xtask needs to fingerprint a pipeline without running it.
@@ -125,6 +128,8 @@ pub enum RunError {
     Manifest(#[from] crate::manifest::ManifestError),
     #[error(transparent)]
     Fingerprint(#[from] crate::fingerprint::FingerprintError),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     #[error("pipeline '{pipeline}' declares invalid dependencies:\n  - {}", .errors.join("\n  - "))]
     Declaration {
         pipeline: String,
@@ -340,6 +345,13 @@ pub fn run_in<P: Pipeline>(
     args: RunArgs,
 ) -> Result<ExitCode, RunError> {
     let root = root.to_owned();
+    // One run per pipeline at a time, taken before anything is read, cached or written.
+    let wait = if args.no_wait {
+        crate::lock::Wait::No
+    } else {
+        crate::lock::Wait::Yes
+    };
+    let _run_lock = crate::lock::acquire(&root, P::NAME, wait)?;
     // `git status` takes longer than everything else before the first request: overlap it.
     let git_status = {
         let root = root.clone();

@@ -39,7 +39,8 @@ enum Command {
         check: bool,
     },
     /// Run one pipeline now, whatever its status. Flags after the name go to the pipeline
-    /// (--limit N, --workers N, -o PATH, --annotate / --no-annotate, --no-cache, --refresh).
+    /// (--limit N, --workers N, -o PATH, --annotate / --no-annotate, --no-cache, --refresh,
+    /// --no-wait).
     Run {
         name: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -58,6 +59,9 @@ enum Command {
         /// Pipelines run at once within a dependency level (they split each model's limits).
         #[arg(long, default_value_t = 2)]
         jobs: usize,
+        /// Fail at once instead of waiting when another run is generating one of these outputs.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Scaffold a new pipeline crate under pipelines/.
     New { name: String },
@@ -179,7 +183,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dry_run,
             force,
             jobs,
-        } => ws.data(&selected, dry_run, force, jobs),
+            no_wait,
+        } => ws.data(&selected, dry_run, force, jobs, no_wait),
         Command::New { name } => {
             let dir = ws.scaffold(&name)?;
             println!(
