@@ -21,11 +21,17 @@ use crate::pipeline::{BoundModel, Ctx, CtxInner, Declare, Pipeline, SampleSink};
 use crate::sample::{AnnotatedSample, ErrorRecord, PipelineError, TrainingSample};
 
 /// Write `fn main` for a pipeline crate: `shaping::pipeline_main!(MyPipeline);`.
+///
+/// It records where the binary was built ([`crate::repo::BuildOrigin`]) so that the binary
+/// refuses to act on a repository whose sources it was not built from.
 #[macro_export]
 macro_rules! pipeline_main {
     ($pipeline:ty) => {
         fn main() -> ::std::process::ExitCode {
-            $crate::run_main::<$pipeline>(env!("CARGO_MANIFEST_DIR"))
+            $crate::run_main::<$pipeline>($crate::repo::BuildOrigin {
+                crate_dir: env!("CARGO_MANIFEST_DIR"),
+                repo: option_env!("SHAPING_BUILD_REPO"),
+            })
         }
     };
 }
@@ -33,6 +39,10 @@ macro_rules! pipeline_main {
 #[derive(Debug, Parser)]
 #[command(about = "A shaping pipeline. Without a subcommand it runs (same flags as `run`).")]
 struct Cli {
+    /// The repository to act on (default: `$SHAPING_ROOT`, else the nearest directory above the
+    /// current one holding models.toml).
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
@@ -77,6 +87,9 @@ pub struct RunArgs {
     /// No progress output.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Fail at once instead of waiting when another run of this pipeline holds its lock.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 /// What `describe` prints: everything xtask needs to fingerprint a pipeline without running it.
@@ -117,6 +130,8 @@ pub enum RunError {
     Fingerprint(#[from] crate::fingerprint::FingerprintError),
     #[error(transparent)]
     Quality(#[from] crate::quality::QualityError),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     #[error("pipeline '{pipeline}' declares invalid dependencies:\n  - {}", .errors.join("\n  - "))]
     Declaration {
         pipeline: String,
@@ -145,20 +160,26 @@ pub fn default_output(name: &str) -> String {
     format!("training/data/{name}.jsonl")
 }
 
-/// Entry point of a pipeline binary. `crate_dir` is the pipeline crate's `CARGO_MANIFEST_DIR`.
-pub fn run_main<P: Pipeline>(crate_dir: &str) -> ExitCode {
+/// Entry point of a pipeline binary (see [`crate::pipeline_main!`]): finds the repository from
+/// the current directory (or `--root` / `SHAPING_ROOT`), refuses to act on a repository whose
+/// sources the binary was not built from, then describes or runs.
+pub fn run_main<P: Pipeline>(origin: crate::repo::BuildOrigin) -> ExitCode {
+    exit_quietly_on_closed_pipe();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Some(Command::Describe) => describe::<P>(Path::new(crate_dir)).map(|d| {
-            println!(
-                "{}",
-                serde_json::to_string(&d).expect("description serializes")
-            );
-            ExitCode::SUCCESS
-        }),
-        Some(Command::Run(args)) => run::<P>(Path::new(crate_dir), args),
-        None => run::<P>(Path::new(crate_dir), cli.run),
-    };
+    let result = crate::repo::find_root_from(cli.root.as_deref())
+        .and_then(|root| origin.check(&root).map(|crate_dir| (root, crate_dir)))
+        .map_err(RunError::from)
+        .and_then(|(root, crate_dir)| match cli.command {
+            Some(Command::Describe) => describe_in::<P>(&root, &crate_dir).map(|d| {
+                println!(
+                    "{}",
+                    serde_json::to_string(&d).expect("description serializes")
+                );
+                ExitCode::SUCCESS
+            }),
+            Some(Command::Run(args)) => run_in::<P>(&root, &crate_dir, args),
+            None => run_in::<P>(&root, &crate_dir, cli.run),
+        });
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -166,6 +187,31 @@ pub fn run_main<P: Pipeline>(crate_dir: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Make a closed stdout or stderr (`cargo xtask list | head -1`) end the process quietly with
+/// status 141 (128 + SIGPIPE, what a shell reports for a Unix tool killed by SIGPIPE) instead of
+/// a panic and a backtrace. Rust ignores SIGPIPE, so `println!` panics on a closed pipe; this
+/// panic hook recognizes that panic. Everything a run writes is atomic (temp file + rename) and
+/// every answer is durable in the cache before use, so ending here loses nothing.
+pub fn exit_quietly_on_closed_pipe() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        let closed_pipe = (message.starts_with("failed printing to stdout")
+            || message.starts_with("failed printing to stderr"))
+            // EPIPE as `io::Error` displays it: "Broken pipe (os error 32)".
+            && (message.contains("Broken pipe") || message.contains("os error 32"));
+        if closed_pipe {
+            std::process::exit(141);
+        }
+        previous(info);
+    }));
 }
 
 fn declare<P: Pipeline>(root: &Path) -> Result<(P, Declare), RunError> {
@@ -178,11 +224,6 @@ fn declare<P: Pipeline>(root: &Path) -> Result<(P, Declare), RunError> {
         });
     }
     Ok((pipeline, declare))
-}
-
-/// The pipeline's declaration, in the repository found from the environment.
-pub fn describe<P: Pipeline>(crate_dir: &Path) -> Result<Description, RunError> {
-    describe_in::<P>(&crate::repo::find_root()?, crate_dir)
 }
 
 /// The pipeline's declaration in the repository at `root`.
@@ -278,11 +319,6 @@ fn budget_share() -> u32 {
         .unwrap_or(1)
 }
 
-/// Run a pipeline in the repository found from the environment (see [`run_in`]).
-pub fn run<P: Pipeline>(crate_dir: &Path, args: RunArgs) -> Result<ExitCode, RunError> {
-    run_in::<P>(&crate::repo::find_root()?, crate_dir, args)
-}
-
 /// Run a pipeline in the repository at `root`: outputs are replaced only after a complete,
 /// successful run. Must not be called from inside an async runtime (it starts its own).
 pub fn run_in<P: Pipeline>(
@@ -291,6 +327,13 @@ pub fn run_in<P: Pipeline>(
     args: RunArgs,
 ) -> Result<ExitCode, RunError> {
     let root = root.to_owned();
+    // One run per pipeline at a time, taken before anything is read, cached or written.
+    let wait = if args.no_wait {
+        crate::lock::Wait::No
+    } else {
+        crate::lock::Wait::Yes
+    };
+    let _run_lock = crate::lock::acquire(&root, P::NAME, wait)?;
     // `git status` takes longer than everything else before the first request: overlap it.
     let git_status = {
         let root = root.clone();
@@ -321,7 +364,7 @@ pub fn run_in<P: Pipeline>(
             },
         );
     }
-    let code_hash = crate::fingerprint::code_hash(crate_dir, &hasher)?;
+    let code_hash = crate::fingerprint::code_hash(&root, crate_dir, &hasher)?;
     let specs = declared
         .models
         .iter()

@@ -212,19 +212,18 @@ fn files_below(dir: &Path) -> Result<Vec<(String, PathBuf)>, FingerprintError> {
     Ok(files)
 }
 
-/// The source directory of the `shaping` library itself (for code hashes).
-pub fn library_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Hash of a pipeline's code: its crate (`Cargo.toml`, `build.rs`, `src/`) plus the library's.
-/// Paths are hashed relative to each crate, so the hash is the same in every clone.
+/// Hash of a pipeline's code in the repository at `root`: its crate (`Cargo.toml`, `build.rs`,
+/// `src/`) plus the library's (the package at the repository root: `Cargo.toml`, `build.rs`,
+/// `src/`; absent parts count as empty). Always computed from the repository being acted on,
+/// never from where a binary was compiled. Paths are hashed relative to each crate, so the hash
+/// is the same in every clone.
 pub fn code_hash(
+    root: &Path,
     pipeline_crate_dir: &Path,
     hasher: &FileHasher,
 ) -> Result<String, FingerprintError> {
     let mut total = Sha256::new();
-    for (label, dir) in [("pipeline", pipeline_crate_dir), ("shaping", library_dir())] {
+    for (label, dir) in [("pipeline", pipeline_crate_dir), ("shaping", root)] {
         for name in ["Cargo.toml", "build.rs"] {
             let file = dir.join(name);
             if file.is_file() {

@@ -173,7 +173,7 @@ pub fn evaluate(
             current.models.insert(alias.clone(), spec.fingerprint());
         }
         current.code_hash =
-            crate::fingerprint::code_hash(&d.crate_dir, hasher).map_err(fingerprint_err)?;
+            crate::fingerprint::code_hash(root, &d.crate_dir, hasher).map_err(fingerprint_err)?;
         let output = root.join(&d.output);
         current.output_sha256 = match hasher.hash_file(&output) {
             Ok(sha) => Some(sha),

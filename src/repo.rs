@@ -11,6 +11,12 @@ pub enum RepoError {
     NotFound { start: PathBuf },
     #[error("SHAPING_ROOT={0} has no models.toml")]
     BadEnv(PathBuf),
+    #[error("--root {0} has no models.toml")]
+    BadRoot(PathBuf),
+    #[error(
+        "this binary was built from the sources in {built_from}, not from the repository it was asked to act on ({root}); rebuild it there: any `cargo xtask` command run in {root} rebuilds it (e.g. `cargo xtask list`)"
+    )]
+    ForeignBuild { built_from: PathBuf, root: PathBuf },
     #[error("path '{path}' must be relative to the repository root")]
     Absolute { path: String },
     #[error("path '{path}' escapes the repository (via '..')")]
@@ -25,9 +31,26 @@ pub enum RepoError {
     Cwd(std::io::Error),
 }
 
-/// Find the repository root: `$SHAPING_ROOT`, else the nearest ancestor of the current
-/// directory holding `models.toml`.
+/// The repository the library was compiled in, as `SHAPING_BUILD_REPO` said at compile time
+/// (`.cargo/config.toml` sets it to the repository of the cargo invocation, and `cargo xtask`
+/// sets it for its builds). Cargo records the value and rebuilds whatever reads it when it
+/// changes, so a target directory shared by two clones never serves one clone's build to the other.
+pub const LIBRARY_BUILD_REPO: Option<&str> = option_env!("SHAPING_BUILD_REPO");
+
+/// Find the repository root, the way cargo finds its workspace: `$SHAPING_ROOT`, else the nearest
+/// ancestor of the current directory holding `models.toml`.
 pub fn find_root() -> Result<PathBuf, RepoError> {
+    find_root_from(None)
+}
+
+/// Find the repository root: `explicit` (a `--root` flag) if given, else [`find_root`]'s rules.
+pub fn find_root_from(explicit: Option<&Path>) -> Result<PathBuf, RepoError> {
+    if let Some(root) = explicit {
+        if root.join("models.toml").is_file() {
+            return Ok(root.canonicalize().unwrap_or_else(|_| root.to_owned()));
+        }
+        return Err(RepoError::BadRoot(root.to_owned()));
+    }
     if let Some(root) = std::env::var_os("SHAPING_ROOT") {
         let root = PathBuf::from(root);
         if root.join("models.toml").is_file() {
@@ -41,6 +64,59 @@ pub fn find_root() -> Result<PathBuf, RepoError> {
         .find(|dir| dir.join("models.toml").is_file())
         .map(Path::to_path_buf)
         .ok_or(RepoError::NotFound { start })
+}
+
+/// Where a pipeline binary was compiled, recorded by [`crate::pipeline_main!`]: its crate
+/// directory (`CARGO_MANIFEST_DIR`) and the repository of the build (`SHAPING_BUILD_REPO`, see
+/// [`LIBRARY_BUILD_REPO`]; cargo rebuilds the crate when that value changes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildOrigin {
+    pub crate_dir: &'static str,
+    pub repo: Option<&'static str>,
+}
+
+impl BuildOrigin {
+    /// The crate's directory relative to the repository it was built in (`pipelines/<directory
+    /// name>` when the build did not record its repository).
+    pub fn crate_rel(&self) -> PathBuf {
+        let crate_dir = Path::new(self.crate_dir);
+        self.repo
+            .and_then(|repo| crate_dir.strip_prefix(repo).ok())
+            .filter(|rel| !rel.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| {
+                Path::new("pipelines").join(crate_dir.file_name().unwrap_or_default())
+            })
+    }
+
+    /// Check that this build may act on the repository at `root` and return the pipeline's crate
+    /// directory there (what code hashes cover).
+    ///
+    /// A repository holding this pipeline's crate must be the one the binary was built from
+    /// (with the library of the same build); otherwise the binary's code may not be the code
+    /// in that repository. A repository without the crate (data only, as in tests) is served by
+    /// any build; its code hash covers what it holds.
+    pub fn check(&self, root: &Path) -> Result<PathBuf, RepoError> {
+        let crate_dir = root.join(self.crate_rel());
+        if !crate_dir.join("Cargo.toml").is_file() {
+            return Ok(crate_dir);
+        }
+        let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_owned());
+        let same_repo = self
+            .repo
+            .is_none_or(|repo| canonical(Path::new(repo)) == canonical(root));
+        let same_crate = canonical(Path::new(self.crate_dir)) == canonical(&crate_dir);
+        if same_repo && same_crate && self.repo == LIBRARY_BUILD_REPO {
+            Ok(crate_dir)
+        } else {
+            Err(RepoError::ForeignBuild {
+                built_from: self
+                    .repo
+                    .map_or_else(|| PathBuf::from(self.crate_dir), PathBuf::from),
+                root: root.to_owned(),
+            })
+        }
+    }
 }
 
 /// Check that `rel` is a relative path that stays inside `root`, lexically and after symlinks.

@@ -669,3 +669,77 @@ fn a_dependency_cycle_is_an_error_naming_it() {
         "dependency cycle between pipelines: a → c → b → a"
     );
 }
+
+/// Two runs of one pipeline at once (two terminals): the second waits for the first's lock,
+/// both finish with an intact output, and every prompt is asked once (the second run replays
+/// the answers the first cached).
+#[test]
+fn two_runs_of_one_pipeline_at_once_never_interleave() {
+    let env = Env::new(MockConfig::new().latency(Duration::from_millis(40)));
+    let prompts: String = (0..30).map(|i| format!("word {i}\n")).collect();
+    env.write("inputs/prompts.txt", &prompts);
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| env.run::<Echo>(full())))
+            .collect();
+        runs.into_iter().map(|run| run.join().unwrap()).collect()
+    });
+    for result in results {
+        assert_eq!(result.unwrap(), ExitCode::SUCCESS);
+    }
+    assert_eq!(
+        env.server.stats().received,
+        30,
+        "one run's requests: the second run waited, then answered from the cache"
+    );
+    let lines = env.lines("training/data/echo.jsonl");
+    let ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    let expected: Vec<String> = (0..30).map(|i| format!("echo-{i}")).collect();
+    assert_eq!(ids, expected, "one complete output in input order");
+    let manifest: Value = serde_json::from_str(&env.read("training/data/echo.manifest.json")).unwrap();
+    assert_eq!(manifest["run"]["cache_hits"], 30, "the later run replayed everything");
+    assert_eq!(
+        env.status_of("echo").status.to_string(),
+        "CURRENT (30 samples)",
+        "the manifest describes the output on disk"
+    );
+}
+
+/// `--no-wait` fails at once (naming the process holding the lock) and touches nothing, while
+/// another pipeline still runs in parallel.
+#[test]
+fn no_wait_fails_at_once_while_another_run_holds_the_lock() {
+    use shaping::lock::{LockError, Wait, acquire};
+    let env = Env::new(MockConfig::new());
+    let held = acquire(env.root(), "echo", Wait::No).unwrap();
+    let err = env
+        .run::<Echo>(RunArgs {
+            no_wait: true,
+            ..full()
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, RunError::Lock(LockError::Busy { .. })),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains(&format!("process {}", std::process::id())),
+        "the error names the holder: {err}"
+    );
+    assert_eq!(env.server.stats().received, 0);
+    assert!(!env.root().join("training/data/echo.jsonl").exists());
+    assert!(!env.root().join(".shaping/cache").exists(), "the cache was not opened");
+
+    // The lock is per pipeline: holding `down`'s does not stop `echo`.
+    drop(held);
+    let _down = acquire(env.root(), "down", Wait::No).unwrap();
+    assert_eq!(
+        env.run::<Echo>(RunArgs {
+            no_wait: true,
+            ..full()
+        })
+        .unwrap(),
+        ExitCode::SUCCESS
+    );
+}

@@ -1647,3 +1647,50 @@ fn mix_memory_is_bounded_by_taken() {
     assert_eq!(recs.len(), 5);
     assert_eq!(rep.sources[0].available, 50_000);
 }
+
+/// The Hugging Face token: `HF_TOKEN`, else the `HF_TOKEN_PATH` file, else `huggingface-cli
+/// login`'s file `$HF_HOME/token` (default `~/.cache/huggingface/token`), trimmed.
+#[test]
+fn hf_token_is_found_where_the_hugging_face_tools_put_it() {
+    use shaping::sources::hf_token;
+    use std::collections::HashMap;
+    use std::ffi::OsString;
+    let dir = TempDir::new().unwrap();
+    let home = dir.path().join("home");
+    let login_file = home.join(".cache/huggingface/token");
+    std::fs::create_dir_all(login_file.parent().unwrap()).unwrap();
+    std::fs::write(&login_file, "hf_from_login\n").unwrap();
+    let hf_home = dir.path().join("hf-home");
+    std::fs::create_dir_all(&hf_home).unwrap();
+    std::fs::write(hf_home.join("token"), "  hf_from_hf_home \n").unwrap();
+    let token_path = dir.path().join("token-file");
+    std::fs::write(&token_path, "hf_from_token_path\n").unwrap();
+
+    let lookup = |vars: &[(&str, &Path)]| {
+        let vars: HashMap<String, OsString> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.as_os_str().to_owned()))
+            .collect();
+        hf_token(move |name| vars.get(name).cloned())
+    };
+    let home_only = [("HOME", home.as_path())];
+    assert_eq!(lookup(&home_only).as_deref(), Some("hf_from_login"));
+    let with_hf_home = [("HOME", home.as_path()), ("HF_HOME", hf_home.as_path())];
+    assert_eq!(lookup(&with_hf_home).as_deref(), Some("hf_from_hf_home"));
+    let with_path = [
+        ("HOME", home.as_path()),
+        ("HF_HOME", hf_home.as_path()),
+        ("HF_TOKEN_PATH", token_path.as_path()),
+    ];
+    assert_eq!(lookup(&with_path).as_deref(), Some("hf_from_token_path"));
+    let with_env = [
+        ("HOME", home.as_path()),
+        ("HF_TOKEN_PATH", token_path.as_path()),
+        ("HF_TOKEN", Path::new("hf_from_env")),
+    ];
+    assert_eq!(lookup(&with_env).as_deref(), Some("hf_from_env"));
+    let empty_env = [("HOME", home.as_path()), ("HF_TOKEN", Path::new(""))];
+    assert_eq!(lookup(&empty_env).as_deref(), Some("hf_from_login"));
+    let nowhere = [("HOME", dir.path())];
+    assert_eq!(lookup(&nowhere), None);
+}

@@ -13,7 +13,9 @@
 //!   `GET {endpoint}/datasets/{repo}/resolve/{commit}/{path}` and writes them atomically (temp file +
 //!   rename) into the cache layout above, plus `refs/{revision}`. Files already present are not
 //!   fetched again. [`HfHub::from_env`] reads `HF_ENDPOINT` (default `https://huggingface.co`) and
-//!   `HF_TOKEN`, sent as `Authorization: Bearer …` and never included in errors or `Debug` output.
+//!   the token ([`hf_token`]: `HF_TOKEN`, else the `HF_TOKEN_PATH` file, else the `huggingface-cli
+//!   login` file `$HF_HOME/token`), sent as `Authorization: Bearer …` and never included in errors
+//!   or `Debug` output.
 //!
 //! Which files belong to a split: Parquet/JSONL/CSV files (hidden ones skipped) under the config
 //! directory when a config is set and such a directory exists, whose path has a directory named
@@ -73,6 +75,31 @@ impl HfCache {
     }
 }
 
+/// The Hugging Face token, looked up as `huggingface_hub` does, with `var` reading the
+/// environment: `HF_TOKEN` if set and non-empty; else the file named by `HF_TOKEN_PATH`; else the
+/// file `huggingface-cli login` writes, `$HF_HOME/token` (`HF_HOME` defaulting to
+/// `$XDG_CACHE_HOME/huggingface`, then `~/.cache/huggingface`). Surrounding whitespace is
+/// trimmed; an unreadable or empty file means no token. The value is never logged.
+pub fn hf_token(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<String> {
+    let set = |name: &str| var(name).filter(|v| !v.is_empty());
+    if let Some(token) = set("HF_TOKEN") {
+        let token = token.to_string_lossy().trim().to_owned();
+        if !token.is_empty() {
+            return Some(token);
+        }
+    }
+    let file = set("HF_TOKEN_PATH").map(PathBuf::from).or_else(|| {
+        let home = set("HF_HOME").map(PathBuf::from).or_else(|| {
+            set("XDG_CACHE_HOME")
+                .map(|cache| PathBuf::from(cache).join("huggingface"))
+                .or_else(|| set("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface")))
+        })?;
+        Some(home.join("token"))
+    })?;
+    let token = std::fs::read_to_string(file).ok()?;
+    Some(token.trim().to_owned()).filter(|t| !t.is_empty())
+}
+
 /// A Hub endpoint and optional token.
 #[derive(Clone)]
 pub struct HfHub {
@@ -101,10 +128,11 @@ impl HfHub {
         }
     }
 
-    /// `HF_ENDPOINT` (default `https://huggingface.co`) and `HF_TOKEN` (if set and non-empty).
+    /// `HF_ENDPOINT` (default `https://huggingface.co`) and the token found the way the Hugging
+    /// Face tools find it (see [`hf_token`]).
     pub fn from_env() -> Self {
         let endpoint = std::env::var("HF_ENDPOINT").ok().filter(|s| !s.is_empty());
-        let token = std::env::var("HF_TOKEN").ok();
+        let token = hf_token(|name| std::env::var_os(name));
         HfHub::new(endpoint.unwrap_or_else(|| "https://huggingface.co".into())).with_token(token)
     }
 
@@ -146,7 +174,9 @@ impl HfHub {
             let body = resp.text().await.unwrap_or_default();
             let body: String = body.chars().take(300).collect();
             let hint = match status.as_u16() {
-                401 | 403 => " (gated or private dataset? set HF_TOKEN)",
+                401 | 403 => {
+                    " (gated or private dataset? set HF_TOKEN or log in with `huggingface-cli login`)"
+                }
                 404 => " (check repo id, revision and path)",
                 _ => "",
             };

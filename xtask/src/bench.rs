@@ -142,8 +142,8 @@ struct Measured {
 }
 
 /// Entry point of `cargo xtask bench`.
-pub fn bench_cmd(args: BenchArgs) -> Result<()> {
-    let root = workspace_root();
+pub fn bench_cmd(args: BenchArgs, root: &Path) -> Result<()> {
+    let root = root.to_owned();
     let target = target_dir(&root)?;
     let mut failures = Vec::new();
     let dispatcher_scenarios = scenarios(&args);
@@ -404,11 +404,6 @@ fn cargo_build(root: &Path, args: &[&str]) -> Result<()> {
         bail!("cargo build {} failed", args.join(" "));
     }
     Ok(())
-}
-
-fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_owned()
 }
 
 fn cargo() -> String {

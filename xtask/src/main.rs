@@ -17,6 +17,10 @@ use workspace::Workspace;
     about = "Training data as a build artifact: build, check and inspect datasets."
 )]
 struct Cli {
+    /// The repository to act on (default: `$SHAPING_ROOT`, else the nearest directory above the
+    /// current one holding models.toml).
+    #[arg(long, global = true)]
+    root: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,7 +39,8 @@ enum Command {
         check: bool,
     },
     /// Run one pipeline now, whatever its status. Flags after the name go to the pipeline
-    /// (--limit N, --workers N, -o PATH, --annotate / --no-annotate, --no-cache, --refresh).
+    /// (--limit N, --workers N, -o PATH, --annotate / --no-annotate, --no-cache, --refresh,
+    /// --no-wait).
     Run {
         name: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -54,6 +59,9 @@ enum Command {
         /// Pipelines run at once within a dependency level (they split each model's limits).
         #[arg(long, default_value_t = 2)]
         jobs: usize,
+        /// Fail at once instead of waiting when another run is generating one of these outputs.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Scaffold a new pipeline crate under pipelines/.
     New { name: String },
@@ -117,6 +125,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    shaping::cli::exit_quietly_on_closed_pipe();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -127,10 +136,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let ws = Workspace::discover()?;
+    let ws = Workspace::discover(cli.root.as_deref())?;
     match cli.command {
         Command::Bench(args) => {
-            bench::bench_cmd(args)?;
+            bench::bench_cmd(args, ws.root())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::List => {
@@ -185,7 +194,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dry_run,
             force,
             jobs,
-        } => ws.data(&selected, dry_run, force, jobs),
+            no_wait,
+        } => ws.data(&selected, dry_run, force, jobs, no_wait),
         Command::New { name } => {
             let dir = ws.scaffold(&name)?;
             println!(
