@@ -17,7 +17,8 @@ use crate::fingerprint::FileHasher;
 use crate::manifest::{FileFingerprint, Manifest, RunSummary, errors_path_for};
 use crate::models::ModelsConfig;
 use crate::output::JsonlWriter;
-use crate::pipeline::{BoundModel, Ctx, CtxInner, Declare, Pipeline, SampleSink};
+use crate::pipeline::{AFTER_ALL_RECORDS, BoundModel, Ctx, CtxInner, Declare};
+use crate::pipeline::{Pipeline, SampleSink};
 use crate::sample::{AnnotatedSample, ErrorRecord, PipelineError, TrainingSample};
 
 /// Write `fn main` for a pipeline crate: `shaping::pipeline_main!(MyPipeline);`.
@@ -63,8 +64,8 @@ pub struct RunArgs {
     /// Process only the first N records (the output is PARTIAL until a full run).
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Global cap on requests in flight.
-    #[arg(long)]
+    /// Global cap on requests in flight (at least 1).
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub workers: Option<usize>,
     /// Write here instead of `training/data/<name>.jsonl` (manifest beside it).
     #[arg(short, long)]
@@ -294,18 +295,20 @@ struct FileSink {
 }
 
 impl SampleSink for FileSink {
-    fn sample(&mut self, sample: TrainingSample) -> Result<(), PipelineError> {
+    fn sample(&mut self, place: u64, sample: TrainingSample) -> Result<(), PipelineError> {
         let written = if self.annotate {
-            self.output.write(&AnnotatedSample::from(sample))
+            self.output.at(place).write(&AnnotatedSample::from(sample))
         } else {
             self.output
+                .at(place)
                 .write(&TrainingSample::new(sample.id, sample.messages))
         };
         written.map_err(|e| PipelineError::new(e.to_string(), "output_error"))
     }
 
-    fn error(&mut self, record: ErrorRecord) -> Result<(), PipelineError> {
+    fn error(&mut self, place: u64, record: ErrorRecord) -> Result<(), PipelineError> {
         self.errors
+            .at(place)
             .write(&record)
             .map_err(|e| PipelineError::new(e.to_string(), "output_error"))
     }
@@ -480,7 +483,7 @@ pub fn run_in<P: Pipeline>(
         let sink_any: Box<dyn std::any::Any + Send> = sink_box;
         let mut sink = *sink_any.downcast::<FileSink>().map_err(|_| RunError::Runtime(std::io::Error::other("unexpected sink")))?;
         for sample in samples {
-            sink.sample(sample).map_err(|error| RunError::Pipeline { pipeline: P::NAME.to_owned(), error })?;
+            sink.sample(AFTER_ALL_RECORDS, sample).map_err(|error| RunError::Pipeline { pipeline: P::NAME.to_owned(), error })?;
         }
         let failed = ctx_inner.records_failed.load(Ordering::Relaxed);
         let done = ctx_inner.records_done.load(Ordering::Relaxed);
@@ -569,10 +572,10 @@ pub fn run_in<P: Pipeline>(
 
 struct NullSink;
 impl SampleSink for NullSink {
-    fn sample(&mut self, _: TrainingSample) -> Result<(), PipelineError> {
+    fn sample(&mut self, _: u64, _: TrainingSample) -> Result<(), PipelineError> {
         Ok(())
     }
-    fn error(&mut self, _: ErrorRecord) -> Result<(), PipelineError> {
+    fn error(&mut self, _: u64, _: ErrorRecord) -> Result<(), PipelineError> {
         Ok(())
     }
 }

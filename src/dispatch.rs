@@ -75,9 +75,14 @@ pub struct DispatchOptions {
     pub cache_mode: CacheMode,
     /// When `k` processes share the same models (parallel `data`), each takes 1/k of every limit.
     pub budget_share: u32,
-    /// Base delay of exponential backoff.
+    /// Base delay of exponential backoff (rate limits without a server-given pause, timeouts;
+    /// later retries of the failures below).
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
+    /// The first retry of a 5xx, a cut connection or a malformed body comes after about this
+    /// long (with jitter): such failures are usually one bad request, not an overloaded server,
+    /// and a record that waits holds its slot in the record window.
+    pub first_retry: Duration,
 }
 
 impl Default for DispatchOptions {
@@ -88,6 +93,7 @@ impl Default for DispatchOptions {
             budget_share: 1,
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(30),
+            first_retry: Duration::from_millis(40),
         }
     }
 }
@@ -445,12 +451,31 @@ impl Dispatcher {
                     }
                     // The lane is already paused (above) when the server said how long or
                     // rate-limited us; this request waits at least as long itself.
-                    let delay = error.hints.pause().unwrap_or_else(|| self.backoff(attempt));
+                    let delay = error
+                        .hints
+                        .pause()
+                        .unwrap_or_else(|| self.retry_delay(error.kind, attempt));
                     DispatchStats::add(&self.stats.retries, 1);
                     attempt += 1;
                     tokio::time::sleep(delay).await;
                 }
             }
+        }
+    }
+
+    /// The wait before retry number `attempt + 1` of a failure of `kind` the server gave no
+    /// pause for. A 5xx, a cut connection or a malformed body is retried first after tens of
+    /// milliseconds, then on the usual exponential schedule (`backoff_base`, doubling); rate
+    /// limits and timeouts always use that schedule.
+    fn retry_delay(&self, kind: ErrorKind, attempt: u32) -> Duration {
+        let quick_first = matches!(
+            kind,
+            ErrorKind::Server | ErrorKind::Connection | ErrorKind::BadBody
+        );
+        match (quick_first, attempt) {
+            (true, 0) => with_equal_jitter(self.options.first_retry),
+            (true, later) => self.backoff(later - 1),
+            (false, _) => self.backoff(attempt),
         }
     }
 
@@ -461,8 +486,7 @@ impl Dispatcher {
             .backoff_base
             .saturating_mul(1u32 << attempt.min(16))
             .min(self.options.backoff_cap);
-        let half = exp / 2;
-        half + Duration::from_secs_f64(half.as_secs_f64() * rand::rng().random::<f64>())
+        with_equal_jitter(exp)
     }
 
     /// Count, pace and cache a successful answer. The response is made from the cache entry,
@@ -520,6 +544,12 @@ impl Dispatcher {
     }
 }
 
+/// Half of `delay` fixed, half random: retries of requests that failed together spread out.
+fn with_equal_jitter(delay: Duration) -> Duration {
+    let half = delay / 2;
+    half + Duration::from_secs_f64(half.as_secs_f64() * rand::rng().random::<f64>())
+}
+
 /// A spawned request that is aborted when its caller stops waiting for it.
 struct AbortOnDrop(tokio::task::JoinHandle<Response>);
 
@@ -549,4 +579,40 @@ impl Drop for AbortOnDrop {
 fn failure(kind: ErrorKind, message: String) -> Response {
     let now = OffsetDateTime::now_utc();
     Response::failed(StepError { kind, message }, now, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_first_retry_of_a_server_cut_or_malformed_failure_is_quick() {
+        let dispatcher = Dispatcher::new(DispatchOptions::default(), None);
+        for _ in 0..50 {
+            for kind in [ErrorKind::Server, ErrorKind::Connection, ErrorKind::BadBody] {
+                let first = dispatcher.retry_delay(kind, 0);
+                assert!(
+                    (Duration::from_millis(20)..=Duration::from_millis(40)).contains(&first),
+                    "{kind:?} first retry after {first:?}"
+                );
+                let second = dispatcher.retry_delay(kind, 1);
+                assert!(
+                    (Duration::from_millis(250)..=Duration::from_millis(500)).contains(&second),
+                    "{kind:?} second retry after {second:?}"
+                );
+                let third = dispatcher.retry_delay(kind, 2);
+                assert!(
+                    third >= Duration::from_millis(500),
+                    "{kind:?} third {third:?}"
+                );
+            }
+            for kind in [ErrorKind::RateLimited, ErrorKind::Timeout] {
+                let first = dispatcher.retry_delay(kind, 0);
+                assert!(
+                    (Duration::from_millis(250)..=Duration::from_millis(500)).contains(&first),
+                    "{kind:?} first retry after {first:?}"
+                );
+            }
+        }
+    }
 }

@@ -437,6 +437,11 @@ fn resolve_entry(alias: &str, entry: ModelEntry, path: &Path) -> Result<ModelSpe
     if max_concurrency == 0 {
         return Err(invalid("`max_concurrency` must be at least 1"));
     }
+    if entry.context_size == Some(0) {
+        return Err(invalid(
+            "`context_size` (the context window, in tokens) must be at least 1",
+        ));
+    }
     if entry.rpm == Some(0) || entry.tpm == Some(0) {
         return Err(invalid(
             "`rpm` and `tpm` must be positive (leave them out for no limit)",
@@ -519,6 +524,26 @@ base_url = "http://127.0.0.1:8000/v1"
         assert_eq!(spec.requantize, Requantize::None);
         assert_eq!(spec.path, None);
         assert_eq!(spec.fingerprint().endpoint, "http://127.0.0.1:8000/v1");
+    }
+
+    #[test]
+    fn zero_limits_are_errors_naming_the_field() {
+        let hosted = "[models.m]\nprovider = \"openai\"\nmodel = \"x\"\nbase_url = \"http://127.0.0.1:9/v1\"\n";
+        for (line, field) in [
+            ("max_concurrency = 0", "`max_concurrency`"),
+            ("context_size = 0", "`context_size`"),
+            ("rpm = 0", "`rpm`"),
+            ("tpm = 0", "`tpm`"),
+        ] {
+            let err = load(&format!("{hosted}{line}\n"), None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field) && err.contains("'m'"), "{line}: {err}");
+        }
+        let err = load(LOCAL_DEE, Some("[models.dee]\ncontext_size = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`context_size`"), "{err}");
     }
 
     #[test]

@@ -216,10 +216,28 @@ pub(crate) struct BoundModel {
     pub lane: Arc<Lane>,
 }
 
-/// Where samples and errors go while a run is in progress.
+/// Where samples and errors go while a run is in progress. Records finish in any order; `place`
+/// says where each line belongs in its file (see [`output_place`]), and the sink restores that
+/// order when it commits.
 pub(crate) trait SampleSink: std::any::Any + Send {
-    fn sample(&mut self, sample: TrainingSample) -> Result<(), PipelineError>;
-    fn error(&mut self, record: ErrorRecord) -> Result<(), PipelineError>;
+    fn sample(&mut self, place: u64, sample: TrainingSample) -> Result<(), PipelineError>;
+    fn error(&mut self, place: u64, record: ErrorRecord) -> Result<(), PipelineError>;
+}
+
+/// The place of sample or error lines written after every record of every task stage.
+pub(crate) const AFTER_ALL_RECORDS: u64 = u64::MAX;
+
+/// Bits of an output place that hold the record's input position within its stage.
+const RECORD_BITS: u32 = 40;
+
+/// Task stages (`run_task` / `stream_task` calls) started in this process. Places only have to
+/// grow from one stage to the next within one output file, which a process-wide count gives.
+static STAGES_STARTED: AtomicU64 = AtomicU64::new(0);
+
+/// Where record `index` (input position) of stage `stage` goes in the output: stage by stage,
+/// input order within a stage.
+fn output_place(stage: u64, index: usize) -> u64 {
+    (stage << RECORD_BITS) | (index as u64 & ((1 << RECORD_BITS) - 1))
 }
 
 pub(crate) struct CtxInner {
@@ -315,7 +333,9 @@ impl Ctx {
     }
 
     /// Run `task` for every record concurrently; returns the successful samples in input order.
-    /// Failed records go to the errors file. With `--limit N` only the first N records run.
+    /// Records run unordered (a slow record never holds back the next ones); the samples are
+    /// sorted back into input order at the end. Failed records go to the errors file (in input
+    /// order). With `--limit N` only the first N records run.
     pub async fn run_task<R, F, Fut>(
         &self,
         records: impl IntoIterator<Item = R>,
@@ -327,17 +347,19 @@ impl Ctx {
         Fut: Future<Output = Result<TrainingSample, PipelineError>>,
     {
         let mut samples = Vec::new();
-        self.drive(records, task, |sample| {
-            samples.push(sample);
+        self.drive(records, task, |place, sample| {
+            samples.push((place, sample));
             Ok(())
         })
         .await?;
-        Ok(samples)
+        samples.sort_unstable_by_key(|(place, _)| *place);
+        Ok(samples.into_iter().map(|(_, sample)| sample).collect())
     }
 
-    /// Like [`Ctx::run_task`], but writes each sample straight to the output (in input order)
-    /// instead of collecting them: memory stays bounded for any number of records. Returns the
-    /// number of samples written.
+    /// Like [`Ctx::run_task`], but writes each sample straight to the output as its record
+    /// finishes instead of collecting them; the output file is put in input order when it is
+    /// committed. Memory stays bounded for any number of records (the writer keeps a small
+    /// index, not the samples). Returns the number of samples written.
     pub async fn stream_task<R, F, Fut>(
         &self,
         records: impl IntoIterator<Item = R>,
@@ -350,9 +372,9 @@ impl Ctx {
     {
         let inner = Arc::clone(&self.inner);
         let mut written = 0;
-        self.drive(records, task, |sample| {
+        self.drive(records, task, |place, sample| {
             written += 1;
-            inner.sink.lock().expect("sink lock").sample(sample)
+            inner.sink.lock().expect("sink lock").sample(place, sample)
         })
         .await?;
         Ok(written)
@@ -362,7 +384,7 @@ impl Ctx {
         &self,
         records: impl IntoIterator<Item = R>,
         task: F,
-        mut on_sample: impl FnMut(TrainingSample) -> Result<(), PipelineError>,
+        mut on_sample: impl FnMut(u64, TrainingSample) -> Result<(), PipelineError>,
     ) -> Result<(), PipelineError>
     where
         R: Serialize,
@@ -376,8 +398,11 @@ impl Ctx {
         {
             inner.progress.add_total(upper as u64);
         }
-        let mut outcomes = futures::stream::iter(records)
-            .map(|record| {
+        let stage = STAGES_STARTED.fetch_add(1, Ordering::Relaxed);
+        // Unordered: a record starts as soon as any slot of the window frees, whatever the
+        // first record still running is doing; places restore input order in the output.
+        let mut outcomes = futures::stream::iter(records.enumerate())
+            .map(|(index, record)| {
                 let input = serde_json::to_value(&record).unwrap_or(serde_json::Value::Null);
                 let record_key =
                     crate::fingerprint::sha256_hex(serde_json::to_vec(&input).unwrap_or_default());
@@ -392,11 +417,11 @@ impl Ctx {
                 let future = task(handle.clone(), record);
                 async move {
                     let outcome = AssertUnwindSafe(future).catch_unwind().await;
-                    (input, handle, outcome)
+                    (output_place(stage, index), input, handle, outcome)
                 }
             })
-            .buffered(inner.window.max(1));
-        while let Some((input, handle, outcome)) = outcomes.next().await {
+            .buffer_unordered(inner.window.max(1));
+        while let Some((place, input, handle, outcome)) = outcomes.next().await {
             if inner.dispatcher.is_cancelled() {
                 return Err(PipelineError::new("the run was interrupted", "interrupted"));
             }
@@ -407,7 +432,7 @@ impl Ctx {
                     sample.provenance = Some(Provenance::new(input, steps));
                     inner.records_done.fetch_add(1, Ordering::Relaxed);
                     inner.progress.record_done(false);
-                    on_sample(sample)?;
+                    on_sample(place, sample)?;
                     continue;
                 }
                 Ok(Err(error)) => error,
@@ -422,7 +447,7 @@ impl Ctx {
             }
             inner.progress.record_done(true);
             let record = ErrorRecord::new(failure, input, steps);
-            inner.sink.lock().expect("sink lock").error(record)?;
+            inner.sink.lock().expect("sink lock").error(place, record)?;
         }
         if inner.dispatcher.is_cancelled() {
             return Err(PipelineError::new("the run was interrupted", "interrupted"));
