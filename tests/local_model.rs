@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use serde_json::{Value, json};
 use shaping::models::Requantize;
 use shaping::provider::llama_cpp::{
-    DEFAULT_MODEL_SHA256, LlamaCppProvider, LocalModelError, json_schema_to_gbnf,
+    DEFAULT_MODEL_SHA256, EngineSettings, LlamaCppProvider, LocalModelError, json_schema_to_gbnf,
 };
 use shaping::provider::{ChatRequest, ErrorKind, Message, Params, Provider};
 
@@ -195,6 +195,155 @@ async fn same_request_and_seed_give_identical_text_even_when_batched() {
     seeded.params.seed = Some(7);
     seeded.derived_seed = 12345;
     assert_eq!(p.send(&seeded).await.unwrap().text, alone.text);
+}
+
+/// A system prompt of about 250 tokens, like voice-prompts' persona.
+const PERSONA: &str = "You are Marta Oyelaran, 61, who runs the Blue Kettle bakery by the river \
+    in Duluth and coaches the junior curling team on Thursday nights. Stay in character and answer \
+    in three to six sentences. Never say you are an AI.\nHow you talk:\n- Warm and direct, with \
+    dry humour; you tease people you like.\n- You measure time in batches of bread: 'that took \
+    three sourdoughs'.\n- You bring up the lake, the weather and your late husband Tomas, who \
+    built the ovens.\n- You never swear; 'oh for crumbs' is as far as you go.\n- You give \
+    practical advice first and feelings second, and you end with a question back to the person.\n\
+    - You distrust anything in a plastic wrapper and anyone who rushes a proofing dough.\n- You \
+    call customers 'friend' until you learn their name, then you never forget it.\n- Curling \
+    comes up in every third answer: sweeping, stones, the house, the hammer.\n- You are proud of \
+    your rye and a little embarrassed by how much you like supermarket doughnuts.";
+
+fn ask(question: &str, seed: u64) -> ChatRequest {
+    request(
+        vec![Message::system(PERSONA), Message::user(question)],
+        1.0,
+        32,
+        seed,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_system_prompts_and_candidates_reply_as_if_computed_alone() {
+    let Some(shared) = provider() else { return };
+    // An engine of its own (four sequences), so its counters and parked prompts are this test's.
+    let p = LlamaCppProvider::load(
+        shared.path(),
+        Some(DEFAULT_MODEL_SHA256),
+        Requantize::Q8_0,
+        4,
+        1000,
+    )
+    .unwrap();
+    // Four unrelated requests take every sequence: no prompt KV stays parked for the next one.
+    let flush = || async {
+        let fillers: Vec<ChatRequest> = (0..4u64)
+            .map(|i| {
+                request(
+                    vec![Message::user(format!("Name a fruit ({i})."))],
+                    0.7,
+                    4,
+                    i,
+                )
+            })
+            .collect();
+        let replies = futures::future::join_all(fillers.iter().map(|r| p.send(r))).await;
+        assert!(replies.iter().all(Result::is_ok));
+    };
+    let bread = ask("How do I keep bread fresh?", 7);
+    let winter = ask("What do you do on a cold winter morning?", 3);
+
+    let bread_cold = p.send(&bread).await.unwrap();
+    let stats = p.prefill_stats();
+    assert_eq!(stats.shared_tokens, 0, "{stats:?}");
+    assert_eq!(stats.computed_tokens, stats.prompt_tokens, "{stats:?}");
+    assert!(
+        bread_cold.usage.input_tokens > 200,
+        "{:?}",
+        bread_cold.usage
+    );
+    flush().await;
+    let winter_cold = p.send(&winter).await.unwrap();
+
+    // The same system prompt: the prefix `winter` left parked is copied, the question computed.
+    let before = p.prefill_stats();
+    let bread_warm = p.send(&bread).await.unwrap();
+    let after = p.prefill_stats();
+    assert!(
+        after.shared_tokens - before.shared_tokens > 200,
+        "{before:?} → {after:?}"
+    );
+    assert!(
+        after.computed_tokens - before.computed_tokens < 40,
+        "{before:?} → {after:?}"
+    );
+    assert_eq!(bread_warm.text, bread_cold.text);
+
+    // Four candidates of one prompt at once (other seeds): one prefills, the others copy the
+    // whole prompt and the logits after it.
+    flush().await;
+    let before = p.prefill_stats();
+    let candidates: Vec<ChatRequest> = (0..4u64)
+        .map(|k| ask("What do you do on a cold winter morning?", 3 + k))
+        .collect();
+    let replies: Vec<String> = futures::future::join_all(candidates.iter().map(|r| p.send(r)))
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().text)
+        .collect();
+    let after = p.prefill_stats();
+    let prompt = winter_cold.usage.input_tokens;
+    assert_eq!(
+        after.computed_tokens - before.computed_tokens,
+        prompt,
+        "{before:?} → {after:?}"
+    );
+    assert_eq!(
+        after.shared_tokens - before.shared_tokens,
+        3 * prompt,
+        "{before:?} → {after:?}"
+    );
+    assert_eq!(replies[0], winter_cold.text);
+    assert!(
+        replies.iter().skip(1).any(|r| *r != replies[0]),
+        "other seeds, other candidates: {replies:?}"
+    );
+
+    // Two prompts with the same system prompt, two candidates each, all at once.
+    flush().await;
+    let mixed = [
+        bread.clone(),
+        winter.clone(),
+        ask("How do I keep bread fresh?", 8),
+        candidates[1].clone(),
+    ];
+    let (mixed_replies, bread_8_alone) = tokio::join!(
+        futures::future::join_all(mixed.iter().map(|r| p.send(r))),
+        async {
+            // The third of them once more, later, next to the rest of the batch.
+            tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+            p.send(&mixed[2]).await
+        }
+    );
+    let texts: Vec<String> = mixed_replies.into_iter().map(|r| r.unwrap().text).collect();
+    assert_eq!(texts[0], bread_cold.text);
+    assert_eq!(texts[1], winter_cold.text);
+    assert_eq!(texts[3], replies[1]);
+    assert_eq!(bread_8_alone.unwrap().text, texts[2]);
+
+    // Without sharing (every prompt prefilled from scratch, no prefix part) the engine still
+    // answers; its prompts are all computed.
+    let plain = LlamaCppProvider::load_with(
+        shared.path(),
+        Some(DEFAULT_MODEL_SHA256),
+        Requantize::Q8_0,
+        EngineSettings {
+            prefix_sharing: false,
+            ..EngineSettings::new(4, 1000)
+        },
+    )
+    .unwrap();
+    let replies = futures::future::join_all(candidates.iter().map(|r| plain.send(r))).await;
+    assert!(replies.iter().all(Result::is_ok));
+    let stats = plain.prefill_stats();
+    assert_eq!(stats.shared_tokens, 0, "{stats:?}");
+    assert_eq!(stats.computed_tokens, 4 * prompt, "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,12 @@
 //! (see `KV_CACHE_TYPE`), so a request sees exactly the same cache layout and kernels whatever
 //! else is batched with it, and — with its own seeded sampler — gives byte-identical output.
 //!
+//! Prompts share their KV cache (the `prefix` submodule): the part before the last user message
+//! (system prompt, history) is always prefilled as a part of its own, so requests with the same
+//! system prompt copy it from each other instead of prefilling it again, and candidates of one
+//! prompt (same messages, other seeds) copy the whole prompt and the logits after it. Copies
+//! between the per-sequence streams are exact, so sharing changes no output.
+//!
 //! Prompts are rendered with the chat template stored in the GGUF. A request's `json_schema` is
 //! turned into a GBNF grammar by [`json_schema_to_gbnf`] and constrains sampling.
 //!
@@ -27,6 +33,7 @@ use std::fmt::Write as _;
 use std::io::Read;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
@@ -47,7 +54,10 @@ use tokio::sync::oneshot;
 
 use crate::models::Requantize;
 
+mod prefix;
 mod requantize;
+
+use prefix::{Holder, Plan, PromptShape};
 
 use super::{
     BoxFuture, ChatRequest, ErrorKind, Message, Params, Provider, ProviderError, ProviderReply,
@@ -151,7 +161,7 @@ fn model_cache() -> &'static Mutex<HashMap<ModelKey, Weak<LoadedModel>>> {
     MODELS.get_or_init(Default::default)
 }
 
-type EngineKey = (PathBuf, usize, u32);
+type EngineKey = (PathBuf, EngineSettings);
 
 fn engine_cache() -> &'static Mutex<HashMap<EngineKey, Weak<Engine>>> {
     static ENGINES: OnceLock<Mutex<HashMap<EngineKey, Weak<Engine>>>> = OnceLock::new();
@@ -270,24 +280,64 @@ impl std::fmt::Debug for LlamaCppProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LlamaCppProvider")
             .field("path", &self.engine.path)
-            .field("max_sequences", &self.engine.max_sequences)
-            .field("context_per_sequence", &self.engine.context_per_sequence)
+            .field("settings", &self.engine.settings)
             .finish()
     }
+}
+
+/// How the inference thread of a local model is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EngineSettings {
+    /// Requests decoded together (sequences of the context), 1 to 256.
+    pub max_sequences: usize,
+    /// Context of each sequence (prompt plus reply), at least 64 tokens.
+    pub context_per_sequence: u32,
+    /// Share prompt KV between requests (system prompts, candidates of one prompt). Off: every
+    /// prompt is prefilled from scratch, in chunks at multiples of the chunk size.
+    pub prefix_sharing: bool,
+}
+
+impl EngineSettings {
+    /// `max_sequences` × `context_per_sequence`, prefix sharing on.
+    pub fn new(max_sequences: usize, context_per_sequence: u32) -> Self {
+        Self {
+            max_sequences,
+            context_per_sequence,
+            prefix_sharing: true,
+        }
+    }
+}
+
+/// Prompt tokens of the requests an engine has taken, and how they got into the KV cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefillStats {
+    /// Prompt tokens of every request admitted.
+    pub prompt_tokens: u64,
+    /// Prompt tokens decoded by prefill chunks.
+    pub computed_tokens: u64,
+    /// Prompt tokens copied from another sequence's KV cache (or kept from a parked one).
+    pub shared_tokens: u64,
+}
+
+#[derive(Default)]
+struct PrefillCounters {
+    prompt: AtomicU64,
+    computed: AtomicU64,
+    shared: AtomicU64,
 }
 
 /// The inference thread of one model and the channel to it.
 struct Engine {
     path: PathBuf,
     model: Arc<LoadedModel>,
-    max_sequences: usize,
-    context_per_sequence: u32,
+    settings: EngineSettings,
+    counters: Arc<PrefillCounters>,
     jobs: mpsc::Sender<Job>,
 }
 
 /// One request, prepared (templated, tokenized, sampler built) on the caller's side.
 struct Job {
-    tokens: Vec<LlamaToken>,
+    prompt: PromptShape,
     sampler: LlamaSampler,
     max_tokens: u32,
     stop: Vec<String>,
@@ -298,7 +348,7 @@ impl LlamaCppProvider {
     /// Load `path` (checking its sha256 when `expected_sha256` is given; with `requantize`, its
     /// re-encoded working copy, made on first use) and start — or join — the inference thread
     /// serving up to `max_sequences` concurrent requests with `context_per_sequence` tokens of
-    /// context each (prompt plus reply).
+    /// context each (prompt plus reply), with prefix sharing.
     pub fn load(
         path: &Path,
         expected_sha256: Option<&str>,
@@ -306,10 +356,28 @@ impl LlamaCppProvider {
         max_sequences: usize,
         context_per_sequence: u32,
     ) -> Result<Self, LocalModelError> {
-        let max_sequences = max_sequences.clamp(1, 256);
-        let context_per_sequence = context_per_sequence.max(64);
+        Self::load_with(
+            path,
+            expected_sha256,
+            requantize,
+            EngineSettings::new(max_sequences, context_per_sequence),
+        )
+    }
+
+    /// [`Self::load`] with every setting of the inference thread explicit.
+    pub fn load_with(
+        path: &Path,
+        expected_sha256: Option<&str>,
+        requantize: Requantize,
+        settings: EngineSettings,
+    ) -> Result<Self, LocalModelError> {
+        let settings = EngineSettings {
+            max_sequences: settings.max_sequences.clamp(1, 256),
+            context_per_sequence: settings.context_per_sequence.max(64),
+            ..settings
+        };
         let model = load_model(path, expected_sha256, requantize)?;
-        let key: EngineKey = (model.file.clone(), max_sequences, context_per_sequence);
+        let key: EngineKey = (model.file.clone(), settings);
         let mut engines = engine_cache().lock().unwrap_or_else(|p| p.into_inner());
         if let Some(engine) = engines.get(&key).and_then(Weak::upgrade) {
             return Ok(Self { engine });
@@ -317,6 +385,8 @@ impl LlamaCppProvider {
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
         let worker_model = Arc::clone(&model);
+        let counters = Arc::new(PrefillCounters::default());
+        let worker_counters = Arc::clone(&counters);
         std::thread::Builder::new()
             .name(format!(
                 "llama-{}",
@@ -324,15 +394,7 @@ impl LlamaCppProvider {
                     .map(|n| n.to_string_lossy())
                     .unwrap_or_default()
             ))
-            .spawn(move || {
-                worker(
-                    worker_model,
-                    rx,
-                    ready_tx,
-                    max_sequences,
-                    context_per_sequence,
-                )
-            })
+            .spawn(move || worker(worker_model, rx, ready_tx, settings, &worker_counters))
             .map_err(|e| LocalModelError::Backend(format!("spawning the inference thread: {e}")))?;
         match ready_rx.recv() {
             Ok(Ok(())) => {}
@@ -352,8 +414,8 @@ impl LlamaCppProvider {
         let engine = Arc::new(Engine {
             path: path.to_path_buf(),
             model,
-            max_sequences,
-            context_per_sequence,
+            settings,
+            counters,
             jobs: tx,
         });
         engines.retain(|_, w| w.strong_count() > 0);
@@ -368,11 +430,32 @@ impl LlamaCppProvider {
 
     /// How many requests decode together.
     pub fn max_sequences(&self) -> usize {
-        self.engine.max_sequences
+        self.engine.settings.max_sequences
+    }
+
+    /// The settings of the inference thread serving this provider.
+    pub fn settings(&self) -> EngineSettings {
+        self.engine.settings
+    }
+
+    /// Prompt tokens taken so far by the inference thread serving this provider (shared by
+    /// every provider with the same file and settings), and how many of them were copied.
+    pub fn prefill_stats(&self) -> PrefillStats {
+        let c = &self.engine.counters;
+        PrefillStats {
+            prompt_tokens: c.prompt.load(Ordering::Relaxed),
+            computed_tokens: c.computed.load(Ordering::Relaxed),
+            shared_tokens: c.shared.load(Ordering::Relaxed),
+        }
     }
 
     /// The prompt of `messages` after the model's chat template, as the model will see it.
     pub fn render_prompt(&self, messages: &[Message]) -> Result<String, ProviderError> {
+        self.render(messages, true)
+    }
+
+    /// `messages` through the chat template, with the assistant's header when `add_assistant`.
+    fn render(&self, messages: &[Message], add_assistant: bool) -> Result<String, ProviderError> {
         let chat = messages
             .iter()
             .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
@@ -386,7 +469,7 @@ impl LlamaCppProvider {
         let model = &self.engine.model;
         model
             .model
-            .apply_chat_template(&model.template, &chat, true)
+            .apply_chat_template(&model.template, &chat, add_assistant)
             .map_err(|e| {
                 ProviderError::new(ErrorKind::Local, format!("applying the chat template: {e}"))
             })
@@ -404,12 +487,26 @@ impl LlamaCppProvider {
 
     fn tokenize(&self, messages: &[Message]) -> Result<Vec<LlamaToken>, ProviderError> {
         let prompt = self.render_prompt(messages)?;
-        Ok(self
-            .engine
+        Ok(self.tokenize_text(&prompt))
+    }
+
+    fn tokenize_text(&self, text: &str) -> Vec<LlamaToken> {
+        self.engine
             .model
             .model
             .vocab()
-            .tokenize(prompt.as_bytes(), true, true))
+            .tokenize(text.as_bytes(), true, true)
+    }
+
+    /// The tokens of every message before the last user message (system prompt and history),
+    /// rendered without an assistant header: the prompt's shareable prefix, if it has one.
+    fn prefix_tokens(&self, messages: &[Message]) -> Option<Vec<LlamaToken>> {
+        let last_user = messages.iter().rposition(|m| m.role == "user")?;
+        if last_user == 0 {
+            return None;
+        }
+        let prefix = self.render(&messages[..last_user], false).ok()?;
+        Some(self.tokenize_text(&prefix))
     }
 
     fn prepare(
@@ -417,7 +514,7 @@ impl LlamaCppProvider {
         request: &ChatRequest,
     ) -> Result<(Job, oneshot::Receiver<Result<ProviderReply, ProviderError>>), ProviderError> {
         let tokens = self.tokenize(&request.messages)?;
-        let ctx = self.engine.context_per_sequence as usize;
+        let ctx = self.engine.settings.context_per_sequence as usize;
         if tokens.is_empty() {
             return Err(ProviderError::new(ErrorKind::BadRequest, "empty prompt"));
         }
@@ -436,9 +533,14 @@ impl LlamaCppProvider {
             params,
             params.seed.unwrap_or(request.derived_seed),
         )?;
+        let prefix = if self.engine.settings.prefix_sharing {
+            self.prefix_tokens(&request.messages)
+        } else {
+            None
+        };
         let (reply, rx) = oneshot::channel();
         let job = Job {
-            tokens,
+            prompt: PromptShape::new(tokens, prefix.as_deref()),
             sampler,
             max_tokens: params.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS).max(1),
             stop: params
@@ -561,6 +663,8 @@ pub fn provider_for_spec(
 struct Seq {
     id: i32,
     job: Job,
+    /// Admission order: among requests waiting for the same prompt KV, the earliest computes it.
+    admitted: u64,
     /// Prompt tokens already in the KV cache.
     prefilled: usize,
     /// Next position in the sequence.
@@ -571,10 +675,25 @@ struct Seq {
     logits_at: Option<i32>,
     /// The token just drawn from those logits.
     drawn: Option<LlamaToken>,
+    /// The logits after the whole prompt, once it is in the KV cache (candidates of the same
+    /// prompt draw their first token from them).
+    prompt_logits: Option<Arc<[f32]>>,
+    /// The prompt's KV came from a parked sequence: the first token is still to be drawn from
+    /// `prompt_logits`.
+    first_draw_due: bool,
     /// Reused buffer of sampling candidates (one per vocabulary entry).
     candidates: Vec<LlamaTokenData>,
     out: Vec<u8>,
     n_out: u32,
+}
+
+/// A finished request's sequence kept with its prompt in the KV cache, for later requests to
+/// copy; it gives its slot up as soon as a new request needs one.
+struct Parked {
+    id: i32,
+    prompt: PromptShape,
+    logits: Option<Arc<[f32]>>,
+    last_used: u64,
 }
 
 enum Finish {
@@ -584,13 +703,38 @@ enum Finish {
     Failed(String),
 }
 
+/// The sequence slots of the context: free, running, parked.
+struct Slots {
+    free: Vec<i32>,
+    active: Vec<Seq>,
+    parked: Vec<Parked>,
+    /// Ticks for admission order and parked recency.
+    clock: u64,
+}
+
+impl Slots {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    fn has_room(&self) -> bool {
+        !self.free.is_empty() || !self.parked.is_empty()
+    }
+}
+
 fn worker(
     model: Arc<LoadedModel>,
     jobs: mpsc::Receiver<Job>,
     ready: mpsc::Sender<Result<(), String>>,
-    max_sequences: usize,
-    context_per_sequence: u32,
+    settings: EngineSettings,
+    counters: &PrefillCounters,
 ) {
+    let EngineSettings {
+        max_sequences,
+        context_per_sequence,
+        prefix_sharing,
+    } = settings;
     let backend = match backend() {
         Ok(b) => b,
         Err(e) => {
@@ -614,7 +758,8 @@ fn worker(
         // One KV stream per sequence (the unified cache changes float summation order with the
         // batch's composition). Flash attention is on (faster, single and batched); with each
         // prompt prefilled in calls of its own (below) it keeps a request's output independent
-        // of what is batched with it — the determinism test checks exactly that.
+        // of what is batched with it — the determinism test checks exactly that. Copying a
+        // sequence to another stream copies the stream's buffer: the copy is exact.
         .with_kv_unified(false)
         .with_flash_attention_policy(FLASH_ATTN_ENABLED)
         .with_type_k(KV_CACHE_TYPE)
@@ -633,49 +778,53 @@ fn worker(
     let _ = ready.send(Ok(()));
     drop(ready);
     let mut batch = LlamaBatch::new(n_batch as usize, 1);
-    let mut free: Vec<i32> = (0..max_sequences as i32).rev().collect();
-    let mut active: Vec<Seq> = Vec::new();
+    let mut slots = Slots {
+        free: (0..max_sequences as i32).rev().collect(),
+        active: Vec::new(),
+        parked: Vec::new(),
+        clock: 0,
+    };
     let mut open = true;
     loop {
         // Admit new requests: block when idle, otherwise take what is waiting.
-        if active.is_empty() {
+        if slots.active.is_empty() {
             if !open {
                 return;
             }
             match jobs.recv() {
-                Ok(job) => admit(job, &mut free, &mut active),
+                Ok(job) => admit(job, &mut ctx, &mut slots, counters),
                 Err(_) => return,
             }
         }
-        while open && !free.is_empty() {
+        while open && slots.has_room() {
             match jobs.try_recv() {
-                Ok(job) => admit(job, &mut free, &mut active),
+                Ok(job) => admit(job, &mut ctx, &mut slots, counters),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => open = false,
             }
         }
         // Drop requests whose caller went away.
         let mut i = 0;
-        while i < active.len() {
-            if active[i].job.reply.is_closed() {
-                let seq = active.swap_remove(i);
-                release(&mut ctx, &mut free, seq.id);
+        while i < slots.active.len() {
+            if slots.active[i].job.reply.is_closed() {
+                let seq = slots.active.swap_remove(i);
+                release(&mut ctx, &mut slots.free, seq.id);
             } else {
                 i += 1;
             }
         }
-        if active.is_empty() {
+        if slots.active.is_empty() {
             continue;
         }
         // Keep a stable order (by seq id) so batches are built deterministically.
-        active.sort_by_key(|s| s.id);
+        slots.active.sort_by_key(|s| s.id);
         let vocab = model.model.vocab();
         let mut finished: Vec<(i32, Finish)> = Vec::new();
 
         // 1. One decode step: the pending token of every generating sequence, one call.
         batch.clear();
         let mut add_failed = None;
-        for seq in active.iter_mut() {
+        for seq in slots.active.iter_mut() {
             seq.logits_at = None;
             if let Some(token) = seq.pending {
                 let at = batch.n_tokens();
@@ -688,10 +837,11 @@ fn worker(
         }
         if batch.n_tokens() > 0 || add_failed.is_some() {
             if let Err(message) = decode(&mut ctx, &mut batch, add_failed) {
-                fail_all(&mut ctx, &mut free, &mut active, &message);
+                fail_all(&mut ctx, &mut slots, &message);
                 continue;
             }
-            let mut draws: Vec<(&mut Seq, &[f32])> = active
+            let mut draws: Vec<(&mut Seq, &[f32])> = slots
+                .active
                 .iter_mut()
                 .filter_map(|seq| {
                     let at = seq.logits_at.take()?;
@@ -700,7 +850,7 @@ fn worker(
                 .collect();
             draw_all(&mut draws, parallel_sampling);
             drop(draws);
-            for seq in active.iter_mut() {
+            for seq in slots.active.iter_mut() {
                 let Some(token) = seq.drawn.take() else {
                     continue;
                 };
@@ -712,32 +862,93 @@ fn worker(
             }
         }
 
-        // 2. Prompt chunks, each sequence in a call of its own: a prompt is then split into
-        // exactly the same micro-batches whether it runs alone or next to others, which keeps
-        // its floats — and its reply — independent of the rest of the workload (llama.cpp
-        // splits a mixed batch per sequence, and the flash-attention kernel's result depends
-        // on how many query rows it gets). At most one chunk's worth of tokens per step, so
-        // generating sequences are not starved by a burst of long prompts.
+        // 2. Prompts, in admission order. A prompt whose KV another sequence holds (or is
+        // computing, admitted earlier) is copied from it; otherwise its next chunk is
+        // prefilled in a call of its own: a prompt is then split into exactly the same
+        // micro-batches whether it runs alone or next to others, which keeps its floats — and
+        // its reply — independent of the rest of the workload (llama.cpp splits a mixed batch
+        // per sequence, and the flash-attention kernel's result depends on how many query rows
+        // it gets). At most one chunk's worth of tokens per step, so generating sequences are
+        // not starved by a burst of long prompts.
+        let mut order: Vec<usize> = (0..slots.active.len()).collect();
+        order.sort_by_key(|&i| slots.active[i].admitted);
         let mut prefill_budget = PREFILL_CHUNK as usize;
-        for seq in active.iter_mut() {
-            let remaining = seq.job.tokens.len() - seq.prefilled;
-            if remaining == 0 || seq.pending.is_some() || prefill_budget == 0 {
+        for i in order {
+            let id = slots.active[i].id;
+            if finished.iter().any(|(f, _)| *f == id) {
                 continue;
             }
-            if finished.iter().any(|(id, _)| *id == seq.id) {
+            if std::mem::take(&mut slots.active[i].first_draw_due) {
+                if let Some(finish) = draw_first(&mut slots.active[i], &vocab, context_per_sequence)
+                {
+                    finished.push((id, finish));
+                }
                 continue;
             }
-            // Always a whole chunk (or the prompt's whole tail).
-            let take = remaining.min(PREFILL_CHUNK as usize);
+            let seq = &slots.active[i];
+            if seq.prefilled == seq.job.prompt.len() || seq.pending.is_some() {
+                continue;
+            }
+            if prefix_sharing {
+                let holders = slots
+                    .active
+                    .iter()
+                    .filter(|other| other.id != id)
+                    .map(|other| Holder {
+                        id: other.id,
+                        shape: &other.job.prompt,
+                        prompt_in_kv: other.prefilled,
+                        logits: other.prompt_logits.as_ref(),
+                        admitted: Some(other.admitted),
+                    })
+                    .chain(slots.parked.iter().map(|p| Holder {
+                        id: p.id,
+                        shape: &p.prompt,
+                        prompt_in_kv: p.prompt.len(),
+                        logits: p.logits.as_ref(),
+                        admitted: None,
+                    }));
+                let plan = prefix::plan(&seq.job.prompt, seq.admitted, seq.prefilled, holders);
+                let seq = &mut slots.active[i];
+                match plan {
+                    Plan::Wait => continue,
+                    Plan::Prefill => {}
+                    Plan::CopyPrompt { from, logits } => {
+                        let len = seq.job.prompt.len();
+                        copy_prompt_kv(&mut ctx, from, seq, len, counters);
+                        touch(&mut slots.parked, from, &mut slots.clock);
+                        seq.prompt_logits = Some(logits);
+                        if let Some(finish) = draw_first(seq, &vocab, context_per_sequence) {
+                            finished.push((id, finish));
+                        }
+                        continue;
+                    }
+                    Plan::CopyPrefix { from } => {
+                        let split = seq.job.prompt.split();
+                        copy_prompt_kv(&mut ctx, from, seq, split, counters);
+                        touch(&mut slots.parked, from, &mut slots.clock);
+                    }
+                }
+            }
+            if prefill_budget == 0 {
+                continue;
+            }
+            let seq = &mut slots.active[i];
+            // Always a whole chunk (or the prompt's or its prefix's whole tail).
+            let end = seq
+                .job
+                .prompt
+                .chunk_end(seq.prefilled, PREFILL_CHUNK as usize);
+            let take = end - seq.prefilled;
             prefill_budget = prefill_budget.saturating_sub(take);
             batch.clear();
             let mut add_failed = None;
             let mut logits_at = None;
-            for k in 0..take {
-                let idx = seq.prefilled + k;
-                let last = idx + 1 == seq.job.tokens.len();
+            let tokens = seq.job.prompt.tokens();
+            for (idx, &token) in tokens.iter().enumerate().take(end).skip(seq.prefilled) {
+                let last = idx + 1 == tokens.len();
                 let at = batch.n_tokens();
-                if let Err(e) = batch.add(seq.job.tokens[idx], idx as i32, &[seq.id], last) {
+                if let Err(e) = batch.add(token, idx as i32, &[seq.id], last) {
                     add_failed = Some(e.to_string());
                     break;
                 }
@@ -749,26 +960,23 @@ fn worker(
                 finished.push((seq.id, Finish::Failed(message)));
                 continue;
             }
-            seq.prefilled += take;
-            seq.pos = seq.prefilled as i32;
+            counters.computed.fetch_add(take as u64, Ordering::Relaxed);
+            seq.prefilled = end;
+            seq.pos = end as i32;
             if let Some(at) = logits_at {
-                let token = draw(
-                    &mut seq.job.sampler,
-                    &mut seq.candidates,
-                    ctx.get_logits_ith(at),
-                );
-                if let Some(finish) = take_token(seq, token, &vocab, context_per_sequence) {
+                seq.prompt_logits = Some(Arc::from(ctx.get_logits_ith(at)));
+                if let Some(finish) = draw_first(seq, &vocab, context_per_sequence) {
                     finished.push((seq.id, finish));
                 }
             }
         }
 
-        // 3. Reply to and release the finished sequences.
+        // 3. Reply to and release (or park) the finished sequences.
         for (id, finish) in finished {
-            let Some(i) = active.iter().position(|s| s.id == id) else {
+            let Some(i) = slots.active.iter().position(|s| s.id == id) else {
                 continue;
             };
-            let seq = active.swap_remove(i);
+            let seq = slots.active.swap_remove(i);
             let finish_reason = match finish {
                 Finish::Stop => "stop",
                 Finish::Length => "length",
@@ -777,7 +985,7 @@ fn worker(
                         .job
                         .reply
                         .send(Err(ProviderError::new(ErrorKind::Local, message)));
-                    release(&mut ctx, &mut free, seq.id);
+                    release(&mut ctx, &mut slots.free, seq.id);
                     continue;
                 }
             };
@@ -785,15 +993,65 @@ fn worker(
                 text: utf8_prefix(seq.out),
                 finish_reason: Some(finish_reason.to_owned()),
                 usage: Usage {
-                    input_tokens: seq.job.tokens.len() as u64,
+                    input_tokens: seq.job.prompt.len() as u64,
                     output_tokens: u64::from(seq.n_out),
                 },
                 hints: RateLimitHints::default(),
             };
             let _ = seq.job.reply.send(Ok(reply));
-            release(&mut ctx, &mut free, seq.id);
+            if prefix_sharing {
+                park(
+                    &mut ctx,
+                    &mut slots,
+                    seq.id,
+                    seq.job.prompt,
+                    seq.prompt_logits,
+                );
+            } else {
+                release(&mut ctx, &mut slots.free, seq.id);
+            }
         }
     }
+}
+
+/// Copy the first `len` prompt tokens' KV of sequence `from` into `seq` (which holds fewer).
+/// The copy of a whole stream is queued by llama.cpp and done at the start of the next
+/// `llama_decode`, before anything can write to either stream.
+fn copy_prompt_kv(
+    ctx: &mut LlamaContext<'_>,
+    from: i32,
+    seq: &mut Seq,
+    len: usize,
+    counters: &PrefillCounters,
+) {
+    let _ = ctx.clear_kv_cache_seq(Some(seq.id as u32), None, None);
+    // Whole streams only (positions unbounded): llama.cpp copies across streams no other way.
+    let _ = ctx.copy_kv_cache_seq(from, seq.id, None, None);
+    let _ = ctx.clear_kv_cache_seq(Some(seq.id as u32), Some(len as u32), None);
+    counters
+        .shared
+        .fetch_add((len - seq.prefilled) as u64, Ordering::Relaxed);
+    seq.prefilled = len;
+    seq.pos = len as i32;
+}
+
+/// Mark the parked sequence `id` (if it is one) as just used.
+fn touch(parked: &mut [Parked], id: i32, clock: &mut u64) {
+    if let Some(p) = parked.iter_mut().find(|p| p.id == id) {
+        *clock += 1;
+        p.last_used = *clock;
+    }
+}
+
+/// Draw the first token of `seq` from the logits after its prompt.
+fn draw_first(
+    seq: &mut Seq,
+    vocab: &llama_cpp_2::vocab::LlamaVocab<'_>,
+    context_per_sequence: u32,
+) -> Option<Finish> {
+    let logits = Arc::clone(seq.prompt_logits.as_ref()?);
+    let token = draw(&mut seq.job.sampler, &mut seq.candidates, &logits);
+    take_token(seq, token, vocab, context_per_sequence)
 }
 
 /// Run one `llama_decode` over `batch` (or report why the batch could not be built).
@@ -810,17 +1068,19 @@ fn decode(
     }
 }
 
-/// Fail every active request (the context itself is in trouble) and free their sequences.
-fn fail_all(ctx: &mut LlamaContext<'_>, free: &mut Vec<i32>, active: &mut Vec<Seq>, message: &str) {
-    for seq in active.drain(..) {
+/// Fail every active request (the context itself is in trouble) and free every sequence.
+fn fail_all(ctx: &mut LlamaContext<'_>, slots: &mut Slots, message: &str) {
+    for seq in slots.active.drain(..) {
         let _ = seq.job.reply.send(Err(ProviderError::new(
             ErrorKind::Local,
             message.to_owned(),
         )));
-        release(ctx, free, seq.id);
+        release(ctx, &mut slots.free, seq.id);
+    }
+    for parked in std::mem::take(&mut slots.parked) {
+        release(ctx, &mut slots.free, parked.id);
     }
 }
-
 /// Draw the next token of every sequence in `draws` from its logits. The samplers are
 /// independent (one chain per request) and llama.cpp is idle meanwhile, so with several
 /// sequences half of them are drawn on a second thread: with `top_p`, drawing costs about as
@@ -900,21 +1160,96 @@ fn take_token(
     None
 }
 
-fn admit(job: Job, free: &mut Vec<i32>, active: &mut Vec<Seq>) {
-    let id = free
-        .pop()
-        .expect("admit is only called with a free sequence id");
-    active.push(Seq {
-        id,
+/// Give `job` a sequence: a free one, or else the least recently used parked one — preferably
+/// one whose prompt KV `job` cannot use (that one stays for a copy); if every parked sequence
+/// holds something `job` can use, it takes over the oldest with its KV.
+fn admit(job: Job, ctx: &mut LlamaContext<'_>, slots: &mut Slots, counters: &PrefillCounters) {
+    let admitted = slots.tick();
+    counters
+        .prompt
+        .fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
+    let mut seq = Seq {
+        id: -1,
         job,
+        admitted,
         prefilled: 0,
         pos: 0,
         pending: None,
         logits_at: None,
         drawn: None,
+        prompt_logits: None,
+        first_draw_due: false,
         candidates: Vec::new(),
         out: Vec::new(),
         n_out: 0,
+    };
+    if let Some(id) = slots.free.pop() {
+        seq.id = id;
+        slots.active.push(seq);
+        return;
+    }
+    let usable = |p: &Parked| {
+        (p.logits.is_some() && p.prompt.same_prompt(&seq.job.prompt))
+            || p.prompt.same_prefix(&seq.job.prompt)
+    };
+    let victim = slots
+        .parked
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !usable(p))
+        .min_by_key(|(_, p)| p.last_used)
+        .or_else(|| {
+            slots
+                .parked
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, p)| p.last_used)
+        })
+        .map(|(i, _)| i)
+        .expect("admit is only called with a free or parked sequence");
+    let parked = slots.parked.swap_remove(victim);
+    seq.id = parked.id;
+    let keep = if !usable(&parked) {
+        0
+    } else if parked.logits.is_some() && parked.prompt.same_prompt(&seq.job.prompt) {
+        seq.prompt_logits = parked.logits;
+        seq.first_draw_due = true;
+        seq.job.prompt.len()
+    } else {
+        seq.job.prompt.split()
+    };
+    let _ = ctx.clear_kv_cache_seq(Some(seq.id as u32), Some(keep as u32), None);
+    counters.shared.fetch_add(keep as u64, Ordering::Relaxed);
+    seq.prefilled = keep;
+    seq.pos = keep as i32;
+    slots.active.push(seq);
+}
+
+/// Keep a finished sequence with its prompt in the KV cache (unless a parked sequence already
+/// holds the same prompt), trimmed to the prompt.
+fn park(
+    ctx: &mut LlamaContext<'_>,
+    slots: &mut Slots,
+    id: i32,
+    prompt: PromptShape,
+    logits: Option<Arc<[f32]>>,
+) {
+    let now = slots.tick();
+    if let Some(twin) = slots
+        .parked
+        .iter_mut()
+        .find(|p| p.prompt.same_prompt(&prompt))
+    {
+        twin.last_used = now;
+        release(ctx, &mut slots.free, id);
+        return;
+    }
+    let _ = ctx.clear_kv_cache_seq(Some(id as u32), Some(prompt.len() as u32), None);
+    slots.parked.push(Parked {
+        id,
+        prompt,
+        logits,
+        last_used: now,
     });
 }
 
