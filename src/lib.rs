@@ -10,6 +10,7 @@ pub mod cli;
 pub mod dispatch;
 pub mod fingerprint;
 pub mod graph;
+pub mod judge;
 pub mod manifest;
 pub mod model_fetch;
 pub mod models;
