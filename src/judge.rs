@@ -791,12 +791,11 @@ pub fn parse_answer(text: &str) -> Result<(Scores, String), AnswerError> {
     };
     let mut scores = [0u8; 4];
     for (slot, criterion) in scores.iter_mut().zip(Criterion::ALL) {
-        let value = object
-            .get(criterion.key())
-            .filter(|v| !v.is_null())
-            .ok_or(AnswerError::MissingScore {
+        let value = object.get(criterion.key()).filter(|v| !v.is_null()).ok_or(
+            AnswerError::MissingScore {
                 criterion: criterion.key(),
-            })?;
+            },
+        )?;
         let out_of_range = || AnswerError::OutOfRange {
             criterion: criterion.key(),
             value: value.to_string(),
@@ -841,12 +840,14 @@ pub fn from_manifest(manifest_path: &Path) -> Result<Option<JudgeSummary>, Judge
     };
     match manifest.judge {
         None | Some(Value::Null) => Ok(None),
-        Some(value) => serde_json::from_value(value).map(Some).map_err(|source| {
-            JudgeError::ManifestField {
-                path: manifest_path.to_owned(),
-                source,
-            }
-        }),
+        Some(value) => {
+            serde_json::from_value(value)
+                .map(Some)
+                .map_err(|source| JudgeError::ManifestField {
+                    path: manifest_path.to_owned(),
+                    source,
+                })
+        }
     }
 }
 
@@ -1016,11 +1017,16 @@ mod tests {
             "the judge's score for 'voice' is 7, outside 1..=5"
         );
         for bad in ["0", "3.5", "\"4\"", "-1"] {
-            let text = format!(
-                "{{\"voice\": 4, \"persona\": {bad}, \"relevance\": 3, \"coherence\": 3}}"
-            );
+            let text =
+                format!("{{\"voice\": 4, \"persona\": {bad}, \"relevance\": 3, \"coherence\": 3}}");
             assert!(
-                matches!(parse_answer(&text), Err(AnswerError::OutOfRange { criterion: "persona", .. })),
+                matches!(
+                    parse_answer(&text),
+                    Err(AnswerError::OutOfRange {
+                        criterion: "persona",
+                        ..
+                    })
+                ),
                 "{bad}"
             );
         }
@@ -1040,7 +1046,10 @@ mod tests {
             ["voice", "persona", "relevance", "coherence", "reason"]
         );
         assert_eq!(schema["additionalProperties"], json!(false));
-        assert_eq!(schema["properties"]["voice"]["enum"], json!([1, 2, 3, 4, 5]));
+        assert_eq!(
+            schema["properties"]["voice"]["enum"],
+            json!([1, 2, 3, 4, 5])
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's command line — a thin layer over the `shaping` library.
 
 mod bench;
+mod judge_cmd;
 mod quality_cmds;
 mod workspace;
 
@@ -86,6 +87,12 @@ enum Command {
         names: Vec<String>,
         #[arg(long)]
         json: bool,
+        /// Also score every sample 1-5 with a hosted judge model (cost shown first; answers cached).
+        #[arg(long)]
+        judge: bool,
+        /// The model alias that judges.
+        #[arg(long, default_value = shaping::judge::DEFAULT_ALIAS, requires = "judge")]
+        judge_model: String,
     },
     /// Write a self-contained HTML report per dataset.
     Report {
@@ -250,9 +257,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             quality_cmds::sample_cmd(&datasets[0], n, full, seed)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { names, json } => {
+        Command::Check {
+            names,
+            json,
+            judge,
+            judge_model,
+        } => {
             let datasets = datasets(&ws, &names)?;
-            let passed = quality_cmds::check_cmd(&datasets, json, ws.root())?;
+            let mut passed = quality_cmds::check_cmd(&datasets, json, ws.root())?;
+            if judge {
+                passed &= judge_cmd::judge_cmd(&datasets, ws.root(), &judge_model, json)?;
+            }
             Ok(if passed {
                 ExitCode::SUCCESS
             } else {

@@ -139,6 +139,7 @@ pub fn report_cmd(datasets: &[DatasetInfo], out_dir: &Path) -> Result<Vec<PathBu
             }
         });
         let html = quality::render_report(&dataset.name, &stats, &report, samples);
+        let html = crate::judge_cmd::add_judge_section(html, &dataset.manifest)?;
         if let Some(e) = read_error {
             return Err(e).with_context(|| format!("reading dataset {}", dataset.name));
         }
