@@ -557,6 +557,7 @@ pub fn run_in<P: Pipeline>(
             reports,
             quality: Some(serde_json::to_value(&quality).expect("quality config serializes")),
             checks: Some(checks),
+            judge: None,
         };
         manifest.write(&Manifest::path_for(&output))?;
         print_summary(P::NAME, &manifest, &output);

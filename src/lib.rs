@@ -11,6 +11,7 @@ pub mod cli;
 pub mod dispatch;
 pub mod fingerprint;
 pub mod graph;
+pub mod judge;
 pub mod lock;
 pub mod manifest;
 pub mod model_fetch;

@@ -79,6 +79,10 @@ pub struct Manifest {
     pub quality: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checks: Option<serde_json::Value>,
+    /// Rubric scores from a model judge (`cargo xtask check --judge`, see `shaping::judge`);
+    /// added after the run, and not part of the output's status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<serde_json::Value>,
 }
 
 impl Manifest {

@@ -84,6 +84,10 @@ pub struct QualityConfig {
     pub max_source_share: f64,
     /// Smallest distinct-2 of the prompts: distinct word bigrams divided by all word bigrams.
     pub min_prompt_distinct_2: f64,
+    /// Smallest mean rubric score (1..=5) of each judge criterion, with every sample judged.
+    /// Checked only by `cargo xtask check --judge` (see `shaping::judge`); `None` = not gated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_judge_score: Option<f64>,
     /// Why a threshold is looser than its default: threshold name → reason.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub reasons: BTreeMap<String, String>,
@@ -113,6 +117,7 @@ impl Default for QualityConfig {
             max_length_outlier_share: 0.05,
             max_source_share: 0.8,
             min_prompt_distinct_2: 0.3,
+            min_judge_score: None,
             reasons: BTreeMap::new(),
         }
     }
@@ -315,6 +320,13 @@ impl QualityConfig {
         max_source_share: f64;
         /// Set [`QualityConfig::min_prompt_distinct_2`].
         min_prompt_distinct_2: f64;
+    }
+
+    /// Gate on the judge: see [`QualityConfig::min_judge_score`].
+    #[must_use]
+    pub fn min_judge_score(mut self, score: f64) -> Self {
+        self.min_judge_score = Some(score);
+        self
     }
 
     /// Set the response length bounds in characters (inclusive).
@@ -532,6 +544,7 @@ impl QualityConfig {
             max_length_outlier_share: 1.0,
             max_source_share: 1.0,
             min_prompt_distinct_2: 0.0,
+            min_judge_score: None,
             reasons: BTreeMap::new(),
         };
         for loosening in config.loosenings() {

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's command line — a thin layer over the `shaping` library.
 
 mod bench;
+mod judge_cmd;
 mod quality_cmds;
 mod workspace;
 
@@ -105,6 +106,12 @@ enum Command {
         /// List every failing sample with its reasons.
         #[arg(long)]
         samples: bool,
+        /// Also score every sample 1-5 with a hosted judge model (cost shown first; answers cached).
+        #[arg(long, conflicts_with = "file")]
+        judge: bool,
+        /// The model alias that judges.
+        #[arg(long, default_value = shaping::judge::DEFAULT_ALIAS, requires = "judge")]
+        judge_model: String,
     },
     /// Write a self-contained HTML report per dataset.
     Report {
@@ -276,12 +283,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             file,
             json,
             samples,
+            judge,
+            judge_model,
         } => {
             let output = quality_cmds::CheckOutput { json, samples };
             let outcome = match &file {
                 Some(path) => quality_cmds::check_file_cmd(path, output, ws.root()),
                 None => datasets(&ws, &names).and_then(|datasets| {
-                    quality_cmds::check_cmd(&datasets, output, ws.root(), names.is_empty())
+                    let passed =
+                        quality_cmds::check_cmd(&datasets, output, ws.root(), names.is_empty())?;
+                    if judge {
+                        let judged = judge_cmd::judge_cmd(&datasets, ws.root(), &judge_model, json)?;
+                        return Ok(passed && judged);
+                    }
+                    Ok(passed)
                 }),
             };
             Ok(ExitCode::from(match outcome {

@@ -312,6 +312,7 @@ pub fn report_cmd(datasets: &[DatasetInfo], out_dir: &Path) -> Result<Vec<PathBu
         let samples = quality::judged_samples(&dataset.output, &detectors)?
             .map_while(|item| item.map_err(|e| read_error = Some(e)).ok());
         let html = quality::render_report(&dataset.name, &stats, &report, samples);
+        let html = crate::judge_cmd::add_judge_section(html, &dataset.manifest)?;
         if let Some(e) = read_error {
             return Err(e).with_context(|| format!("reading dataset {}", dataset.name));
         }
