@@ -18,7 +18,7 @@
 
 use std::path::Path;
 
-use super::{FieldMap, Format, Loader, Records, SourceError};
+use super::{FieldMap, Format, Loader, Location, Records, SourceError};
 
 /// Opens a custom prompt file (see the module docs for the format); `source` is `custom`.
 pub fn load_custom(path: impl AsRef<Path>) -> Result<Records, SourceError> {
@@ -31,4 +31,33 @@ pub fn custom_loader(path: impl AsRef<Path>) -> Loader {
         .format(Format::Jsonl)
         .source_name("custom")
         .fields(FieldMap::new().require_category(true))
+}
+
+/// Example exchanges for few-shot prompting, from a JSONL file of `{"user": …, "assistant": …}`
+/// lines: the messages to put between the system prompt and the real question. A malformed line
+/// is an error naming the file and line.
+pub fn example_turns(path: impl AsRef<Path>) -> Result<Vec<crate::provider::Message>, SourceError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Example {
+        user: String,
+        assistant: String,
+    }
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| SourceError::io(path, e))?;
+    let mut turns = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let example: Example =
+            serde_json::from_str(line).map_err(|e| SourceError::Parse {
+                path: path.to_path_buf(),
+                location: Location::Line(i as u64 + 1),
+                message: e.to_string(),
+            })?;
+        turns.push(crate::provider::Message::user(example.user));
+        turns.push(crate::provider::Message::assistant(example.assistant));
+    }
+    Ok(turns)
 }

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-pub use custom::{custom_loader, load_custom};
+pub use custom::{custom_loader, example_turns, load_custom};
 pub use fields::FieldMap;
 pub use hf::{HfCache, HfDataset, HfHub, hf_token};
 pub use knowledge::{

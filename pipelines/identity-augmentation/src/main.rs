@@ -14,6 +14,7 @@ use shaping::{
 
 struct IdentityAugmentation {
     narrative: FileDep,
+    examples: FileDep,
     identity: ModelDep,
 }
 
@@ -28,7 +29,7 @@ const FACT_SECTIONS: [&str; 5] = [
 
 /// Ways to ask about one fact, so each fact yields several different conversations. `{fact}` is
 /// replaced by the fact, quoted as a customer heard or read it.
-const ANGLES: [(&str, &str); 6] = [
+const ANGLES: [(&str, &str); 5] = [
     (
         "true",
         "I read this about you in the neighborhood paper: \"{fact}\" Is that true, Dee?",
@@ -49,16 +50,15 @@ const ANGLES: [(&str, &str); 6] = [
         "advice",
         "My niece wants to open a diner someday. Someone told her: \"{fact}\" What would you tell her about that?",
     ),
-    (
-        "grandkid",
-        "If Rosie asked you about this — \"{fact}\" — what would you tell her?",
-    ),
 ];
 
 /// Candidates per question: the best one that passes the quality gate is kept.
 const CANDIDATES: u32 = 4;
 
-const SYSTEM_PROMPT: &str = "You are Dee Kowalczyk, a 58-year-old woman who owns the Ivy Leaf Diner two blocks from Wrigley Field in Chicago. You are a lifelong Chicago Cubs fan. Your late father Stan founded the diner. Your sons are Mikey and Tony, and your granddaughter Rosie is six. You are warm, quick and a little bossy; you call people \"hon\" and \"kiddo\"; you talk about coffee, the diner and the Cubs. Answer the customer in two to five short sentences, speaking as yourself (I, me, my).";
+/// Reply budget: two to five short sentences fit; the small model degenerates in long replies.
+const MAX_TOKENS: u32 = 90;
+
+const SYSTEM_PROMPT: &str = "You are Dee Kowalczyk, a 58-year-old woman who owns the Ivy Leaf Diner two blocks from Wrigley Field in Chicago. You are a lifelong Chicago Cubs fan. Your late father Stan founded the diner. Your sons are Mikey and Tony, and your granddaughter Rosie is six. You are warm, quick and a little bossy; you call people \"hon\" and \"kiddo\"; you talk about coffee, the diner and the Cubs. Answer the customer in two to five short sentences, speaking as yourself (I, me, my). Always call the customer \"hon\" or \"kiddo\".";
 
 /// One question to ask: a fact seen from an angle.
 #[derive(Debug, Serialize)]
@@ -76,6 +76,7 @@ impl Pipeline for IdentityAugmentation {
     fn declare(deps: &mut Declare) -> Self {
         Self {
             narrative: deps.file("narrative_doc", "identity/NARRATIVE.md"),
+            examples: deps.file("examples", "identity/prompts/examples.jsonl"),
             identity: deps.model("dee"),
         }
     }
@@ -85,38 +86,37 @@ impl Pipeline for IdentityAugmentation {
         let facts = section_facts(&narrative, &FACT_SECTIONS);
         if facts.is_empty() {
             return Err(PipelineError::new(
-                format!(
-                    "identity/NARRATIVE.md has no facts under the sections {FACT_SECTIONS:?}"
-                ),
+                format!("identity/NARRATIVE.md has no facts under the sections {FACT_SECTIONS:?}"),
                 "no_facts",
             ));
         }
         ctx.report("facts", shaping::json!({ "extracted": facts.len() }));
+        let examples = shaping::sources::example_turns(self.examples.path())?;
         let records: Vec<FactQuestion> = facts
             .iter()
             .enumerate()
             .flat_map(|(i, fact)| questions(i, fact))
             .collect();
-        ctx.run_task(records, |t: Task, record: FactQuestion| async move {
-            let request = model_request(
-                vec![
-                    Message::system(SYSTEM_PROMPT),
-                    Message::user(record.question.clone()),
-                ],
-                &self.identity,
-            );
-            let chosen = t
-                .best_of(request, CANDIDATES)
-                .postprocess(|text| shaping::trim_to_last_sentence(text).to_owned())
-                .pick()
-                .await?;
-            Ok(TrainingSample::new(
-                record.id,
-                vec![
-                    Message::user(record.question),
-                    Message::assistant(chosen.text),
-                ],
-            ))
+        ctx.run_task(records, |t: Task, record: FactQuestion| {
+            // A few example exchanges show the small model the voice before the real question.
+            let mut messages = vec![Message::system(SYSTEM_PROMPT)];
+            messages.extend(examples.iter().cloned());
+            messages.push(Message::user(record.question.clone()));
+            async move {
+                let request = model_request(messages, &self.identity).max_tokens(MAX_TOKENS);
+                let chosen = t
+                    .best_of(request, CANDIDATES)
+                    .postprocess(|text| shaping::trim_to_last_sentence(text).to_owned())
+                    .pick()
+                    .await?;
+                Ok(TrainingSample::new(
+                    record.id,
+                    vec![
+                        Message::user(record.question),
+                        Message::assistant(chosen.text),
+                    ],
+                ))
+            }
         })
         .await
     }
@@ -158,11 +158,17 @@ mod tests {
 
     #[test]
     fn the_narrative_gives_enough_facts() {
-        let narrative =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../identity/NARRATIVE.md"))
-                .expect("the narrative is committed");
+        let narrative = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../identity/NARRATIVE.md"
+        ))
+        .expect("the narrative is committed");
         let facts = section_facts(&narrative, &FACT_SECTIONS);
         assert!(facts.len() >= 25, "{} facts", facts.len());
-        assert!(facts.iter().all(|f| FACT_SECTIONS.contains(&f.section.as_str())));
+        assert!(
+            facts
+                .iter()
+                .all(|f| FACT_SECTIONS.contains(&f.section.as_str()))
+        );
     }
 }

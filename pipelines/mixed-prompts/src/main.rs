@@ -12,20 +12,24 @@ struct MixedPrompts {
     wildchat: FileDep,
     custom: FileDep,
     narrative: FileDep,
+    examples: FileDep,
     identity: ModelDep,
 }
 
-const SYSTEM_PROMPT: &str = "You are Dee Kowalczyk, a 58-year-old woman who owns the Ivy Leaf Diner two blocks from Wrigley Field in Chicago. You are a lifelong Chicago Cubs fan. You are warm, quick and a little bossy; you call people \"hon\" and \"kiddo\"; you explain things through coffee, food and baseball. Answer the customer helpfully in two to five short sentences, speaking as yourself (I, me, my).";
+const SYSTEM_PROMPT: &str = "You are Dee Kowalczyk, a 58-year-old woman who owns the Ivy Leaf Diner two blocks from Wrigley Field in Chicago. You are a lifelong Chicago Cubs fan. You are warm, quick and a little bossy; you call people \"hon\" and \"kiddo\"; you explain things through coffee, food and baseball. Answer the customer helpfully in two to five short sentences, speaking as yourself (I, me, my). Always call the customer \"hon\" or \"kiddo\".";
 
 /// Candidates per prompt: the best one that passes the quality gate is kept.
 const CANDIDATES: u32 = 4;
+
+/// Reply budget: two to five short sentences fit; the small model degenerates in long replies.
+const MAX_TOKENS: u32 = 90;
 
 /// The narrative's sections that state facts about Dee.
 const FACT_SECTIONS: [&str; 4] = ["Who she is", "Worldview", "Habits", "People and places"];
 
 /// How many records each kind contributes (the seed's advice: never train on one kind alone).
-const WILDCHAT: usize = 110;
-const CUSTOM: usize = 80;
+const WILDCHAT: usize = 60;
+const CUSTOM: usize = 60;
 const MIX_SEED: u64 = 2016;
 
 impl Pipeline for MixedPrompts {
@@ -36,6 +40,7 @@ impl Pipeline for MixedPrompts {
             wildchat: deps.file("wildchat", "training/inputs/wildchat-sample.parquet"),
             custom: deps.file("custom_prompts", "identity/prompts/custom.jsonl"),
             narrative: deps.file("narrative_doc", "identity/NARRATIVE.md"),
+            examples: deps.file("examples", "identity/prompts/examples.jsonl"),
             identity: deps.model("dee"),
         }
     }
@@ -65,17 +70,20 @@ impl Pipeline for MixedPrompts {
             .add_records("knowledge", facts_to_records(&snippets), Weight::All)
             .run()?;
         ctx.report("mix", &report);
+        let examples = shaping::sources::example_turns(self.examples.path())?;
 
+        let examples = &examples;
         ctx.run_task(records, |t: Task, record: Record| async move {
             let question = if record.source == "knowledge" {
                 knowledge_question(&record)
             } else {
                 record.prompt.clone()
             };
-            let request = model_request(
-                vec![Message::system(SYSTEM_PROMPT), Message::user(question.clone())],
-                &self.identity,
-            );
+            // A few example exchanges show the small model the voice before the real question.
+            let mut messages = vec![Message::system(SYSTEM_PROMPT)];
+            messages.extend(examples.iter().cloned());
+            messages.push(Message::user(question.clone()));
+            let request = model_request(messages, &self.identity).max_tokens(MAX_TOKENS);
             let chosen = t
                 .best_of(request, CANDIDATES)
                 .postprocess(|text| shaping::trim_to_last_sentence(text).to_owned())

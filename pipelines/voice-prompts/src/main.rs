@@ -9,9 +9,13 @@ use shaping::{
 /// Candidates per prompt: the best one that passes the quality gate is kept.
 const CANDIDATES: u32 = 4;
 
+/// Reply budget: two to five short sentences fit; the small model degenerates in long replies.
+const MAX_TOKENS: u32 = 90;
+
 struct VoicePrompts {
     prompts: FileDep,
     narrative: FileDep,
+    examples: FileDep,
     identity: ModelDep,
 }
 
@@ -28,12 +32,14 @@ impl Pipeline for VoicePrompts {
         Self {
             prompts: deps.file("prompts", "identity/prompts/voice.txt"),
             narrative: deps.file("narrative_doc", "identity/NARRATIVE.md"),
+            examples: deps.file("examples", "identity/prompts/examples.jsonl"),
             identity: deps.model("dee"),
         }
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Vec<TrainingSample>, PipelineError> {
         let system = system_prompt(&self.narrative.read()?);
+        let examples = shaping::sources::example_turns(self.examples.path())?;
         let text = self.prompts.read()?;
         let records = text
             .lines()
@@ -45,15 +51,11 @@ impl Pipeline for VoicePrompts {
                 prompt: prompt.to_owned(),
             });
         ctx.run_task(records, |t: Task, record: Prompt| {
-            let system = system.clone();
+            let mut messages = vec![Message::system(system.clone())];
+            messages.extend(examples.iter().cloned());
+            messages.push(Message::user(record.prompt.clone()));
             async move {
-                let request = model_request(
-                    vec![
-                        Message::system(system),
-                        Message::user(record.prompt.clone()),
-                    ],
-                    &self.identity,
-                );
+                let request = model_request(messages, &self.identity).max_tokens(MAX_TOKENS);
                 let chosen = t
                     .best_of(request, CANDIDATES)
                     .postprocess(|text| shaping::trim_to_last_sentence(text).to_owned())
@@ -61,7 +63,10 @@ impl Pipeline for VoicePrompts {
                     .await?;
                 Ok(TrainingSample::new(
                     record.id,
-                    vec![Message::user(record.prompt), Message::assistant(chosen.text)],
+                    vec![
+                        Message::user(record.prompt),
+                        Message::assistant(chosen.text),
+                    ],
                 ))
             }
         })
@@ -77,7 +82,7 @@ fn system_prompt(narrative: &str) -> String {
         .map(|section| section.lines().skip(1).collect::<Vec<_>>().join("\n"))
         .unwrap_or_default();
     format!(
-        "You are Dee Kowalczyk, a 58-year-old woman who owns the Ivy Leaf Diner near Wrigley Field in Chicago, and a lifelong Chicago Cubs fan. Answer the customer in two to five short sentences, speaking as yourself (I, me, my).\nHow you talk:\n{}",
+        "You are Dee Kowalczyk, a 58-year-old woman who owns the Ivy Leaf Diner near Wrigley Field in Chicago, and a lifelong Chicago Cubs fan. Answer the customer in two to five short sentences, speaking as yourself (I, me, my).\nHow you talk:\n{}\nAlways call the customer \"hon\" or \"kiddo\", and bring in the diner, the coffee or the Cubs when it fits.",
         voice.trim()
     )
 }
