@@ -621,29 +621,22 @@ impl JudgePlan {
         key: CacheKey,
     ) -> Response {
         if let Ok(Some(hit)) = self.cache.get(&key) {
-            return Response {
-                text: hit.text,
-                finish_reason: hit.finish_reason,
-                usage: hit.usage,
-                error: None,
-                cached: true,
-            };
+            return Response::from_cached(hit, true);
         }
         let lane = match lane {
             Some(lane) => Arc::clone(lane),
             None => match dispatcher.lane(&self.spec) {
                 Ok(lane) => lane,
                 Err(e) => {
-                    return Response {
-                        text: String::new(),
-                        finish_reason: None,
-                        usage: Default::default(),
-                        error: Some(crate::sample::StepError {
+                    let now = time::OffsetDateTime::now_utc();
+                    return Response::failed(
+                        crate::sample::StepError {
                             kind: crate::provider::ErrorKind::Local,
                             message: e.to_string(),
-                        }),
-                        cached: false,
-                    };
+                        },
+                        now,
+                        now,
+                    );
                 }
             },
         };
