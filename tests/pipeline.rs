@@ -743,3 +743,124 @@ fn no_wait_fails_at_once_while_another_run_holds_the_lock() {
         ExitCode::SUCCESS
     );
 }
+
+/// Best-of-n: `GOOD …` prompts always get a sound reply, `JUNK …` ones a loop, `MIXED …` ones
+/// alternate (calls to the server are counted).
+struct Picky {
+    prompts: FileDep,
+    model: ModelDep,
+}
+
+impl Pipeline for Picky {
+    const NAME: &'static str = "picky";
+
+    fn declare(deps: &mut Declare) -> Self {
+        Self {
+            prompts: deps.file("prompts", "inputs/picky.txt"),
+            model: deps.model("m"),
+        }
+    }
+
+    async fn run(&self, ctx: &Ctx) -> Result<Vec<TrainingSample>, PipelineError> {
+        let text = self.prompts.read()?;
+        let records: Vec<Prompt> = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| Prompt {
+                id: format!("picky-{i}"),
+                prompt: l.to_owned(),
+            })
+            .collect();
+        ctx.run_task(records, |t: Task, r: Prompt| async move {
+            let request = model_request(vec![Message::user(r.prompt.clone())], &self.model);
+            let chosen = t.best_of(request, 3).pick().await?;
+            Ok(TrainingSample::new(
+                r.id,
+                vec![Message::user(r.prompt), Message::assistant(chosen.text)],
+            ))
+        })
+        .await
+    }
+}
+
+fn sound_reply(topic: &str) -> String {
+    format!(
+        "Well, about {topic}: I have thought about {topic} for years at the diner. You take your time with {topic}, you get it right, and then you sit down with a cup of coffee and enjoy it."
+    )
+}
+
+#[test]
+fn best_of_keeps_a_passing_candidate_and_files_records_where_none_passes() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&calls);
+    let env = Env::new(MockConfig::new().responder(move |chat| {
+        let prompt = chat.last_user().unwrap_or_default().to_owned();
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        let topic = prompt.split_whitespace().last().unwrap_or("it").to_owned();
+        let junk = "I'm gonna grab the hot dog. ".repeat(9);
+        if prompt.starts_with("GOOD") || (prompt.starts_with("MIXED") && n % 2 == 0) {
+            sound_reply(&topic)
+        } else {
+            junk
+        }
+    }));
+    env.write("crates/picky/src/main.rs", "// picky v1\n");
+    // Two of three records are junk: filtered records are quality rejections, so the run still
+    // replaces the output (the error-share gate counts faults only).
+    env.write("inputs/picky.txt", "GOOD pancakes\nJUNK hotdogs\nJUNK pretzels\n");
+    env.run::<Picky>(full()).expect("filtered records do not fail the run");
+
+    let samples = env.lines("training/data/picky.jsonl");
+    assert_eq!(samples.len(), 1);
+    assert_eq!(samples[0]["messages"][1]["content"], sound_reply("pancakes"));
+    let errors = env.lines("training/data/picky.errors.jsonl");
+    assert_eq!(errors.len(), 2);
+    for error in &errors {
+        let e = &error["__ERROR__"];
+        assert_eq!(e["error"], "filtered", "{e}");
+        let reasons = e["reasons"].as_array().expect("reasons listed");
+        assert_eq!(reasons.len(), 3, "one line per candidate: {reasons:?}");
+        assert!(reasons.iter().all(|r| r.as_str().unwrap().contains("degeneration")));
+        assert_eq!(e["steps"].as_array().unwrap().len(), 3, "every candidate's step kept");
+    }
+    let manifest: Value = serde_json::from_str(&env.read("training/data/picky.manifest.json")).unwrap();
+    let report = &manifest["reports"]["best_of"];
+    assert_eq!(report["candidates"], 9);
+    assert_eq!(report["records_accepted"], 1);
+    assert_eq!(report["records_filtered"], 2);
+    assert_eq!(report["acceptance_rate"], 0.3333);
+    assert_eq!(report["filtered_by_reason"]["degeneration"], 2);
+
+    // A rerun judges the cached candidates again: nothing is sent, nothing changes.
+    let output = env.read("training/data/picky.jsonl");
+    let sent = calls.load(Ordering::SeqCst);
+    env.run::<Picky>(full()).unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), sent, "candidates are cached");
+    assert_eq!(env.read("training/data/picky.jsonl"), output);
+}
+
+#[test]
+fn best_of_picks_a_passing_candidate_among_junk() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&calls);
+    let env = Env::new(MockConfig::new().responder(move |chat| {
+        let prompt = chat.last_user().unwrap_or_default().to_owned();
+        let topic = prompt.split_whitespace().last().unwrap_or("it").to_owned();
+        // Exactly one of every three calls is sound, whichever candidate it lands on.
+        if counter.fetch_add(1, Ordering::SeqCst) % 3 == 1 {
+            sound_reply(&topic)
+        } else {
+            "Yes, I'm an AI language model designed to offer guidance on waffles and more.".to_owned()
+        }
+    }));
+    env.write("crates/picky/src/main.rs", "// picky v1\n");
+    env.write("inputs/picky.txt", "MIXED waffles\n");
+    env.run::<Picky>(full()).unwrap();
+    let samples = env.lines("training/data/picky.jsonl");
+    assert_eq!(samples.len(), 1, "one of the three candidates passes");
+    assert_eq!(samples[0]["messages"][1]["content"], sound_reply("waffles"));
+    assert_eq!(samples[0]["steps"].as_array().unwrap().len(), 3);
+    assert!(!env.root().join("training/data/picky.errors.jsonl").exists());
+}
