@@ -169,7 +169,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&evaluated)?);
             } else {
                 for e in &evaluated {
-                    println!("{}: {}\n", e.name, e.status);
+                    println!("{}: {}", e.name, e.status);
+                    // A lowered bar is always visible: every loosened threshold and its reason.
+                    let quality = pipelines.iter().find(|d| d.name == e.name).map(|d| &d.quality);
+                    if let Some(Ok(config)) = quality.map(|q| {
+                        serde_json::from_value::<shaping::quality::QualityConfig>(q.clone())
+                    }) {
+                        for loosening in config.loosenings() {
+                            println!("  quality threshold {loosening}");
+                        }
+                    }
+                    println!();
                 }
             }
             let all_current = evaluated.iter().all(|e| e.status.is_current());

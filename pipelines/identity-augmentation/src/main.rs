@@ -1,4 +1,4 @@
-//! identity-augmentation: every fact of the narrative, asked about from several angles by templates; Dee answers in character, best of several candidates.
+//! identity-augmentation: every fact of the narrative, asked about whole and in pieces by templates; Dee answers in character, best of several candidates.
 //!
 //! Facts come from `identity/NARRATIVE.md` deterministically (bullet points and sentences of the
 //! sections below), questions from fixed templates: the small offline model only does what it
@@ -27,30 +27,30 @@ const FACT_SECTIONS: [&str; 5] = [
     "People and places",
 ];
 
-/// Ways to ask about one fact, so each fact yields several different conversations. `{fact}` is
-/// replaced by the fact, quoted as a customer heard or read it.
-const ANGLES: [(&str, &str); 5] = [
-    (
-        "true",
-        "I read this about you in the neighborhood paper: \"{fact}\" Is that true, Dee?",
-    ),
-    (
-        "story",
-        "One of your regulars told me: \"{fact}\" What's the story behind that?",
-    ),
-    (
-        "feelings",
-        "Somebody at the counter said this about you: \"{fact}\" How do you feel about that?",
-    ),
-    (
-        "lesson",
-        "\"{fact}\" That's what they say about you. What has that taught you?",
-    ),
-    (
-        "advice",
-        "My niece wants to open a diner someday. Someone told her: \"{fact}\" What would you tell her about that?",
-    ),
+/// Ways to ask about a whole fact, quoted as a customer heard or read it (`{fact}`); the fact's
+/// index picks one, so consecutive facts are asked differently.
+const WHOLE: [&str; 6] = [
+    "I read this about you in the neighborhood paper: \"{fact}\" Is that true, Dee?",
+    "One of your regulars told me: \"{fact}\" What's the story behind that?",
+    "Somebody at the counter said this about you: \"{fact}\" How do you feel about that?",
+    "\"{fact}\" That's what they say about you. What has that taught you?",
+    "My niece wants to open a diner someday. Someone told her: \"{fact}\" What would you tell her about that?",
+    "For the diner's anniversary newsletter: \"{fact}\" Can you say a few words about it?",
 ];
+
+/// Ways to ask about a piece of a fact a customer half remembers (`{part}`): each fact is also
+/// asked about in three pieces, so the questions do not all repeat the same words.
+const PIECE: [&str; 6] = [
+    "Someone mentioned something about \"{part}\" — what was that about, Dee?",
+    "I overheard \"{part}\" at the counter. What's the story there?",
+    "What's this I hear about \"{part}\"?",
+    "Ernie keeps saying \"{part}\" and laughing. Care to explain?",
+    "A tourist asked me what \"{part}\" means around here. What should I tell her?",
+    "My buddy swears he read \"{part}\" about you. Is he pulling my leg?",
+];
+
+/// Pieces each fact is cut into, besides being asked about whole.
+const PIECES: usize = 3;
 
 /// Candidates per question: the best one that passes the quality gate is kept.
 const CANDIDATES: u32 = 4;
@@ -122,16 +122,42 @@ impl Pipeline for IdentityAugmentation {
     }
 }
 
-/// The questions about one fact, one per angle.
-fn questions(index: usize, fact: &Fact) -> impl Iterator<Item = FactQuestion> + '_ {
-    let quoted = fact.text.trim_end_matches('.').replace('"', "'");
-    ANGLES.iter().map(move |(angle, template)| FactQuestion {
-        id: format!("fact-{index:03}-{angle}"),
+/// The questions about one fact: one about the whole fact, one about each of its pieces.
+fn questions(index: usize, fact: &Fact) -> Vec<FactQuestion> {
+    let text = fact.text.trim_end_matches('.').replace('"', "'");
+    let mut questions = vec![FactQuestion {
+        id: format!("fact-{index:03}-whole"),
         section: fact.section.clone(),
         fact: fact.text.clone(),
-        angle,
-        question: template.replace("{fact}", &format!("{quoted}.")),
-    })
+        angle: "whole",
+        question: WHOLE[index % WHOLE.len()].replace("{fact}", &format!("{text}.")),
+    }];
+    let words: Vec<&str> = text.split_whitespace().collect();
+    for (piece, part) in pieces(&words).into_iter().enumerate() {
+        questions.push(FactQuestion {
+            id: format!("fact-{index:03}-piece{}", piece + 1),
+            section: fact.section.clone(),
+            fact: fact.text.clone(),
+            angle: "piece",
+            question: PIECE[(index + piece) % PIECE.len()].replace("{part}", &part),
+        });
+    }
+    questions
+}
+
+/// The fact's words in [`PIECES`] runs of about equal length (trailing punctuation trimmed).
+fn pieces(words: &[&str]) -> Vec<String> {
+    let n = words.len();
+    (0..PIECES)
+        .map(|i| {
+            let (from, to) = (i * n / PIECES, (i + 1) * n / PIECES);
+            words[from..to]
+                .join(" ")
+                .trim_matches(|c: char| c == ',' || c == ';' || c == ':')
+                .to_owned()
+        })
+        .filter(|part| part.split_whitespace().count() >= 2)
+        .collect()
 }
 
 shaping::pipeline_main!(IdentityAugmentation);
@@ -141,19 +167,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_fact_gets_one_question_per_angle_with_the_fact_quoted() {
+    fn every_fact_is_asked_whole_and_in_three_pieces() {
         let fact = Fact {
             section: "Habits".into(),
             text: "Makes pierogi on Fridays from her mother's \"secret\" recipe.".into(),
         };
-        let qs: Vec<FactQuestion> = questions(7, &fact).collect();
-        assert_eq!(qs.len(), ANGLES.len());
-        assert_eq!(qs[0].id, "fact-007-true");
+        let qs = questions(0, &fact);
+        assert_eq!(qs.len(), 1 + PIECES);
+        assert_eq!(qs[0].id, "fact-000-whole");
         assert_eq!(
             qs[0].question,
             "I read this about you in the neighborhood paper: \"Makes pierogi on Fridays from her mother's 'secret' recipe.\" Is that true, Dee?"
         );
-        assert!(qs.iter().all(|q| !q.question.contains("{fact}")));
+        assert_eq!(
+            qs[1].question,
+            "Someone mentioned something about \"Makes pierogi on\" — what was that about, Dee?"
+        );
+        assert_eq!(qs[3].id, "fact-000-piece3");
+        assert!(qs[3].question.contains("'secret' recipe"));
     }
 
     #[test]
