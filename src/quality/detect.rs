@@ -449,6 +449,12 @@ mod tests {
     }
 
     #[test]
+    fn detectors_can_be_shared_across_tasks() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<Detectors>();
+    }
+
+    #[test]
     fn reasons_display_as_snake_case() {
         let finding = Finding::new(Reason::RoleConfusion, "speaker label 'User:'");
         assert_eq!(finding.to_string(), "role_confusion: speaker label 'User:'");
@@ -546,11 +552,13 @@ mod tests {
             "Dee, I'd say pierogi start with a good dough and cheddar potatoes, hon.",
         );
         assert!(r.contains(&Reason::RoleConfusion), "{r:?}");
-        let r = reasons(
-            "Who are you?",
+        for reply in [
             "It's me, Dee! I run the diner on Clark Street, and the pierogi are on Fridays.",
-        );
-        assert!(!r.contains(&Reason::RoleConfusion), "{r:?}");
+            "Come by the diner on Clark Street for pierogi on Friday, hon.\n\nLove,\nDee",
+        ] {
+            let r = reasons("Who are you?", reply);
+            assert!(!r.contains(&Reason::RoleConfusion), "{reply}: {r:?}");
+        }
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub const REPORT_SAMPLE_CAP: usize = 2000;
 /// Most samples named per reason in the "failing samples by reason" section.
 const REASON_LIST_CAP: usize = 200;
 
+/// Per reason: how many samples fail with it, and the first [`REASON_LIST_CAP`] (id, detail).
+type ByReason = BTreeMap<Reason, (u64, Vec<(String, String)>)>;
+
 /// Characters of the prompt shown in a sample's collapsed line.
 const PREVIEW_CHARS: usize = 140;
 /// Bars shown in a category chart before the rest is summed into "other".
@@ -38,7 +41,7 @@ where
 {
     let named = named_ids(checks);
     let mut listed: Vec<(Sample, Verdict)> = Vec::new();
-    let mut by_reason: BTreeMap<Reason, (u64, Vec<(String, String)>)> = BTreeMap::new();
+    let mut by_reason = ByReason::new();
     let mut total = 0usize;
     for (sample, verdict) in samples {
         total += 1;
@@ -162,15 +165,11 @@ fn named_ids(checks: &CheckReport) -> HashSet<&str> {
 }
 
 /// The "failing samples by reason" section: per reason, the samples and what exactly is wrong.
-fn failing_by_reason(
-    page: &mut String,
-    checks: &CheckReport,
-    by_reason: &BTreeMap<Reason, (u64, Vec<(String, String)>)>,
-) {
-    let _ = write!(
+fn failing_by_reason(page: &mut String, checks: &CheckReport, by_reason: &ByReason) {
+    let _ = writeln!(
         page,
         "<section class=\"card\" id=\"failing\"><h2>Failing samples by reason</h2>\
-         <p class=\"hint\">{} of {} samples fail at least one detector.</p>\n",
+         <p class=\"hint\">{} of {} samples fail at least one detector.</p>",
         fmt_int(checks.failing_samples),
         fmt_int(checks.samples)
     );

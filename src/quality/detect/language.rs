@@ -143,7 +143,7 @@ fn guess_language(text: &str, min_hits: usize) -> Option<&'static str> {
             )
         })
         .collect();
-    scores.sort_by(|a, b| b.1.cmp(&a.1));
+    scores.sort_by_key(|s| std::cmp::Reverse(s.1));
     let (best, hits) = scores[0];
     let runner_up = scores.get(1).map_or(0, |s| s.1);
     (hits >= min_hits && hits >= 2 * runner_up.max(1)).then_some(best)

@@ -82,8 +82,23 @@ const GREETINGS: &[&str] = &[
     "oh",
 ];
 
-/// Words before `, Name` that make it a self-introduction ("It's me, Dee").
-const SELF_INTRODUCTIONS: &[&str] = &["me", "i'm", "i am", "it's", "name's", "this is", "yours"];
+/// Words before `, Name` that make it a self-introduction ("It's me, Dee") or a signature
+/// ("Love, Dee").
+const SELF_INTRODUCTIONS: &[&str] = &[
+    "me",
+    "i'm",
+    "i am",
+    "it's",
+    "name's",
+    "this is",
+    "yours",
+    "love",
+    "cheers",
+    "best",
+    "regards",
+    "sincerely",
+    "xoxo",
+];
 
 #[derive(Debug, Clone)]
 struct Claim {

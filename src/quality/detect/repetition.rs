@@ -105,27 +105,31 @@ pub(crate) fn degeneration(text: &str, words: &[String]) -> Option<String> {
     // One phrase dominating the reply.
     let total = words.len();
     if total > 0 {
-        let mut best: Option<(usize, usize, &[String])> = None;
+        // (count, n, first position, gram) of the best dominating phrase so far.
+        let mut best: Option<(usize, usize, usize, &[String])> = None;
         for n in 1..=3usize {
-            let mut grams: HashMap<&[String], usize> = HashMap::new();
-            for gram in words.windows(n) {
+            // Per phrase: how often it occurs and where first (for a deterministic choice).
+            let mut grams: HashMap<&[String], (usize, usize)> = HashMap::new();
+            for (at, gram) in words.windows(n).enumerate() {
                 if gram.iter().all(|w| is_stopword(w) || w.chars().count() < 2) {
                     continue;
                 }
-                *grams.entry(gram).or_default() += 1;
+                grams.entry(gram).or_insert((0, at)).0 += 1;
             }
-            for (gram, count) in grams {
+            for (gram, (count, first)) in grams {
                 let covered = count * n;
-                let better = best.is_none_or(|(c, bn, _)| covered > c * bn);
+                // The most frequent phrase; of equally frequent ones the longest, then the first.
+                let key = (count, n, std::cmp::Reverse(first));
+                let better = best.is_none_or(|(c, bn, bf, _)| key > (c, bn, std::cmp::Reverse(bf)));
                 if count >= DOMINANT_PHRASE_MIN_COUNT
                     && covered as f64 >= DOMINANT_PHRASE_SHARE * total as f64
                     && better
                 {
-                    best = Some((count, n, gram));
+                    best = Some((count, n, first, gram));
                 }
             }
         }
-        if let Some((count, n, gram)) = best {
+        if let Some((count, n, _, gram)) = best {
             return Some(format!(
                 "phrase '{}' ×{count} ({:.0}% of the words)",
                 gram.join(" "),
