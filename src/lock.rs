@@ -150,7 +150,10 @@ mod tests {
         let root = dir.path().to_owned();
         let waiter = std::thread::spawn(move || acquire(&root, "echo", Wait::Yes).map(|_| ()));
         std::thread::sleep(std::time::Duration::from_millis(200));
-        assert!(!waiter.is_finished(), "the second run waits while the lock is held");
+        assert!(
+            !waiter.is_finished(),
+            "the second run waits while the lock is held"
+        );
         drop(held);
         waiter.join().unwrap().unwrap();
     }

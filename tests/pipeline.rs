@@ -696,8 +696,12 @@ fn two_runs_of_one_pipeline_at_once_never_interleave() {
     let ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
     let expected: Vec<String> = (0..30).map(|i| format!("echo-{i}")).collect();
     assert_eq!(ids, expected, "one complete output in input order");
-    let manifest: Value = serde_json::from_str(&env.read("training/data/echo.manifest.json")).unwrap();
-    assert_eq!(manifest["run"]["cache_hits"], 30, "the later run replayed everything");
+    let manifest: Value =
+        serde_json::from_str(&env.read("training/data/echo.manifest.json")).unwrap();
+    assert_eq!(
+        manifest["run"]["cache_hits"], 30,
+        "the later run replayed everything"
+    );
     assert_eq!(
         env.status_of("echo").status.to_string(),
         "CURRENT (30 samples)",
@@ -729,7 +733,10 @@ fn no_wait_fails_at_once_while_another_run_holds_the_lock() {
     );
     assert_eq!(env.server.stats().received, 0);
     assert!(!env.root().join("training/data/echo.jsonl").exists());
-    assert!(!env.root().join(".shaping/cache").exists(), "the cache was not opened");
+    assert!(
+        !env.root().join(".shaping/cache").exists(),
+        "the cache was not opened"
+    );
 
     // The lock is per pipeline: holding `down`'s does not stop `echo`.
     drop(held);

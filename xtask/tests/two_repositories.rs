@@ -23,7 +23,13 @@ fn this_repo() -> PathBuf {
 fn shared_target() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .map(|t| if t.is_absolute() { t } else { this_repo().join(t) })
+        .map(|t| {
+            if t.is_absolute() {
+                t
+            } else {
+                this_repo().join(t)
+            }
+        })
         .unwrap_or_else(|| this_repo().join("target"))
 }
 
@@ -218,8 +224,7 @@ fn assert_refuses_foreign_build(cwd: &Path, built_from: &Path) {
             cwd.display()
         );
         assert!(
-            stderr.contains(&built_from.display().to_string())
-                && stderr.contains("cargo xtask"),
+            stderr.contains(&built_from.display().to_string()) && stderr.contains("cargo xtask"),
             "the error names the repository it was built from and how to rebuild: {stderr}"
         );
     }
@@ -244,7 +249,10 @@ fn every_command_acts_on_the_repository_it_was_started_in() {
     age_files(&a, SystemTime::now() - Duration::from_secs(3600));
     assert_refuses_foreign_build(&a, &b);
     let listed = xtask(&a, &["list"]);
-    assert!(listed.contains("probe") && listed.contains("inputs/words.txt"), "{listed}");
+    assert!(
+        listed.contains("probe") && listed.contains("inputs/words.txt"),
+        "{listed}"
+    );
     assert!(xtask(&a, &["status"]).contains("MISSING"));
     xtask(&a, &["data"]);
     assert_eq!(
@@ -269,7 +277,11 @@ fn every_command_acts_on_the_repository_it_was_started_in() {
     std::fs::write(c.join("inputs/words.txt"), "charlie\n").unwrap();
     assert!(xtask(&c, &["status"]).contains("STALE"));
     xtask(&c, &["data"]);
-    assert_eq!(answers(&c), ["code-B: charlie"], "C's code ran on C's inputs");
+    assert_eq!(
+        answers(&c),
+        ["code-B: charlie"],
+        "C's code ran on C's inputs"
+    );
     assert_eq!(manifest_code_hash(&c), code_hash_of(&c));
     let a_files = snapshot(&a);
     assert_eq!(b_files, snapshot(&b), "commands in C left B byte-identical");
@@ -281,7 +293,11 @@ fn every_command_acts_on_the_repository_it_was_started_in() {
     assert!(a.join("pipelines/extra/src/main.rs").is_file());
     assert!(!b.join("pipelines/extra").exists() && !c.join("pipelines/extra").exists());
     std::fs::remove_dir_all(a.join("pipelines/extra")).unwrap();
-    assert_eq!(a_files, snapshot(&a), "only `new` wrote to A, and only its crate");
+    assert_eq!(
+        a_files,
+        snapshot(&a),
+        "only `new` wrote to A, and only its crate"
+    );
     xtask(&b, &["new", "extra"]);
     assert!(b.join("pipelines/extra/src/main.rs").is_file());
     assert!(!a.join("pipelines/extra").exists() && !c.join("pipelines/extra").exists());
@@ -307,7 +323,11 @@ fn assert_quiet_on_closed_stdout(cwd: &Path, program: &Path, args: &[&str]) {
     drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(141), "{program:?} {args:?}: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(141),
+        "{program:?} {args:?}: {stderr}"
+    );
     assert!(
         !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
         "{stderr}"
