@@ -122,7 +122,7 @@ enum Command {
     },
     /// Run the review snapshot tests and open the review of changed datasets.
     Review,
-    /// Benchmark the dispatcher: release builds of bench-pipeline against a separate mock-llm.
+    /// Benchmark the dispatcher: bench-pipeline (built like `run` builds pipelines) against a separate mock-llm.
     Bench(bench::BenchArgs),
     /// Run every test of the workspace (after setup). Extra arguments go to `cargo test`.
     Test {

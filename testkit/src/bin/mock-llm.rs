@@ -43,6 +43,27 @@ struct Args {
     /// Probability of a connection reset per request.
     #[arg(long, default_value_t = 0.0)]
     fault_rate_reset: f64,
+    /// Probability per request of headers and half the body, then a closed connection.
+    #[arg(long, default_value_t = 0.0)]
+    fault_rate_close_mid_body: f64,
+    /// Probability per request of a complete 200 response whose body is not JSON.
+    #[arg(long, default_value_t = 0.0)]
+    fault_rate_invalid_json: f64,
+    /// Probability per request of holding it `--hang-ms` before answering (past a client's
+    /// timeout, the client sees a hang).
+    #[arg(long, default_value_t = 0.0)]
+    fault_rate_hang: f64,
+    /// How long a hanging request is held (on top of the latency).
+    #[arg(long, default_value_t = 30_000)]
+    hang_ms: u64,
+    /// Share of requests that are stragglers: answered normally, but after about
+    /// `--straggler-ms` in all instead of the latency.
+    #[arg(long, default_value_t = 0.0)]
+    straggler_rate: f64,
+    /// Total time a straggler takes (ms): it is held `straggler_ms - latency_ms`, then gets
+    /// the usual latency and jitter.
+    #[arg(long, default_value_t = 10_000)]
+    straggler_ms: u64,
     /// Seed for fault and jitter randomness.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -77,6 +98,7 @@ fn rate(name: &str, p: f64) -> Result<f64, String> {
 
 fn build_config(a: &Args) -> Result<MockConfig, String> {
     let mut rates = Vec::new();
+    let straggler_hold = Duration::from_millis(a.straggler_ms.saturating_sub(a.latency_ms));
     for (name, p, f) in [
         ("fault-rate-429", a.fault_rate_429, Fault::Status(429)),
         ("fault-rate-500", a.fault_rate_500, Fault::Status(500)),
@@ -85,13 +107,33 @@ fn build_config(a: &Args) -> Result<MockConfig, String> {
             a.fault_rate_reset,
             Fault::ResetConnection,
         ),
+        (
+            "fault-rate-close-mid-body",
+            a.fault_rate_close_mid_body,
+            Fault::CloseMidBody,
+        ),
+        (
+            "fault-rate-invalid-json",
+            a.fault_rate_invalid_json,
+            Fault::InvalidJson,
+        ),
+        (
+            "fault-rate-hang",
+            a.fault_rate_hang,
+            Fault::Delay(Duration::from_millis(a.hang_ms)),
+        ),
+        (
+            "straggler-rate",
+            a.straggler_rate,
+            Fault::Delay(straggler_hold),
+        ),
     ] {
         if rate(name, p)? > 0.0 {
             rates.push((f, p));
         }
     }
     if rates.iter().map(|(_, p)| p).sum::<f64>() > 1.0 {
-        return Err("fault rates sum to more than 1".into());
+        return Err("fault and straggler rates sum to more than 1".into());
     }
     if let Some(t) = a.tokens_per_second
         && !(t.is_finite() && t > 0.0)
