@@ -33,6 +33,7 @@ use crate::cache::{CacheError, CacheKey, ResponseCache};
 use crate::dispatch::{DispatchError, DispatchOptions, DispatchStats, Dispatcher, Lane};
 use crate::manifest::{Manifest, ManifestError};
 use crate::models::{ModelFingerprint, ModelSpec, ModelsConfig, ModelsError};
+use crate::progress::Progress;
 use crate::provider::{ChatRequest, Message, Params};
 use crate::quality::{self, QualityError};
 use crate::sample::Response;
@@ -384,6 +385,8 @@ pub struct JudgeOptions {
     pub cache: Option<PathBuf>,
     /// How many lowest-scoring samples the summary keeps.
     pub lowest_kept: usize,
+    /// No progress bar or progress lines on stderr.
+    pub quiet: bool,
 }
 
 impl Default for JudgeOptions {
@@ -393,6 +396,7 @@ impl Default for JudgeOptions {
             narrative: PathBuf::from(NARRATIVE_FILE),
             cache: None,
             lowest_kept: DEFAULT_LOWEST_KEPT,
+            quiet: false,
         }
     }
 }
@@ -412,6 +416,9 @@ pub struct JudgePlan {
     narrative_sha256: String,
     dataset_sha256: String,
     lowest_kept: usize,
+    quiet: bool,
+    /// The dataset's name, for progress.
+    name: String,
     items: Vec<Item>,
     cache: Arc<ResponseCache>,
     cached: usize,
@@ -475,6 +482,8 @@ impl JudgePlan {
             narrative_sha256: crate::fingerprint::sha256_hex(narrative.as_bytes()),
             dataset_sha256,
             lowest_kept: options.lowest_kept,
+            quiet: options.quiet,
+            name: quality::dataset_name(dataset),
             items,
             cache,
             cached: 0,
@@ -543,11 +552,19 @@ impl JudgePlan {
         } else {
             None
         };
+        let progress = Progress::new(
+            &format!("judge {}", self.name),
+            Arc::clone(&dispatcher.stats),
+            self.quiet,
+        );
+        progress.add_total(self.items.len() as u64);
         let judgements: Vec<Judgement> = futures::stream::iter(&self.items)
             .map(|item| self.judge(&dispatcher, lane.as_ref(), item))
             .buffered(WINDOW)
+            .inspect(|judgement| progress.record_done(judgement.result.is_err()))
             .collect()
             .await;
+        progress.finish();
         let stats = &dispatcher.stats;
         let input_tokens = DispatchStats::get(&stats.input_tokens);
         let output_tokens = DispatchStats::get(&stats.output_tokens);

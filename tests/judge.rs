@@ -164,6 +164,7 @@ fn write_dataset(repo: &TestRepo, name: &str, n: u32) -> std::path::PathBuf {
 fn options(alias: &str) -> JudgeOptions {
     JudgeOptions {
         alias: alias.to_owned(),
+        quiet: true,
         ..JudgeOptions::default()
     }
 }
