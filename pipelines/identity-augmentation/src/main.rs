@@ -74,6 +74,9 @@ impl Pipeline for IdentityAugmentation {
     const NAME: &'static str = "identity-augmentation";
 
     fn declare(deps: &mut Declare) -> Self {
+        // best_of judges candidates with the voice's markers and contradictions: edits to it
+        // change which candidate is kept.
+        deps.file("voice", shaping::quality::VOICE_FILE);
         Self {
             narrative: deps.file("narrative_doc", "identity/NARRATIVE.md"),
             examples: deps.file("examples", "identity/prompts/examples.jsonl"),

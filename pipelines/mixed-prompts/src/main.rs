@@ -36,6 +36,9 @@ impl Pipeline for MixedPrompts {
     const NAME: &'static str = "mixed-prompts";
 
     fn declare(deps: &mut Declare) -> Self {
+        // best_of judges candidates with the voice's markers and contradictions: edits to it
+        // change which candidate is kept.
+        deps.file("voice", shaping::quality::VOICE_FILE);
         Self {
             wildchat: deps.file("wildchat", "training/inputs/wildchat-sample.parquet"),
             custom: deps.file("custom_prompts", "identity/prompts/custom.jsonl"),

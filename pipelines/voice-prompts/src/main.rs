@@ -29,6 +29,9 @@ impl Pipeline for VoicePrompts {
     const NAME: &'static str = "voice-prompts";
 
     fn declare(deps: &mut Declare) -> Self {
+        // best_of judges candidates with the voice's markers and contradictions: edits to it
+        // change which candidate is kept.
+        deps.file("voice", shaping::quality::VOICE_FILE);
         Self {
             prompts: deps.file("prompts", "identity/prompts/voice.txt"),
             narrative: deps.file("narrative_doc", "identity/NARRATIVE.md"),
