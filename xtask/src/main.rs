@@ -171,7 +171,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 for e in &evaluated {
                     println!("{}: {}", e.name, e.status);
                     // A lowered bar is always visible: every loosened threshold and its reason.
-                    let quality = pipelines.iter().find(|d| d.name == e.name).map(|d| &d.quality);
+                    let quality = pipelines
+                        .iter()
+                        .find(|d| d.name == e.name)
+                        .map(|d| &d.quality);
                     if let Some(Ok(config)) = quality.map(|q| {
                         serde_json::from_value::<shaping::quality::QualityConfig>(q.clone())
                     }) {
@@ -303,7 +306,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     let passed =
                         quality_cmds::check_cmd(&datasets, output, ws.root(), names.is_empty())?;
                     if judge {
-                        let judged = judge_cmd::judge_cmd(&datasets, ws.root(), &judge_model, json)?;
+                        let judged =
+                            judge_cmd::judge_cmd(&datasets, ws.root(), &judge_model, json)?;
                         return Ok(passed && judged);
                     }
                     Ok(passed)
