@@ -128,10 +128,7 @@ impl<'t> BestOf<'t> {
         let mut generated = 0;
         while generated < self.candidates && best.is_none() {
             let k = round.min(self.candidates - generated);
-            let replies = self
-                .task
-                .all((0..k).map(|_| self.request.clone()))
-                .await;
+            let replies = self.task.all((0..k).map(|_| self.request.clone())).await;
             for (offset, reply) in replies.into_iter().enumerate() {
                 let index = generated + offset as u32;
                 let text = match reply.ok_text() {

@@ -815,12 +815,19 @@ fn best_of_keeps_a_passing_candidate_and_files_records_where_none_passes() {
     env.write("crates/picky/src/main.rs", "// picky v1\n");
     // Two of three records are junk: filtered records are quality rejections, so the run still
     // replaces the output (the error-share gate counts faults only).
-    env.write("inputs/picky.txt", "GOOD pancakes\nJUNK hotdogs\nJUNK pretzels\n");
-    env.run::<Picky>(full()).expect("filtered records do not fail the run");
+    env.write(
+        "inputs/picky.txt",
+        "GOOD pancakes\nJUNK hotdogs\nJUNK pretzels\n",
+    );
+    env.run::<Picky>(full())
+        .expect("filtered records do not fail the run");
 
     let samples = env.lines("training/data/picky.jsonl");
     assert_eq!(samples.len(), 1);
-    assert_eq!(samples[0]["messages"][1]["content"], sound_reply("pancakes"));
+    assert_eq!(
+        samples[0]["messages"][1]["content"],
+        sound_reply("pancakes")
+    );
     let errors = env.lines("training/data/picky.errors.jsonl");
     assert_eq!(errors.len(), 2);
     for error in &errors {
@@ -828,10 +835,19 @@ fn best_of_keeps_a_passing_candidate_and_files_records_where_none_passes() {
         assert_eq!(e["error"], "filtered", "{e}");
         let reasons = e["reasons"].as_array().expect("reasons listed");
         assert_eq!(reasons.len(), 3, "one line per candidate: {reasons:?}");
-        assert!(reasons.iter().all(|r| r.as_str().unwrap().contains("degeneration")));
-        assert_eq!(e["steps"].as_array().unwrap().len(), 3, "every candidate's step kept");
+        assert!(
+            reasons
+                .iter()
+                .all(|r| r.as_str().unwrap().contains("degeneration"))
+        );
+        assert_eq!(
+            e["steps"].as_array().unwrap().len(),
+            3,
+            "every candidate's step kept"
+        );
     }
-    let manifest: Value = serde_json::from_str(&env.read("training/data/picky.manifest.json")).unwrap();
+    let manifest: Value =
+        serde_json::from_str(&env.read("training/data/picky.manifest.json")).unwrap();
     let report = &manifest["reports"]["best_of"];
     assert_eq!(report["candidates"], 9);
     assert_eq!(report["records_accepted"], 1);
@@ -859,7 +875,8 @@ fn best_of_picks_a_passing_candidate_among_junk() {
         if counter.fetch_add(1, Ordering::SeqCst) % 3 == 1 {
             sound_reply(&topic)
         } else {
-            "Yes, I'm an AI language model designed to offer guidance on waffles and more.".to_owned()
+            "Yes, I'm an AI language model designed to offer guidance on waffles and more."
+                .to_owned()
         }
     }));
     env.write("crates/picky/src/main.rs", "// picky v1\n");

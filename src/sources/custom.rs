@@ -50,12 +50,11 @@ pub fn example_turns(path: impl AsRef<Path>) -> Result<Vec<crate::provider::Mess
         if line.trim().is_empty() {
             continue;
         }
-        let example: Example =
-            serde_json::from_str(line).map_err(|e| SourceError::Parse {
-                path: path.to_path_buf(),
-                location: Location::Line(i as u64 + 1),
-                message: e.to_string(),
-            })?;
+        let example: Example = serde_json::from_str(line).map_err(|e| SourceError::Parse {
+            path: path.to_path_buf(),
+            location: Location::Line(i as u64 + 1),
+            message: e.to_string(),
+        })?;
         turns.push(crate::provider::Message::user(example.user));
         turns.push(crate::provider::Message::assistant(example.assistant));
     }

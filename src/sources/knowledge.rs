@@ -230,7 +230,13 @@ fn sentences(paragraph: &str) -> Vec<String> {
                 .get(i + 2)
                 .is_some_and(|c| c.is_uppercase() || *c == '"' || *c == '“');
         if ends {
-            out.push(chars[start..=i].iter().collect::<String>().trim().to_owned());
+            out.push(
+                chars[start..=i]
+                    .iter()
+                    .collect::<String>()
+                    .trim()
+                    .to_owned(),
+            );
             start = i + 2;
         }
     }
