@@ -553,8 +553,24 @@ fn voice_repo(server: &MockServer, extra: &str, prompts: &[String]) -> TestRepo 
     let mut text = prompts.join("\n");
     text.push('\n');
     repo.write("identity/prompts/voice.txt", &text);
+    repo.write(
+        "identity/prompts/examples.jsonl",
+        "{\"user\": \"What's good today?\", \"assistant\": \"The hash, hon.\"}\n",
+    );
     repo
 }
+
+/// A reply that passes the quality gate (voice-prompts keeps the best of several candidates):
+/// long enough, on the prompt's subject, in voice.
+fn sound_reply(chat: &testkit::ChatView) -> String {
+    let prompt = chat.last_user().unwrap_or_default();
+    format!(
+        "Well, hon, about {prompt}: I have thought about {prompt} for years at the diner. You take your time, you get it right, and then you sit down with a cup of coffee."
+    )
+}
+
+/// Candidates voice-prompts asks for per prompt.
+const VOICE_CANDIDATES: u64 = 4;
 
 fn voice_command(repo: &TestRepo, binary: &Path) -> Command {
     let mut cmd = Command::new(binary);
@@ -592,11 +608,14 @@ fn api_key_never_leaks() {
     const KEY: &str = "sk-SECRET-7f3a9c1e-do-not-leak-4b2d";
     let binary = voice_prompts_binary();
     let (_rt, server) = start_server(
-        MockConfig::new().api_key(KEY).faults(
-            FaultPlan::none()
-                .marker("AUTHFAIL", Fault::Status(401))
-                .marker_times("FLAKY", Fault::Status(500), 2),
-        ),
+        MockConfig::new()
+            .api_key(KEY)
+            .responder(sound_reply)
+            .faults(
+                FaultPlan::none()
+                    .marker("AUTHFAIL", Fault::Status(401))
+                    .marker_times("FLAKY", Fault::Status(500), 2),
+            ),
     );
     let mut list = prompts("hello", 8);
     list.push("AUTHFAIL-1".into());
@@ -610,12 +629,12 @@ fn api_key_never_leaks() {
         .expect("run voice-prompts");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "voice-prompts failed: {stderr}");
-    assert_eq!(server.prompt_count("AUTHFAIL-1"), 1);
+    assert_eq!(server.prompt_count("AUTHFAIL-1"), VOICE_CANDIDATES);
     assert!(server.prompt_count("FLAKY-1") >= 2);
     assert_eq!(
         server.stats().status(401),
-        1,
-        "the key was accepted (only the injected 401)"
+        VOICE_CANDIDATES,
+        "the key was accepted (only the injected 401s, one per candidate)"
     );
     let auth = server.requests()[0]
         .header("authorization")
@@ -670,7 +689,11 @@ fn api_key_never_leaks() {
 #[test]
 fn sigkill_midway_then_rerun_pays_only_in_flight_twice() {
     let binary = voice_prompts_binary();
-    let (rt, server) = start_server(MockConfig::new().latency(Duration::from_millis(150)));
+    let (rt, server) = start_server(
+        MockConfig::new()
+            .latency(Duration::from_millis(150))
+            .responder(sound_reply),
+    );
     let n = 40;
     let list = prompts("Tell me about day", n);
     let repo = voice_repo(&server, "max_concurrency = 4", &list);
@@ -687,7 +710,10 @@ fn sigkill_midway_then_rerun_pays_only_in_flight_twice() {
     let status = child.wait().expect("wait");
     assert!(!status.success());
     let first = server.stats().received;
-    assert!(first < n as u64, "killed too late ({first} requests)");
+    assert!(
+        first < n as u64 * VOICE_CANDIDATES,
+        "killed too late ({first} requests)"
+    );
 
     assert!(
         !output.exists(),
@@ -724,7 +750,7 @@ fn sigkill_midway_then_rerun_pays_only_in_flight_twice() {
     }
     let total = server.stats().received;
     assert!(
-        total <= n as u64 + 4,
+        total <= n as u64 * VOICE_CANDIDATES + 4,
         "{total} requests over both runs: more than the 4 in flight were paid twice (first run: {first})"
     );
     drop(server);

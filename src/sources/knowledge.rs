@@ -253,7 +253,7 @@ mod fact_tests {
 
     #[test]
     fn bullets_and_sentences_become_facts_in_order() {
-        let doc = "# Dee\n\n## Who she is\nDee is 58. She runs the diner\non Clark Street.\n\n## Habits\n- Opens at 5:30 every\n  morning.\n- Makes pierogi on Fridays.\n\n## Other\n- Skipped here.\n";
+        let doc = "# Dee\n\n## Who she is\nDee is 58. She runs the diner\non Clark Street.\n\n## Habits\n- Opens at 5:30 every\n  morning.\n- Makes pierogi on Fridays.\n\n## Other\n- Not asked about here.\n";
         let facts = section_facts(doc, &["Who she is", "Habits"]);
         let texts: Vec<&str> = facts.iter().map(|f| f.text.as_str()).collect();
         assert_eq!(
