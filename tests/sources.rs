@@ -38,12 +38,23 @@ fn all(records: Records) -> Vec<Record> {
 // ---------------------------------------------------------------------------------------------
 // Parquet fixture writers (low-level API).
 
-/// A flat parquet file of optional string columns, `rows_per_group` rows per row group.
+/// A flat parquet file of optional string columns, `rows_per_group` rows per row group, snappy.
 fn write_flat_parquet(
     path: &Path,
     columns: &[&str],
     rows: &[Vec<Option<&str>>],
     rows_per_group: usize,
+) {
+    write_flat_parquet_compressed(path, columns, rows, rows_per_group, Compression::SNAPPY);
+}
+
+/// [`write_flat_parquet`] with the given page compression.
+fn write_flat_parquet_compressed(
+    path: &Path,
+    columns: &[&str],
+    rows: &[Vec<Option<&str>>],
+    rows_per_group: usize,
+    compression: Compression,
 ) {
     let fields: String = columns
         .iter()
@@ -52,7 +63,7 @@ fn write_flat_parquet(
     let schema = Arc::new(parse_message_type(&format!("message schema {{\n{fields}}}")).unwrap());
     let props = Arc::new(
         WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
+            .set_compression(compression)
             .build(),
     );
     let mut writer =
@@ -653,6 +664,45 @@ fn parquet_row_groups_projection_and_missing_column() {
         ),
         "{err}"
     );
+}
+
+/// The compressions datasets on the Hugging Face Hub use (zstd is the `datasets` default for
+/// many uploads, gzip for older ones, lz4 now and then) all read.
+#[test]
+fn parquet_in_every_common_compression_reads() {
+    use parquet::basic::{GzipLevel, ZstdLevel};
+    let dir = TempDir::new().unwrap();
+    let rows: Vec<Vec<Option<&str>>> = vec![
+        vec![Some("How do you take your coffee?")],
+        vec![Some("Who won the 2016 World Series?")],
+        vec![Some("Pierogi on Fridays?")],
+    ];
+    for (name, compression) in [
+        ("snappy", Compression::SNAPPY),
+        ("zstd", Compression::ZSTD(ZstdLevel::default())),
+        ("gzip", Compression::GZIP(GzipLevel::default())),
+        ("lz4_raw", Compression::LZ4_RAW),
+        ("lz4", Compression::LZ4),
+        ("none", Compression::UNCOMPRESSED),
+    ] {
+        let p = dir.path().join(format!("{name}.parquet"));
+        write_flat_parquet_compressed(&p, &["prompt"], &rows, 2, compression);
+        let recs = Loader::new(&p)
+            .open()
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"))
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let prompts: Vec<&str> = recs.iter().map(|r| r.prompt.as_str()).collect();
+        assert_eq!(
+            prompts,
+            [
+                "How do you take your coffee?",
+                "Who won the 2016 World Series?",
+                "Pierogi on Fridays?"
+            ],
+            "{name}"
+        );
+    }
 }
 
 #[test]
