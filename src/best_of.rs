@@ -109,6 +109,14 @@ impl<'t> BestOf<'t> {
     /// passes, with every candidate's reasons.
     pub async fn pick(self) -> Result<Chosen, PipelineError> {
         let ctx = self.task.ctx();
+        // Example replies shown before the question (few-shot turns): copying them is an echo.
+        let examples: Vec<&str> = self
+            .request
+            .messages()
+            .iter()
+            .filter(|m| m.role == "assistant")
+            .map(|m| m.content.as_str())
+            .collect();
         let prompt = self.prompt.clone().unwrap_or_else(|| {
             self.request
                 .messages()
@@ -144,11 +152,14 @@ impl<'t> BestOf<'t> {
                     Some(f) => f(text),
                     None => text.trim().to_owned(),
                 };
-                let verdict = ctx.detectors.judge(&Turn {
-                    prompt: &prompt,
-                    reply: &text,
-                    finish_reason: reply.finish_reason(),
-                });
+                let verdict = ctx.detectors.judge_after_examples(
+                    &Turn {
+                        prompt: &prompt,
+                        reply: &text,
+                        finish_reason: reply.finish_reason(),
+                    },
+                    &examples,
+                );
                 let mut reasons = verdict.reasons();
                 if let Some(accept) = &self.accept
                     && let Err(why) = accept(&text)

@@ -624,6 +624,9 @@ pub struct Voice {
     pub aliases: Vec<String>,
     /// Whether the identity is an AI (then AI self-descriptions are not contradictions).
     pub is_ai: bool,
+    /// The identity's age in years: a first-person claim of another age ("I'm 22", "I'm a
+    /// 50-year-old", "I'm in my twenties") is a contradiction.
+    pub age: Option<u32>,
     /// Identity markers: a response showing one of them is "in voice".
     pub markers: Vec<String>,
     /// Generic-assistant phrases, counted with the built-in refusal phrases.
@@ -649,6 +652,7 @@ struct RawVoice {
     name: Option<String>,
     aliases: Vec<String>,
     is_ai: bool,
+    age: Option<u32>,
     markers: Vec<String>,
     generic_phrases: Vec<String>,
     contradictions: Vec<RawContradiction>,
@@ -740,6 +744,7 @@ impl Voice {
             name: raw.name,
             aliases: raw.aliases,
             is_ai: raw.is_ai,
+            age: raw.age,
             markers: raw.markers,
             generic_phrases: raw.generic_phrases,
             contradictions,

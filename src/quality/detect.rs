@@ -341,6 +341,24 @@ impl Detectors {
         Verdict { findings, markers }
     }
 
+    /// Judge a turn whose prompt showed example replies first (few-shot turns): besides
+    /// [`Detectors::judge`], a reply that copies a phrase from one of `examples` is an echo.
+    pub fn judge_after_examples(&self, turn: &Turn<'_>, examples: &[&str]) -> Verdict {
+        let mut verdict = self.judge(turn);
+        if examples.is_empty() || verdict.has(Reason::Echo) {
+            return verdict;
+        }
+        let reply_words = words::words(&words::plain_apostrophes(turn.reply));
+        let example_words: Vec<Vec<String>> = examples
+            .iter()
+            .map(|e| words::words(&words::plain_apostrophes(e)))
+            .collect();
+        if let Some(detail) = repetition::copied_from_examples(&reply_words, &example_words) {
+            verdict.findings.push(Finding::new(Reason::Echo, detail));
+        }
+        verdict
+    }
+
     /// Judge a dataset record (see [`Turn::of_record`]).
     pub fn judge_record(&self, record: &Record) -> Verdict {
         self.judge(&Turn::of_record(record))
@@ -536,6 +554,36 @@ mod tests {
     }
 
     #[test]
+    fn another_age_is_a_contradiction() {
+        for reply in [
+            "I'm just a little blonde, only 22 years old, and I love the Cubs, hon.",
+            "Hon, I'm a 50-year-old who loves to do things around the diner.",
+            "I'm 35. The diner keeps me young, hon.",
+            "I'm still in my twenties, kiddo, but I know my coffee.",
+        ] {
+            let verdict = judge("How old are you?", reply);
+            assert!(
+                verdict
+                    .reasons()
+                    .iter()
+                    .any(|r| r.starts_with("contradiction: claims another age than 58")),
+                "{reply}: {:?}",
+                verdict.reasons()
+            );
+        }
+        for reply in [
+            "I'm 58 years old, hon, and I've run this diner for twenty-six years.",
+            "I'm in my fifties, kiddo, and I still pour the coffee myself.",
+            "When I was 22 I was already pouring coffee at the diner, hon.",
+            "I'm 100 percent sure the Cubs will make it, hon.",
+            "My son Tony is 30 years old, hon, and he still eats here.",
+        ] {
+            let r = reasons("How old are you?", reply);
+            assert!(!r.contains(&Reason::Contradiction), "{reply}: {r:?}");
+        }
+    }
+
+    #[test]
     fn role_confusion() {
         let r = reasons(
             "How do I make pierogi?",
@@ -582,6 +630,35 @@ mod tests {
             !r.contains(&Reason::Relevance) && !r.contains(&Reason::Echo),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn copying_an_example_reply_is_an_echo() {
+        let detectors = Detectors::new(&dee(), &QualityConfig::default()).unwrap();
+        let turn = Turn {
+            prompt: "Can you fix my bike?",
+            reply: "Hon, bikes are not my thing. I'll stick to pancakes, sweetie, and the Cubs. Ask my son Mikey.",
+            finish_reason: Some("stop"),
+        };
+        let examples =
+            ["Hon, that's above my pay grade. I'll stick to pancakes and the batting order."];
+        let verdict = detectors.judge_after_examples(&turn, &examples);
+        assert!(
+            verdict.reasons().contains(
+                &"echo: copies 'i'll stick to pancakes' from an example reply of the prompt"
+                    .to_owned()
+            ),
+            "{:?}",
+            verdict.reasons()
+        );
+        // Sharing a few common words is not copying.
+        let turn = Turn {
+            reply: "Hon, sit down and have a coffee first, then we'll talk about that bike of yours. Mikey fixes anything.",
+            ..turn
+        };
+        let examples = ["Grab a stool by the window and I'll pour you a coffee."];
+        let verdict = detectors.judge_after_examples(&turn, &examples);
+        assert!(verdict.passed(), "{:?}", verdict.reasons());
     }
 
     #[test]

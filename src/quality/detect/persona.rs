@@ -100,6 +100,35 @@ const SELF_INTRODUCTIONS: &[&str] = &[
     "xoxo",
 ];
 
+/// First-person age claims; the age is the first capture group that matched: digits (`I'm 22`,
+/// `I'm a 50-year-old`, `I'm just a little blonde, only 22 years old`) or a decade (`in my
+/// twenties`, `in my 30s`). Matched case-insensitively on text with plain apostrophes.
+const AGE_CLAIM: &str = r"\bI(?:'m| am)\s+(?:only\s+|just\s+|almost\s+|nearly\s+|barely\s+|about\s+|over\s+|now\s+|still\s+)?(\d{1,3})(?:[\s-]+years?[\s-]+old\b|\s*[.,!?;]|\s*$)|\bI(?:'m| am)\s+(?:just\s+|only\s+|now\s+)?(?:a|an)\s+(?:[\w-]+\s+){0,2}?(\d{1,3})[\s-]+years?[\s-]+old\b|\bI(?:'m| am)\s+[^.!?\n]{0,40}?,\s*(?:only\s+|just\s+|almost\s+|barely\s+|nearly\s+)?(\d{1,3})\s+years?\s+old\b|\bI(?:'m| am)\s+(?:only\s+|just\s+|still\s+|now\s+)?in\s+my\s+(?:early\s+|mid\s+|mid-|late\s+)?(teens|twenties|thirties|forties|fifties|sixties|seventies|eighties|nineties|[1-9]0'?s)\b";
+
+/// The decade a word names (`twenties` → 20, `30s` → 30, `teens` → 10).
+fn decade(word: &str) -> Option<u32> {
+    let word = word.to_ascii_lowercase();
+    let digits: String = word.chars().take_while(char::is_ascii_digit).collect();
+    if !digits.is_empty() {
+        return digits.parse().ok();
+    }
+    const WORDS: [&str; 9] = [
+        "teens",
+        "twenties",
+        "thirties",
+        "forties",
+        "fifties",
+        "sixties",
+        "seventies",
+        "eighties",
+        "nineties",
+    ];
+    WORDS
+        .iter()
+        .position(|w| *w == word)
+        .map(|i| 10 * (i as u32 + 1))
+}
+
 #[derive(Debug, Clone)]
 struct Claim {
     label: String,
@@ -116,6 +145,8 @@ pub(crate) struct Persona {
     prompt_leak: Regex,
     narration: Option<Regex>,
     names: Option<Regex>,
+    /// The identity's age and the pattern of first-person age claims.
+    age: Option<(u32, Regex)>,
 }
 
 fn compile(label: &str, pattern: &str) -> Result<Regex> {
@@ -190,6 +221,29 @@ impl Persona {
             prompt_leak: compile("system prompt leak", PROMPT_LEAK)?,
             narration,
             names,
+            age: match voice.age {
+                Some(age) => Some((age, compile("age claim", AGE_CLAIM)?)),
+                None => None,
+            },
+        })
+    }
+
+    /// A first-person claim of another age than the identity's, or `None`.
+    fn wrong_age(&self, text: &str) -> Option<String> {
+        let (age, regex) = self.age.as_ref()?;
+        regex.captures_iter(text).find_map(|caps| {
+            let claimed = if let Some(years) = caps.get(1).or(caps.get(2)).or(caps.get(3)) {
+                years.as_str().parse::<u32>().ok()? != *age
+            } else {
+                let from = decade(caps.get(4)?.as_str())?;
+                !(from..from + 10).contains(age)
+            };
+            claimed.then(|| {
+                format!(
+                    "claims another age than {age}: '{}'",
+                    quote(caps.get(0).map_or("", |m| m.as_str()))
+                )
+            })
         })
     }
 
@@ -203,6 +257,7 @@ impl Persona {
                     .find(text)
                     .map(|m| format!("{}: '{}'", claim.label, quote(m.as_str())))
             })
+            .chain(self.wrong_age(text))
             .collect()
     }
 

@@ -10,7 +10,10 @@ use super::words::is_stopword;
 const LONG_SENTENCE_WORDS: usize = 5;
 /// A shorter sentence (at least [`SHORT_SENTENCE_WORDS`] words) may occur this often, not more.
 const SHORT_SENTENCE_MAX: usize = 2;
-const SHORT_SENTENCE_WORDS: usize = 3;
+const SHORT_SENTENCE_WORDS: usize = 2;
+/// A phrase of `n` words may occur fewer times than its limit here: a reply saying "I'll make
+/// sure" four times, or "I'll have a cake" three times, loops.
+const REPEATED_PHRASE: [(usize, usize); 2] = [(3, 4), (4, 3)];
 /// Replies with fewer word trigrams are not judged by their trigram variety.
 const MIN_TRIGRAMS: usize = 12;
 /// Smallest share of distinct word trigrams in a reply.
@@ -100,6 +103,21 @@ pub(crate) fn degeneration(text: &str, words: &[String]) -> Option<String> {
         .max_by_key(|(key, (count, first))| (*count, key.len(), std::cmp::Reverse(*first)));
     if let Some((_, (count, first))) = worst {
         return Some(format!("sentence '{}' ×{count}", quote(first)));
+    }
+
+    // A phrase said again and again.
+    for (n, limit) in REPEATED_PHRASE.iter().rev() {
+        let mut grams: HashMap<&[String], (usize, usize)> = HashMap::new();
+        for (at, gram) in words.windows(*n).enumerate() {
+            grams.entry(gram).or_insert((0, at)).0 += 1;
+        }
+        let worst = grams
+            .into_iter()
+            .filter(|(_, (count, _))| count >= limit)
+            .max_by_key(|(_, (count, first))| (*count, std::cmp::Reverse(*first)));
+        if let Some((gram, (count, _))) = worst {
+            return Some(format!("phrase '{}' ×{count}", gram.join(" ")));
+        }
     }
 
     // One phrase dominating the reply.
@@ -208,6 +226,33 @@ pub(crate) fn echo(reply: &[String], prompt: &[String]) -> Option<String> {
 }
 
 /// The longest run of words that `a` and `b` share: (length, start in `a`).
+/// Words in a row a reply may share with an example reply of its prompt (few-shot turns) before
+/// it counts as copied, when at least [`MIN_COPIED_CONTENT_WORDS`] of them are content words.
+const MAX_SHARED_EXAMPLE_RUN: usize = 3;
+const MIN_COPIED_CONTENT_WORDS: usize = 2;
+
+/// A reply that copies a phrase from one of the example replies shown before its prompt (the
+/// few-shot turns of the request), or `None`: the run of words, quoted.
+pub(crate) fn copied_from_examples(reply: &[String], examples: &[Vec<String>]) -> Option<String> {
+    let n = MAX_SHARED_EXAMPLE_RUN + 1;
+    let example_ngrams: HashSet<&[String]> = examples.iter().flat_map(|e| e.windows(n)).collect();
+    if example_ngrams.is_empty() {
+        return None;
+    }
+    reply
+        .windows(n)
+        .find(|w| {
+            example_ngrams.contains(w)
+                && w.iter().filter(|word| !is_stopword(word)).count() >= MIN_COPIED_CONTENT_WORDS
+        })
+        .map(|w| {
+            format!(
+                "copies '{}' from an example reply of the prompt",
+                w.join(" ")
+            )
+        })
+}
+
 fn longest_common_run(a: &[String], b: &[String]) -> (usize, usize) {
     let mut previous = vec![0usize; b.len() + 1];
     let mut current = vec![0usize; b.len() + 1];
@@ -249,6 +294,35 @@ mod tests {
         let text = "Oh hon, the Cubs had a rough week. They dropped two to the Brewers, and the \
                     bullpen looked tired. But every spring we're tied for first, and I've seen \
                     worse. Come by the diner Friday and we'll talk it over with pierogi.";
+        assert_eq!(degeneration(text, &words(text)), None);
+    }
+
+    #[test]
+    fn phrases_said_again_and_again() {
+        for (text, found) in [
+            (
+                "You're home, hon. You're home. You're home. You're home. Have a coffee.",
+                "sentence 'You're home.' ×3",
+            ),
+            (
+                "It's a new one, but it's the best. I'll have a cake, and I'll have a cake, and I'll have a cake.",
+                "phrase 'i'll have a cake' ×3",
+            ),
+            (
+                "Hon, I'll make sure to have a game. I'll make sure my dad is happy and I'll make sure my \
+                 son is happy. I'll make sure they're happy, kiddo.",
+                "phrase 'i'll make sure' ×4",
+            ),
+        ] {
+            assert_eq!(
+                degeneration(text, &words(text)).as_deref(),
+                Some(found),
+                "{text}"
+            );
+        }
+        // A phrase said twice, or a three-word one three times, is speech, not a loop.
+        let text = "I'll tell you what, hon: the Cubs will be fine. I'll tell you what else, the \
+                    coffee's on me. The Cubs will be fine, the Cubs always are.";
         assert_eq!(degeneration(text, &words(text)), None);
     }
 

@@ -44,10 +44,40 @@ static MOJIBAKE: LazyLock<Regex> = LazyLock::new(|| {
     .expect("static pattern")
 });
 
+/// Letter soup: five or more single letters joined by dots (`J.P.M.M.S.`), or a two-letter
+/// syllable said over and over inside a word (`Hehehehehe`, `hahahaha`, `lolololo`).
+static LETTER_SOUP: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\b(?:[A-Za-z]\.){5,}|\b[A-Za-z]*(?i:he|ha|hi|ho|lo|la|ah|eh|oh|hm){4,}[A-Za-z]*\b")
+        .expect("static pattern")
+});
+
+/// Most times one letter may follow itself inside a word (`soooo` is five).
+const MAX_LETTER_RUN: usize = 4;
+
+/// A word with one letter said more than [`MAX_LETTER_RUN`] times in a row (`Noooooo`).
+fn stretched_word(text: &str) -> Option<&str> {
+    text.split(|c: char| !c.is_alphabetic()).find(|word| {
+        let mut run = 0;
+        let mut previous = None;
+        word.chars().any(|c| {
+            let c = c.to_ascii_lowercase();
+            run = if Some(c) == previous { run + 1 } else { 1 };
+            previous = Some(c);
+            run > MAX_LETTER_RUN
+        })
+    })
+}
+
 /// The first kind of surface garbage found, or `None`.
 pub(crate) fn garbage(reply: &str, prompt: &str) -> Option<String> {
     if let Some(detail) = shouting(reply) {
         return Some(detail);
+    }
+    if let Some(m) = LETTER_SOUP.find(reply) {
+        return Some(format!("letter soup '{}'", quote(m.as_str())));
+    }
+    if let Some(word) = stretched_word(reply) {
+        return Some(format!("stretched word '{}'", quote(word)));
     }
     if let Some(direction) = stage_direction(reply) {
         return Some(format!("stage direction '{}'", quote(&direction)));
@@ -222,6 +252,25 @@ mod tests {
             ("It's *really* good.", None),
         ] {
             assert_eq!(stage_direction(text).as_deref(), found, "{text}");
+        }
+    }
+
+    #[test]
+    fn letter_soup_and_stretched_words() {
+        for text in [
+            "You know, I'm a J.P.M.M.S.J.A.A.I.N.K.A.I.R.I.E.L.O.N.",
+            "I'm going to make it up tomorrow. Hehehehehe.",
+            "Noooooo, hon, not the ivy.",
+        ] {
+            assert!(garbage(text, "How are you?").is_some(), "{text}");
+        }
+        for text in [
+            "Ha! The U.S. Open is on, hon.",
+            "Hahaha, kiddo, sure.",
+            "We're in Honolulu? No, Chicago, hon. Mississippi mud pie is on the board.",
+            "Sooo good, the coffee.",
+        ] {
+            assert!(garbage(text, "How are you?").is_none(), "{text}");
         }
     }
 
