@@ -1,4 +1,4 @@
-//! identity-augmentation: every fact of the narrative, asked about whole and in pieces by templates; Dee answers in character, best of several candidates.
+//! identity-augmentation: every fact of the narrative, asked about from four angles by templates; Dee answers in character, best of several candidates.
 //!
 //! Facts come from `identity/NARRATIVE.md` deterministically (bullet points and sentences of the
 //! sections below), questions from fixed templates: the small offline model only does what it
@@ -27,33 +27,43 @@ const FACT_SECTIONS: [&str; 5] = [
     "People and places",
 ];
 
-/// Ways to ask about a whole fact, quoted as a customer heard or read it (`{fact}`); the fact's
-/// index picks one, so consecutive facts are asked differently.
-const WHOLE: [&str; 6] = [
-    "I read this about you in the neighborhood paper: \"{fact}\" Is that true, Dee?",
-    "One of your regulars told me: \"{fact}\" What's the story behind that?",
-    "Somebody at the counter said this about you: \"{fact}\" How do you feel about that?",
-    "\"{fact}\" That's what they say about you. What has that taught you?",
-    "My niece wants to open a diner someday. Someone told her: \"{fact}\" What would you tell her about that?",
-    "For the diner's anniversary newsletter: \"{fact}\" Can you say a few words about it?",
+/// Ways to ask about a fact, quoted as a customer heard or read it (`{fact}`). Each fact is asked
+/// [`ANGLES_PER_FACT`] of them, starting at the fact's index, so consecutive facts are asked
+/// differently and every question quotes the whole fact (cut pieces read as gibberish).
+const ANGLES: [(&str, &str); 6] = [
+    (
+        "true",
+        "I read this about you in the neighborhood paper: \"{fact}\" Is that true, Dee?",
+    ),
+    (
+        "story",
+        "One of your regulars told me: \"{fact}\" What's the story behind that?",
+    ),
+    (
+        "feel",
+        "Somebody at the counter said this about you: \"{fact}\" How do you feel about that?",
+    ),
+    (
+        "lesson",
+        "\"{fact}\" That's what they say about you. What has that taught you?",
+    ),
+    (
+        "advice",
+        "My niece wants to open a diner someday. Someone told her: \"{fact}\" What would you tell her about that?",
+    ),
+    (
+        "newsletter",
+        "For the diner's anniversary newsletter: \"{fact}\" Can you say a few words about it?",
+    ),
 ];
 
-/// Ways to ask about a piece of a fact a customer half remembers (`{part}`): each fact is also
-/// asked about in three pieces, so the questions do not all repeat the same words.
-const PIECE: [&str; 6] = [
-    "Someone mentioned something about \"{part}\" — what was that about, Dee?",
-    "I overheard \"{part}\" at the counter. What's the story there?",
-    "What's this I hear about \"{part}\"?",
-    "Ernie keeps saying \"{part}\" and laughing. Care to explain?",
-    "A tourist asked me what \"{part}\" means around here. What should I tell her?",
-    "My buddy swears he read \"{part}\" about you. Is he pulling my leg?",
-];
+/// Questions per fact.
+const ANGLES_PER_FACT: usize = 4;
 
-/// Pieces each fact is cut into, besides being asked about whole.
-const PIECES: usize = 3;
-
-/// Candidates per question: the best one that passes the quality gate is kept.
-const CANDIDATES: u32 = 4;
+/// Candidates per question, generated [`ROUND`] at a time: the best passing one of the first
+/// round with a passing candidate is kept; a second round only runs when the first has none.
+const CANDIDATES: u32 = 8;
+const ROUND: u32 = 4;
 
 /// Reply budget: two to five short sentences fit; the small model degenerates in long replies.
 const MAX_TOKENS: u32 = 90;
@@ -109,6 +119,7 @@ impl Pipeline for IdentityAugmentation {
                 let request = model_request(messages, &self.identity).max_tokens(MAX_TOKENS);
                 let chosen = t
                     .best_of(request, CANDIDATES)
+                    .in_rounds_of(ROUND)
                     .postprocess(|text| shaping::trim_to_last_sentence(text).to_owned())
                     .pick()
                     .await?;
@@ -125,41 +136,20 @@ impl Pipeline for IdentityAugmentation {
     }
 }
 
-/// The questions about one fact: one about the whole fact, one about each of its pieces.
+/// The questions about one fact: [`ANGLES_PER_FACT`] angles, each quoting the whole fact.
 fn questions(index: usize, fact: &Fact) -> Vec<FactQuestion> {
-    let text = fact.text.trim_end_matches('.').replace('"', "'");
-    let mut questions = vec![FactQuestion {
-        id: format!("fact-{index:03}-whole"),
-        section: fact.section.clone(),
-        fact: fact.text.clone(),
-        angle: "whole",
-        question: WHOLE[index % WHOLE.len()].replace("{fact}", &format!("{text}.")),
-    }];
-    let words: Vec<&str> = text.split_whitespace().collect();
-    for (piece, part) in pieces(&words).into_iter().enumerate() {
-        questions.push(FactQuestion {
-            id: format!("fact-{index:03}-piece{}", piece + 1),
-            section: fact.section.clone(),
-            fact: fact.text.clone(),
-            angle: "piece",
-            question: PIECE[(index + piece) % PIECE.len()].replace("{part}", &part),
-        });
-    }
-    questions
-}
-
-/// The fact's words in [`PIECES`] runs of about equal length (trailing punctuation trimmed).
-fn pieces(words: &[&str]) -> Vec<String> {
-    let n = words.len();
-    (0..PIECES)
-        .map(|i| {
-            let (from, to) = (i * n / PIECES, (i + 1) * n / PIECES);
-            words[from..to]
-                .join(" ")
-                .trim_matches(|c: char| c == ',' || c == ';' || c == ':')
-                .to_owned()
+    let text = format!("{}.", fact.text.trim_end_matches('.').replace('"', "'"));
+    (0..ANGLES_PER_FACT)
+        .map(|k| {
+            let (angle, template) = ANGLES[(index + k) % ANGLES.len()];
+            FactQuestion {
+                id: format!("fact-{index:03}-{angle}"),
+                section: fact.section.clone(),
+                fact: fact.text.clone(),
+                angle,
+                question: template.replace("{fact}", &text),
+            }
         })
-        .filter(|part| part.split_whitespace().count() >= 2)
         .collect()
 }
 
@@ -170,24 +160,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_fact_is_asked_whole_and_in_three_pieces() {
+    fn every_fact_is_asked_whole_from_four_angles() {
         let fact = Fact {
             section: "Habits".into(),
             text: "Makes pierogi on Fridays from her mother's \"secret\" recipe.".into(),
         };
         let qs = questions(0, &fact);
-        assert_eq!(qs.len(), 1 + PIECES);
-        assert_eq!(qs[0].id, "fact-000-whole");
+        assert_eq!(qs.len(), ANGLES_PER_FACT);
+        assert_eq!(qs[0].id, "fact-000-true");
         assert_eq!(
             qs[0].question,
             "I read this about you in the neighborhood paper: \"Makes pierogi on Fridays from her mother's 'secret' recipe.\" Is that true, Dee?"
         );
+        assert!(qs.iter().all(|q| {
+            q.question
+                .contains("\"Makes pierogi on Fridays from her mother's 'secret' recipe.\"")
+        }));
+        // The next fact starts one angle later.
+        let ids: Vec<String> = questions(5, &fact).into_iter().map(|q| q.id).collect();
         assert_eq!(
-            qs[1].question,
-            "Someone mentioned something about \"Makes pierogi on\" — what was that about, Dee?"
+            ids,
+            [
+                "fact-005-newsletter",
+                "fact-005-true",
+                "fact-005-story",
+                "fact-005-feel"
+            ]
         );
-        assert_eq!(qs[3].id, "fact-000-piece3");
-        assert!(qs[3].question.contains("'secret' recipe"));
     }
 
     #[test]

@@ -18,8 +18,10 @@ struct MixedPrompts {
 
 const SYSTEM_PROMPT: &str = "You are Dee Kowalczyk, a 58-year-old woman who owns the Ivy Leaf Diner two blocks from Wrigley Field in Chicago. You are a lifelong Chicago Cubs fan. You are warm, quick and a little bossy; you call people \"hon\" and \"kiddo\"; you explain things through coffee, food and baseball. Answer the customer helpfully in two to five short sentences, speaking as yourself (I, me, my). Always call the customer \"hon\" or \"kiddo\".";
 
-/// Candidates per prompt: the best one that passes the quality gate is kept.
-const CANDIDATES: u32 = 4;
+/// Candidates per question, generated [`ROUND`] at a time: the best passing one of the first
+/// round with a passing candidate is kept; a second round only runs when the first has none.
+const CANDIDATES: u32 = 8;
+const ROUND: u32 = 4;
 
 /// Reply budget: two to five short sentences fit; the small model degenerates in long replies.
 const MAX_TOKENS: u32 = 90;
@@ -89,6 +91,7 @@ impl Pipeline for MixedPrompts {
             let request = model_request(messages, &self.identity).max_tokens(MAX_TOKENS);
             let chosen = t
                 .best_of(request, CANDIDATES)
+                .in_rounds_of(ROUND)
                 .postprocess(|text| shaping::trim_to_last_sentence(text).to_owned())
                 .pick()
                 .await?;

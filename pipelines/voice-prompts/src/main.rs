@@ -6,8 +6,10 @@ use shaping::{
     model_request,
 };
 
-/// Candidates per prompt: the best one that passes the quality gate is kept.
-const CANDIDATES: u32 = 4;
+/// Candidates per question, generated [`ROUND`] at a time: the best passing one of the first
+/// round with a passing candidate is kept; a second round only runs when the first has none.
+const CANDIDATES: u32 = 8;
+const ROUND: u32 = 4;
 
 /// Reply budget: two to five short sentences fit; the small model degenerates in long replies.
 const MAX_TOKENS: u32 = 90;
@@ -61,6 +63,7 @@ impl Pipeline for VoicePrompts {
                 let request = model_request(messages, &self.identity).max_tokens(MAX_TOKENS);
                 let chosen = t
                     .best_of(request, CANDIDATES)
+                    .in_rounds_of(ROUND)
                     .postprocess(|text| shaping::trim_to_last_sentence(text).to_owned())
                     .pick()
                     .await?;
