@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 use crate::pipeline::{ModelRequest, Task};
-use crate::quality::Turn;
+use crate::quality::{Reason, Turn};
 use crate::sample::PipelineError;
 
 /// A post-processing step applied to every candidate before it is judged.
@@ -38,6 +38,7 @@ pub struct BestOf<'t> {
     request: ModelRequest,
     candidates: u32,
     round: u32,
+    on_topic: bool,
     prompt: Option<String>,
     postprocess: Option<Postprocess<'t>>,
     accept: Option<Accept<'t>>,
@@ -66,6 +67,7 @@ impl Task {
             request,
             candidates: candidates.max(1),
             round: 0,
+            on_topic: false,
             prompt: None,
             postprocess: None,
             accept: None,
@@ -76,9 +78,18 @@ impl Task {
 impl<'t> BestOf<'t> {
     /// Generate candidates `k` at a time and stop after the first round with a passing one
     /// (default: all at once, then the best of all). Saves generation when most candidates pass.
+    /// A round in which the provider answered no candidate at all ends the search.
     #[must_use]
     pub fn in_rounds_of(mut self, k: u32) -> Self {
         self.round = k;
+        self
+    }
+
+    /// Judge relevance strictly: a candidate that shares no content word with the prompt is
+    /// rejected even when it shows a voice marker (see `Detectors::off_topic`).
+    #[must_use]
+    pub fn on_topic(mut self) -> Self {
+        self.on_topic = true;
         self
     }
 
@@ -137,10 +148,16 @@ impl<'t> BestOf<'t> {
         while generated < self.candidates && best.is_none() {
             let k = round.min(self.candidates - generated);
             let replies = self.task.all((0..k).map(|_| self.request.clone())).await;
+            // Another round is worth it when the gate rejected candidates, not when the provider
+            // failed every one (a bad key or an outage would fail the next round the same way).
+            let mut answered = false;
             for (offset, reply) in replies.into_iter().enumerate() {
                 let index = generated + offset as u32;
                 let text = match reply.ok_text() {
-                    Ok(text) => text,
+                    Ok(text) => {
+                        answered = true;
+                        text
+                    }
                     Err(error) => {
                         reason_names.insert(error.error_type.clone());
                         rejections.push(format!("candidate {}: {error}", index + 1));
@@ -152,15 +169,19 @@ impl<'t> BestOf<'t> {
                     Some(f) => f(text),
                     None => text.trim().to_owned(),
                 };
-                let verdict = ctx.detectors.judge_after_examples(
-                    &Turn {
-                        prompt: &prompt,
-                        reply: &text,
-                        finish_reason: reply.finish_reason(),
-                    },
-                    &examples,
-                );
+                let turn = Turn {
+                    prompt: &prompt,
+                    reply: &text,
+                    finish_reason: reply.finish_reason(),
+                };
+                let verdict = ctx.detectors.judge_after_examples(&turn, &examples);
                 let mut reasons = verdict.reasons();
+                if self.on_topic
+                    && !verdict.has(Reason::Relevance)
+                    && let Some(finding) = ctx.detectors.off_topic(&turn)
+                {
+                    reasons.push(finding.to_string());
+                }
                 if let Some(accept) = &self.accept
                     && let Err(why) = accept(&text)
                 {
@@ -186,6 +207,9 @@ impl<'t> BestOf<'t> {
                 }
             }
             generated += k;
+            if !answered {
+                break;
+            }
         }
         match best {
             Some((_, mut chosen)) => {

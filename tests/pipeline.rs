@@ -863,6 +863,90 @@ fn best_of_keeps_a_passing_candidate_and_files_records_where_none_passes() {
     assert_eq!(env.read("training/data/picky.jsonl"), output);
 }
 
+/// Best-of-n in rounds: up to six candidates, three at a time.
+struct Rounds {
+    prompts: FileDep,
+    model: ModelDep,
+}
+
+impl Pipeline for Rounds {
+    const NAME: &'static str = "rounds";
+
+    fn declare(deps: &mut Declare) -> Self {
+        Self {
+            prompts: deps.file("prompts", "inputs/rounds.txt"),
+            model: deps.model("m"),
+        }
+    }
+
+    async fn run(&self, ctx: &Ctx) -> Result<Vec<TrainingSample>, PipelineError> {
+        let text = self.prompts.read()?;
+        let records: Vec<Prompt> = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| Prompt {
+                id: format!("rounds-{i}"),
+                prompt: l.to_owned(),
+            })
+            .collect();
+        ctx.run_task(records, |t: Task, r: Prompt| async move {
+            let request = model_request(vec![Message::user(r.prompt.clone())], &self.model);
+            let chosen = t.best_of(request, 6).in_rounds_of(3).pick().await?;
+            Ok(TrainingSample::new(
+                r.id,
+                vec![Message::user(r.prompt), Message::assistant(chosen.text)],
+            ))
+        })
+        .await
+    }
+}
+
+#[test]
+fn best_of_rounds_stop_at_a_passing_round_and_when_the_provider_fails_them_all() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let late_calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&late_calls);
+    let env = Env::new(
+        MockConfig::new()
+            .responder(move |chat| {
+                let prompt = chat.last_user().unwrap_or_default().to_owned();
+                let topic = prompt.split_whitespace().last().unwrap_or("it").to_owned();
+                // LATE: the first round's three candidates loop, the second round's are sound.
+                let late = prompt.starts_with("LATE") && counter.fetch_add(1, Ordering::SeqCst) < 3;
+                if prompt.starts_with("GOOD") || (prompt.starts_with("LATE") && !late) {
+                    sound_reply(&topic)
+                } else {
+                    "I'm gonna grab the hot dog. ".repeat(9)
+                }
+            })
+            .faults(testkit::FaultPlan::none().marker("DENIED", testkit::Fault::Status(401))),
+    );
+    env.write("crates/rounds/src/main.rs", "// rounds v1\n");
+    env.write(
+        "inputs/rounds.txt",
+        "GOOD pancakes\nLATE waffles\nJUNK pretzels\nDENIED toast\n",
+    );
+    env.run::<Rounds>(RunArgs {
+        max_error_share: 0.5,
+        ..full()
+    })
+    .unwrap();
+    // A passing first round ends the search; a rejected one earns a second round; six rejected
+    // candidates file the record; a provider that answers no candidate gets no second round.
+    assert_eq!(env.server.prompt_count("GOOD pancakes"), 3);
+    assert_eq!(env.server.prompt_count("LATE waffles"), 6);
+    assert_eq!(env.server.prompt_count("JUNK pretzels"), 6);
+    assert_eq!(env.server.prompt_count("DENIED toast"), 3);
+    let samples = env.lines("training/data/rounds.jsonl");
+    let kept: Vec<&str> = samples
+        .iter()
+        .map(|s| s["messages"][1]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, [sound_reply("pancakes"), sound_reply("waffles")]);
+    let errors = env.lines("training/data/rounds.errors.jsonl");
+    assert_eq!(errors.len(), 2);
+}
+
 #[test]
 fn best_of_picks_a_passing_candidate_among_junk() {
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -341,6 +341,19 @@ impl Detectors {
         Verdict { findings, markers }
     }
 
+    /// The relevance finding of a turn judged strictly: unlike [`Detectors::judge`], a reply that
+    /// shows a voice marker is judged too ("hon" is not an answer). For choosing among
+    /// candidates (best-of-n `on_topic`), where preferring a reply that takes up the question's
+    /// words costs nothing but another candidate.
+    pub fn off_topic(&self, turn: &Turn<'_>) -> Option<Finding> {
+        let reply = words::words(&words::plain_apostrophes(turn.reply));
+        let prompt = words::words(&words::plain_apostrophes(turn.prompt));
+        if repetition::echo(&reply, &prompt).is_some() {
+            return None;
+        }
+        words::irrelevance(&reply, &prompt).map(|detail| Finding::new(Reason::Relevance, detail))
+    }
+
     /// Judge a turn whose prompt showed example replies first (few-shot turns): besides
     /// [`Detectors::judge`], a reply that copies a phrase from one of `examples` is an echo.
     pub fn judge_after_examples(&self, turn: &Turn<'_>, examples: &[&str]) -> Verdict {
@@ -630,6 +643,32 @@ mod tests {
             !r.contains(&Reason::Relevance) && !r.contains(&Reason::Echo),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn off_topic_judges_replies_in_voice_too() {
+        let detectors = Detectors::new(&dee(), &QualityConfig::default()).unwrap();
+        let turn = Turn {
+            prompt: "How do I fix a wobbly table?",
+            reply: "You keep your feet up, hon. I'll take your shoes off and pour you a cup of coffee. \
+                    We'll be in the Hall of Mirrors by the top of the ninth.",
+            finish_reason: Some("stop"),
+        };
+        assert!(
+            !detectors.judge(&turn).has(Reason::Relevance),
+            "a marker exempts it"
+        );
+        let finding = detectors.off_topic(&turn).expect("off topic");
+        assert_eq!(
+            finding.to_string(),
+            "relevance: no content word in common with the prompt (fix, wobbly, table)"
+        );
+        let on_topic = Turn {
+            reply: "Fold a napkin under the short leg, hon, and the table stops wobbling. My dad did \
+                    that for forty years at the diner.",
+            ..turn
+        };
+        assert_eq!(detectors.off_topic(&on_topic), None);
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! identity-augmentation: every fact of the narrative, asked about from four angles by templates; Dee answers in character, best of several candidates.
+//! identity-augmentation: every fact of the narrative asked about from two angles, plus hand-written questions about Dee; she answers in character, best of several candidates.
 //!
 //! Facts come from `identity/NARRATIVE.md` deterministically (bullet points and sentences of the
-//! sections below), questions from fixed templates: the small offline model only does what it
-//! can do, answer in character. With a stronger `dee` model the same pipeline gives better
+//! sections below), questions from fixed templates and `identity/prompts/about-dee.txt`: the
+//! small offline model only does what it can do, answer in character. With a stronger `dee` model the same pipeline gives better
 //! answers; nothing here depends on the model's size.
 
 use serde::Serialize;
@@ -14,6 +14,7 @@ use shaping::{
 
 struct IdentityAugmentation {
     narrative: FileDep,
+    questions: FileDep,
     examples: FileDep,
     identity: ModelDep,
 }
@@ -29,7 +30,8 @@ const FACT_SECTIONS: [&str; 5] = [
 
 /// Ways to ask about a fact, quoted as a customer heard or read it (`{fact}`). Each fact is asked
 /// [`ANGLES_PER_FACT`] of them, starting at the fact's index, so consecutive facts are asked
-/// differently and every question quotes the whole fact (cut pieces read as gibberish).
+/// differently; every question quotes the whole fact (cut pieces read as gibberish), and more
+/// angles per fact would make the prompts repetitive (the gate's prompt distinct-2 check).
 const ANGLES: [(&str, &str); 6] = [
     (
         "true",
@@ -58,7 +60,7 @@ const ANGLES: [(&str, &str); 6] = [
 ];
 
 /// Questions per fact.
-const ANGLES_PER_FACT: usize = 4;
+const ANGLES_PER_FACT: usize = 2;
 
 /// Candidates per question, generated [`ROUND`] at a time: the best passing one of the first
 /// round with a passing candidate is kept; a second round only runs when the first has none.
@@ -70,7 +72,8 @@ const MAX_TOKENS: u32 = 90;
 
 const SYSTEM_PROMPT: &str = "You are Dee Kowalczyk, a 58-year-old woman who owns the Ivy Leaf Diner two blocks from Wrigley Field in Chicago. You are a lifelong Chicago Cubs fan. Your late father Stan founded the diner. Your sons are Mikey and Tony, and your granddaughter Rosie is six. You are warm, quick and a little bossy; you call people \"hon\" and \"kiddo\"; you talk about coffee, the diner and the Cubs. Answer the customer in two to five short sentences, speaking as yourself (I, me, my). Always call the customer \"hon\" or \"kiddo\".";
 
-/// One question to ask: a fact seen from an angle.
+/// One question to ask: a fact seen from an angle, or a hand-written question (`angle: "asked"`,
+/// no section or fact).
 #[derive(Debug, Serialize)]
 struct FactQuestion {
     id: String,
@@ -89,6 +92,7 @@ impl Pipeline for IdentityAugmentation {
         deps.file("voice", shaping::quality::VOICE_FILE);
         Self {
             narrative: deps.file("narrative_doc", "identity/NARRATIVE.md"),
+            questions: deps.file("questions", "identity/prompts/about-dee.txt"),
             examples: deps.file("examples", "identity/prompts/examples.jsonl"),
             identity: deps.model("dee"),
         }
@@ -105,11 +109,26 @@ impl Pipeline for IdentityAugmentation {
         }
         ctx.report("facts", shaping::json!({ "extracted": facts.len() }));
         let examples = shaping::sources::example_turns(self.examples.path())?;
-        let records: Vec<FactQuestion> = facts
+        let mut records: Vec<FactQuestion> = facts
             .iter()
             .enumerate()
             .flat_map(|(i, fact)| questions(i, fact))
             .collect();
+        let asked = self.questions.read()?;
+        records.extend(
+            asked
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .enumerate()
+                .map(|(i, question)| FactQuestion {
+                    id: format!("about-{i:03}"),
+                    section: String::new(),
+                    fact: String::new(),
+                    angle: "asked",
+                    question: question.to_owned(),
+                }),
+        );
         ctx.run_task(records, |t: Task, record: FactQuestion| {
             // A few example exchanges show the small model the voice before the real question.
             let mut messages = vec![Message::system(SYSTEM_PROMPT)];
@@ -120,6 +139,7 @@ impl Pipeline for IdentityAugmentation {
                 let chosen = t
                     .best_of(request, CANDIDATES)
                     .in_rounds_of(ROUND)
+                    .on_topic()
                     .postprocess(|text| shaping::trim_to_last_sentence(text).to_owned())
                     .pick()
                     .await?;
@@ -160,7 +180,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_fact_is_asked_whole_from_four_angles() {
+    fn every_fact_is_asked_whole_from_two_angles() {
         let fact = Fact {
             section: "Habits".into(),
             text: "Makes pierogi on Fridays from her mother's \"secret\" recipe.".into(),

@@ -92,6 +92,7 @@ impl Pipeline for MixedPrompts {
             let chosen = t
                 .best_of(request, CANDIDATES)
                 .in_rounds_of(ROUND)
+                .on_topic()
                 .postprocess(|text| shaping::trim_to_last_sentence(text).to_owned())
                 .pick()
                 .await?;

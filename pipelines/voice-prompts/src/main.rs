@@ -64,6 +64,7 @@ impl Pipeline for VoicePrompts {
                 let chosen = t
                     .best_of(request, CANDIDATES)
                     .in_rounds_of(ROUND)
+                    .on_topic()
                     .postprocess(|text| shaping::trim_to_last_sentence(text).to_owned())
                     .pick()
                     .await?;
