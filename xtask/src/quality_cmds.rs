@@ -128,6 +128,20 @@ pub fn check_cmd(
             );
         }
     }
+    // The deterministic checks cannot tell sense from nonsense: say so whenever no judge has
+    // scored a dataset, so a pass is never read as "fit for training".
+    let unjudged: Vec<&str> = datasets
+        .iter()
+        .filter(|d| d.output.is_file())
+        .filter(|d| !matches!(shaping::judge::from_manifest(&d.manifest), Ok(Some(_))))
+        .map(|d| d.name.as_str())
+        .collect();
+    if !output.json && !unjudged.is_empty() {
+        println!(
+            "  coherence not judged ({}): these checks catch loops, contradictions, echoes and garbage, not nonsense; read samples (`cargo xtask sample NAME`) or score them with `cargo xtask check --judge` and a hosted judge",
+            unjudged.join(", ")
+        );
+    }
     if training_set {
         let check = quality::training_set_check(total_samples, built);
         all_passed &= check.passed;
