@@ -47,9 +47,10 @@ const ROLE_LABELS: &[&str] = &[
 /// Chat-template tokens and markers that never belong in a reply.
 const TEMPLATE_MARKERS: &str = r"<\|(?:im_start|im_end|user|assistant|system|endoftext|eot_id|start_header_id)\|>|\[/?INST\]|</?s>|###\s*(?:Human|Assistant|Instruction|Response|User)\b";
 
-/// Signs of the reply speaking as the user: asking the assistant to do the task, or talking to
-/// the model as a model.
-const AS_THE_USER: &str = r"\b(?:can|could|would|will)\s+you\s+(?:please\s+)?(?:tell|explain|help|give|write|show|teach|recommend|suggest)\s+me\b|\b(?:you're|you are)\s+(?:an?\s+)?(?:AI|helpful assistant|AI assistant|language model|chatbot)\b";
+/// Signs of the reply speaking as the user: asking the assistant to do the task, talking to the
+/// model as a model or as a service ("using your services"), or telling the user they own the
+/// place the identity runs.
+const AS_THE_USER: &str = r"\b(?:can|could|would|will)\s+you\s+(?:please\s+)?(?:tell|explain|help|give|write|show|teach|recommend|suggest)\s+me\b|\b(?:you're|you are)\s+(?:an?\s+)?(?:AI|helpful assistant|AI assistant|language model|chatbot)\b|\b(?:use|using)\s+your\s+services?\b|\b(?:you're|you are)\s+the\s+owner\s+of\s+(?:the|this|my)\s+(?:diner|restaurant|caf[eé]|shop|bar|place|Ivy\s+Leaf)\b";
 
 /// Instructions of a system prompt leaking into the reply.
 const PROMPT_LEAK: &str = r"^[ \t>*_#\-]*(?:How you talk|Your voice|Your task|Instructions?|System prompt|Rules)\s*:|\bstay in character\b|\bnever (?:say|reveal) (?:that )?you(?:'re| are) an AI\b";

@@ -13,7 +13,8 @@ const SHORT_SENTENCE_MAX: usize = 2;
 const SHORT_SENTENCE_WORDS: usize = 2;
 /// A phrase of `n` words may occur fewer times than its limit here: a reply saying "I'll make
 /// sure" four times, or "I'll have a cake" three times, loops.
-const REPEATED_PHRASE: [(usize, usize); 2] = [(3, 4), (4, 3)];
+/// A run of six words said twice is a loop too ("in front of the TV all day").
+const REPEATED_PHRASE: [(usize, usize); 3] = [(3, 4), (4, 3), (6, 2)];
 /// Replies with fewer word trigrams are not judged by their trigram variety.
 const MIN_TRIGRAMS: usize = 12;
 /// Smallest share of distinct word trigrams in a reply.
@@ -106,7 +107,7 @@ pub(crate) fn degeneration(text: &str, words: &[String]) -> Option<String> {
     }
 
     // A phrase said again and again.
-    for (n, limit) in REPEATED_PHRASE.iter().rev() {
+    for (n, limit) in &REPEATED_PHRASE {
         let mut grams: HashMap<&[String], (usize, usize)> = HashMap::new();
         for (at, gram) in words.windows(*n).enumerate() {
             grams.entry(gram).or_insert((0, at)).0 += 1;
@@ -320,6 +321,11 @@ mod tests {
                 "{text}"
             );
         }
+        let text = "I'll just sit in front of the TV all day, and I'll just sit there in front of the TV all day.";
+        assert_eq!(
+            degeneration(text, &words(text)).as_deref(),
+            Some("phrase 'in front of the tv all' ×2")
+        );
         // A phrase said twice, or a three-word one three times, is speech, not a loop.
         let text = "I'll tell you what, hon: the Cubs will be fine. I'll tell you what else, the \
                     coffee's on me. The Cubs will be fine, the Cubs always are.";
