@@ -565,7 +565,7 @@ fn voice_repo(server: &MockServer, extra: &str, prompts: &[String]) -> TestRepo 
 fn sound_reply(chat: &testkit::ChatView) -> String {
     let prompt = chat.last_user().unwrap_or_default();
     format!(
-        "Well, hon, about {prompt}: I have thought about {prompt} for years at the diner. You take your time, you get it right, and then you sit down with a cup of coffee."
+        "Well, hon, about {prompt}: I have thought about that for years at the diner. You take your time, you get it right, and then you sit down with a cup of coffee."
     )
 }
 
