@@ -19,9 +19,10 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::cache::{CacheKey, CachedReply, ResponseCache};
-use crate::models::{ModelSpec, ModelsError, ProviderKind};
+use crate::models::{ModelSpec, ModelsError};
 use crate::provider::{ChatRequest, ErrorKind, Provider, ProviderError, ProviderReply, Usage};
 use crate::sample::{Response, StepError};
+pub use crate::stats::DispatchStats;
 
 /// Errors setting up lanes.
 #[derive(Debug, thiserror::Error)]
@@ -42,29 +43,6 @@ pub enum CacheMode {
     Refresh,
     /// Neither read nor write (`--no-cache`).
     Off,
-}
-
-/// Counters shared by the whole process (progress bars and summaries read them).
-#[derive(Debug, Default)]
-pub struct DispatchStats {
-    pub requests_sent: AtomicU64,
-    pub responses_ok: AtomicU64,
-    pub cache_hits: AtomicU64,
-    pub retries: AtomicU64,
-    pub rate_limited: AtomicU64,
-    pub failed: AtomicU64,
-    pub input_tokens: AtomicU64,
-    pub output_tokens: AtomicU64,
-    pub in_flight: AtomicU64,
-}
-
-impl DispatchStats {
-    fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
 }
 
 /// Options of the dispatcher for one process.
@@ -227,46 +205,12 @@ pub struct Dispatcher {
     cancel: watch::Sender<bool>,
 }
 
-/// Build the provider for a spec (reads API keys from the environment now, so a missing key fails before any request).
+/// Build the provider of a spec (reads API keys from the environment now, so a missing key
+/// fails before any request).
 pub fn make_provider(spec: &ModelSpec) -> Result<Arc<dyn Provider>, DispatchError> {
-    let err = |message: String| DispatchError::Provider {
-        alias: spec.alias.clone(),
-        message,
-    };
-    match spec.provider {
-        ProviderKind::OpenAi => {
-            let key = spec.api_key()?;
-            Ok(Arc::new(
-                crate::provider::openai::OpenAiProvider::new(spec, key)
-                    .map_err(|e| err(e.to_string()))?,
-            ))
-        }
-        ProviderKind::Anthropic => {
-            let key = spec.api_key()?;
-            Ok(Arc::new(
-                crate::provider::anthropic::AnthropicProvider::new(spec, key)
-                    .map_err(|e| err(e.to_string()))?,
-            ))
-        }
-        ProviderKind::LlamaCpp => make_local_provider(spec),
-    }
-}
-
-#[cfg(feature = "local-model")]
-fn make_local_provider(spec: &ModelSpec) -> Result<Arc<dyn Provider>, DispatchError> {
-    crate::provider::llama_cpp::provider_for_spec(spec).map_err(|e| DispatchError::Provider {
+    crate::provider::build(spec.provider_config()?).map_err(|e| DispatchError::Provider {
         alias: spec.alias.clone(),
         message: e.to_string(),
-    })
-}
-
-#[cfg(not(feature = "local-model"))]
-fn make_local_provider(spec: &ModelSpec) -> Result<Arc<dyn Provider>, DispatchError> {
-    Err(DispatchError::Provider {
-        alias: spec.alias.clone(),
-        message:
-            "this build has no local model support (enable the `local-model` feature of shaping)"
-                .into(),
     })
 }
 
@@ -561,7 +505,7 @@ impl AbortOnDrop {
                 ErrorKind::Local,
                 format!(
                     "the request task panicked: {}",
-                    crate::pipeline::panic_message(&*e.into_panic())
+                    panic_message(&*e.into_panic())
                 ),
             ),
             Err(_) => failure(ErrorKind::Cancelled, "the request was cancelled".into()),
@@ -579,6 +523,17 @@ impl Drop for AbortOnDrop {
 fn failure(kind: ErrorKind, message: String) -> Response {
     let now = OffsetDateTime::now_utc();
     Response::failed(StepError { kind, message }, now, now)
+}
+
+/// The text of a panic payload (`&str` or `String`), for error messages.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_owned()
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::cli::Description;
+use crate::description::Description;
 use crate::fingerprint::{FileHasher, FingerprintError};
 use crate::manifest::{CurrentFingerprints, Manifest, ManifestError, State, Status, status};
 use crate::models::{ModelsConfig, ModelsError};

@@ -5,11 +5,13 @@
 //! writes `training/data/<name>.jsonl` plus a manifest, and that `cargo xtask` drives like `make`.
 //! See ARCHITECTURE.md for the map and the invariants.
 
-pub mod best_of;
 pub mod cache;
 pub mod cli;
+pub mod description;
 pub mod dispatch;
+pub mod exit_code;
 pub mod fingerprint;
+pub mod format;
 pub mod graph;
 pub mod judge;
 pub mod lock;
@@ -22,14 +24,22 @@ pub mod progress;
 pub mod provider;
 pub mod quality;
 pub mod repo;
+pub mod run;
 pub mod sample;
 pub mod sources;
+pub mod stats;
 
-pub use best_of::{BestOf, Chosen};
+#[cfg(test)]
+mod tidy;
+
 pub use cli::run_main;
+pub use exit_code::ShapingExitCode;
+pub use pipeline::best_of::{self, BestOf, Chosen};
 pub use pipeline::{Ctx, Declare, FileDep, ModelDep, Pipeline, Task, model_request};
 pub use provider::{Message, Params};
-pub use sample::{PipelineError, Response, TrainingSample, trim_to_last_sentence};
+pub use sample::{
+    PipelineError, PipelineErrorKind, Response, TrainingSample, trim_to_last_sentence,
+};
 
 /// Re-exported so pipeline crates need no direct dependency for the common pieces.
 pub use serde_json::json;

@@ -88,7 +88,7 @@ pub struct Manifest {
 impl Manifest {
     /// `training/data/x.jsonl` → `training/data/x.manifest.json`.
     pub fn path_for(output: &Path) -> PathBuf {
-        sibling_with_suffix(output, "manifest.json")
+        crate::format::manifest_path_for(output)
     }
 
     pub fn read(path: &Path) -> Result<Option<Manifest>, ManifestError> {
@@ -117,19 +117,7 @@ impl Manifest {
     }
 }
 
-/// `training/data/x.jsonl` → `training/data/x.<suffix>`.
-pub fn sibling_with_suffix(output: &Path, suffix: &str) -> PathBuf {
-    let stem = output
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    output.with_file_name(format!("{stem}.{suffix}"))
-}
-
-/// `training/data/x.jsonl` → `training/data/x.errors.jsonl`.
-pub fn errors_path_for(output: &Path) -> PathBuf {
-    sibling_with_suffix(output, "errors.jsonl")
-}
+pub use crate::format::{errors_path_for, sibling_with_suffix};
 
 /// The fingerprints of a pipeline's dependencies as they are now.
 #[derive(Debug, Clone, Default)]

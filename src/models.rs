@@ -12,7 +12,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::model_fetch::model_cache_dir;
 use crate::provider::Params;
+use crate::provider::local::LocalModelConfig;
+pub use crate::provider::local::Requantize;
+use crate::provider::{HttpConfig, ProviderConfig};
 
 pub const MODELS_FILE: &str = "models.toml";
 pub const LOCAL_MODELS_FILE: &str = "models.local.toml";
@@ -61,30 +65,6 @@ impl fmt::Display for ProviderKind {
             Self::OpenAi => "openai",
             Self::Anthropic => "anthropic",
             Self::LlamaCpp => "llama-cpp",
-        })
-    }
-}
-
-/// How a local model's weights are used: as stored in the GGUF, or re-encoded once into a derived
-/// working copy (kept in the model cache) whose format llama.cpp can batch efficiently.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-pub enum Requantize {
-    /// Use the GGUF as it is.
-    #[default]
-    #[serde(rename = "none")]
-    None,
-    /// Re-encode every quantized matrix as Q8_0 (8-bit, one scale per 32 weights). From a 4-bit
-    /// file this is nearly lossless (the 4-bit levels fit the 8-bit grid to within a few percent of
-    /// one 4-bit step), and llama.cpp has batched matrix kernels for Q8_0 on x86 but none for Q4_1.
-    #[serde(rename = "q8_0")]
-    Q8_0,
-}
-
-impl fmt::Display for Requantize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::None => "none",
-            Self::Q8_0 => "q8_0",
         })
     }
 }
@@ -226,6 +206,34 @@ impl ModelSpec {
     }
 
     /// The API key from the environment, or an error naming the variable. Local models need none.
+    /// The provider configuration of this alias, with its API key read from the environment
+    /// now (so a missing key fails before any request).
+    pub fn provider_config(&self) -> Result<ProviderConfig, ModelsError> {
+        let http = || -> Result<HttpConfig, ModelsError> {
+            Ok(HttpConfig {
+                base_url: self.base_url.clone(),
+                model: self.model.clone(),
+                api_key: self.api_key()?,
+                api_key_env: self.api_key_env.clone(),
+                connect_timeout: self.connect_timeout,
+                timeout: self.timeout,
+                max_concurrency: self.max_concurrency,
+            })
+        };
+        Ok(match self.provider {
+            ProviderKind::OpenAi => ProviderConfig::OpenAi(http()?),
+            ProviderKind::Anthropic => ProviderConfig::Anthropic(http()?),
+            ProviderKind::LlamaCpp => ProviderConfig::LlamaCpp(LocalModelConfig {
+                alias: self.alias.clone(),
+                path: self.path.clone(),
+                sha256: self.sha256.clone(),
+                requantize: self.requantize,
+                max_concurrency: self.max_concurrency,
+                context_size: self.context_size,
+            }),
+        })
+    }
+
     pub fn api_key(&self) -> Result<Option<String>, ModelsError> {
         let Some(var) = &self.api_key_env else {
             return Ok(None);
@@ -285,19 +293,6 @@ fn read_models_file(path: &Path) -> Result<Option<ModelsFile>, ModelsError> {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })
-}
-
-/// Where local model files (GGUF) are cached: `$SHAPING_MODEL_DIR`, else
-/// `$XDG_CACHE_HOME/shaping/models`, else `~/.cache/shaping/models`.
-pub fn model_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("SHAPING_MODEL_DIR") {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    base.join("shaping").join("models")
 }
 
 impl ModelsConfig {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::dispatch::DispatchStats;
+use crate::stats::DispatchStats;
 
 /// Progress of one pipeline run.
 pub struct Progress {

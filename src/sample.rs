@@ -197,7 +197,7 @@ impl Response {
             None => Ok(&self.text),
             Some(e) => Err(PipelineError::new(
                 format!("request failed ({}): {}", e.kind.as_str(), e.message),
-                "api_error",
+                PipelineErrorKind::Api,
             )),
         }
     }
@@ -215,24 +215,103 @@ pub fn trim_to_last_sentence(text: &str) -> &str {
 
 /// Ends one record with an `__ERROR__` record; the run goes on.
 ///
-/// Any `std::error::Error` converts into it (as `unexpected_error`), so `?` works inside tasks.
+/// Any `std::error::Error` converts into it (as [`PipelineErrorKind::Unexpected`]), so `?` works
+/// inside tasks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineError {
     pub message: String,
-    pub error_type: String,
+    pub kind: PipelineErrorKind,
     /// Quality-gate reasons, for a record whose candidates were all rejected
-    /// (`error_type` [`PipelineError::FILTERED`]); empty otherwise.
+    /// ([`PipelineErrorKind::Filtered`]); empty otherwise.
     pub reasons: Vec<String>,
 }
 
-impl PipelineError {
-    /// The error type of a record none of whose candidates passed the quality gate.
-    pub const FILTERED: &'static str = "filtered";
+/// What kind of failure ended a record: the `error` field of its `__ERROR__` line.
+///
+/// Each kind is written as the string shown on it; a pipeline may name kinds of its own
+/// ([`PipelineErrorKind::Custom`]), written as given.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PipelineErrorKind {
+    /// `api_error`: a request failed after its retries.
+    Api,
+    /// `parse_error`: a reply could not be used.
+    Parse,
+    /// `filtered`: no candidate passed the quality gate (a quality rejection, not a fault).
+    Filtered,
+    /// `interrupted`: the run was stopped before the record finished.
+    Interrupted,
+    /// `output_error`: the record could not be written.
+    Output,
+    /// `unexpected_error`: any other error, e.g. one converted by `?`.
+    Unexpected,
+    /// A kind named by the pipeline itself.
+    Custom(String),
+}
 
-    pub fn new(message: impl Into<String>, error_type: impl Into<String>) -> Self {
+impl PipelineErrorKind {
+    /// The kinds the library writes, with their strings.
+    const NAMED: [(PipelineErrorKind, &'static str); 6] = [
+        (Self::Api, "api_error"),
+        (Self::Parse, "parse_error"),
+        (Self::Filtered, "filtered"),
+        (Self::Interrupted, "interrupted"),
+        (Self::Output, "output_error"),
+        (Self::Unexpected, "unexpected_error"),
+    ];
+
+    /// The string written to the errors file.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Custom(name) => name,
+            named => Self::NAMED
+                .iter()
+                .find(|(kind, _)| kind == named)
+                .map(|(_, name)| *name)
+                .expect("every named kind has a string"),
+        }
+    }
+}
+
+impl From<&str> for PipelineErrorKind {
+    /// The kind a string names: one of the library's, else [`PipelineErrorKind::Custom`].
+    fn from(name: &str) -> Self {
+        Self::NAMED
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(kind, _)| kind.clone())
+            .unwrap_or_else(|| Self::Custom(name.to_owned()))
+    }
+}
+
+impl From<String> for PipelineErrorKind {
+    fn from(name: String) -> Self {
+        Self::from(name.as_str())
+    }
+}
+
+impl std::fmt::Display for PipelineErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for PipelineErrorKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for PipelineErrorKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Self::from(String::deserialize(deserializer)?))
+    }
+}
+
+impl PipelineError {
+    pub fn new(message: impl Into<String>, kind: impl Into<PipelineErrorKind>) -> Self {
         Self {
             message: message.into(),
-            error_type: error_type.into(),
+            kind: kind.into(),
             reasons: Vec::new(),
         }
     }
@@ -240,19 +319,19 @@ impl PipelineError {
     pub fn filtered(message: impl Into<String>, reasons: Vec<String>) -> Self {
         Self {
             message: message.into(),
-            error_type: Self::FILTERED.to_owned(),
+            kind: PipelineErrorKind::Filtered,
             reasons,
         }
     }
-    /// An error of type `unexpected_error`.
+    /// An error of kind [`PipelineErrorKind::Unexpected`].
     pub fn unexpected(message: impl Into<String>) -> Self {
-        Self::new(message, "unexpected_error")
+        Self::new(message, PipelineErrorKind::Unexpected)
     }
 }
 
 impl std::fmt::Display for PipelineError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.error_type, self.message)
+        write!(f, "{}: {}", self.kind, self.message)
     }
 }
 
@@ -282,7 +361,7 @@ impl ErrorRecord {
         let failed_at = answer_span(&steps).1;
         Self {
             error: ErrorDetail {
-                error: failure.error_type,
+                error: failure.kind,
                 message: failure.message,
                 reasons: failure.reasons,
                 input_data,
@@ -295,8 +374,8 @@ impl ErrorRecord {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorDetail {
-    /// The error type (`api_error`, `parse_error`, `unexpected_error`, …).
-    pub error: String,
+    /// The kind of failure (`api_error`, `parse_error`, `unexpected_error`, …).
+    pub error: PipelineErrorKind,
     pub message: String,
     /// For `filtered` records: the quality-gate reasons of every rejected candidate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -415,6 +494,34 @@ mod tests {
     }
 
     #[test]
+    fn error_kinds_are_written_as_their_strings_and_read_back() {
+        for name in [
+            "api_error",
+            "parse_error",
+            "filtered",
+            "interrupted",
+            "output_error",
+            "unexpected_error",
+            "refused_by_pipeline",
+        ] {
+            let kind = PipelineErrorKind::from(name);
+            assert_eq!(kind.as_str(), name);
+            let json = serde_json::to_string(&kind).expect("serializes");
+            assert_eq!(json, format!("\"{name}\""));
+            let back: PipelineErrorKind = serde_json::from_str(&json).expect("deserializes");
+            assert_eq!(back, kind);
+        }
+        assert_eq!(
+            PipelineErrorKind::from("filtered"),
+            PipelineErrorKind::Filtered
+        );
+        assert_eq!(
+            PipelineErrorKind::from("refused_by_pipeline"),
+            PipelineErrorKind::Custom("refused_by_pipeline".into())
+        );
+    }
+
+    #[test]
     fn records_are_timed_by_their_steps_and_untimed_without_any() {
         let t = |s: i64| OffsetDateTime::from_unix_timestamp(1_700_000_000 + s).expect("time");
         let answer = |requested: i64, answered: i64| {
@@ -435,7 +542,7 @@ mod tests {
             .collect();
         assert_eq!(answer_span(&steps), (Some(t(2)), Some(t(9))));
 
-        let failure = || PipelineError::new("bad reply", "parse_error");
+        let failure = || PipelineError::new("bad reply", PipelineErrorKind::Parse);
         let failed = ErrorRecord::new(failure(), serde_json::Value::Null, steps);
         assert_eq!(failed.error.failed_at, Some(t(9)));
         let early = ErrorRecord::new(failure(), serde_json::Value::Null, Vec::new());

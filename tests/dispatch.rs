@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{TestRepo, openai_model, read_jsonl, run_args, start_server};
 use serde_json::Value;
-use shaping::cli::RunArgs;
+use shaping::run::RunOptions;
 use shaping::{
     Ctx, Declare, FileDep, Message, ModelDep, Pipeline, PipelineError, Task, TrainingSample,
     model_request,
@@ -422,7 +422,7 @@ fn max_concurrency_caps_requests_in_flight() {
 fn workers_flag_caps_requests_in_flight() {
     let (_rt, server) = start_server(MockConfig::new().latency(Duration::from_millis(200)));
     let repo = repo_with(&server, "max_concurrency = 16", &prompts("w", 8));
-    repo.run::<Echo>(RunArgs {
+    repo.run::<Echo>(RunOptions {
         workers: Some(2),
         ..run_args()
     })
@@ -444,7 +444,7 @@ fn interrupted_then_resumed_pays_each_request_once() {
     let n = 12;
     let repo = repo_with(&server, "", &prompts("q", n));
 
-    repo.run::<Echo>(RunArgs {
+    repo.run::<Echo>(RunOptions {
         limit: Some(5),
         ..run_args()
     })
@@ -463,8 +463,8 @@ fn interrupted_then_resumed_pays_each_request_once() {
     assert_eq!(m["run"]["cache_hits"], 5);
     assert_eq!(m["run"]["requests_sent"], n as u64 - 5);
 
-    repo.run::<Echo>(RunArgs {
-        no_cache: true,
+    repo.run::<Echo>(RunOptions {
+        cache_mode: shaping::dispatch::CacheMode::Off,
         ..run_args()
     })
     .expect("--no-cache run");
@@ -474,8 +474,8 @@ fn interrupted_then_resumed_pays_each_request_once() {
         "--no-cache resends all"
     );
 
-    repo.run::<Echo>(RunArgs {
-        refresh: true,
+    repo.run::<Echo>(RunOptions {
+        cache_mode: shaping::dispatch::CacheMode::Refresh,
         ..run_args()
     })
     .expect("--refresh run");

@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::Once;
 
 use common::{TestRepo, openai_model, run_args, start_server};
-use shaping::cli::describe_in;
 use shaping::fingerprint::FileHasher;
 use shaping::graph::evaluate;
 use shaping::judge::{
@@ -14,6 +13,7 @@ use shaping::judge::{
 };
 use shaping::manifest::State;
 use shaping::models::ModelsConfig;
+use shaping::run::describe_in;
 use shaping::{
     Ctx, Declare, FileDep, Message, ModelDep, Pipeline, PipelineError, Task, TrainingSample,
     model_request,

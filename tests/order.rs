@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use common::{TestRepo, openai_model, read_jsonl, run_args, start_server};
-use shaping::cli::RunArgs;
+use shaping::run::RunOptions;
 use shaping::{
     Ctx, Declare, Message, ModelDep, Pipeline, PipelineError, Task, TrainingSample, model_request,
 };
@@ -160,7 +160,7 @@ fn failed_records(path: &std::path::Path) -> Vec<u64> {
 fn run_task_does_not_wait_for_a_slow_record_and_keeps_input_order() {
     let (_runtime, server) = slow_server();
     let repo = TestRepo::new(&openai_model("m", &server.base_url(), ""));
-    repo.run::<Collected>(RunArgs {
+    repo.run::<Collected>(RunOptions {
         workers: Some(4),
         ..run_args()
     })
@@ -175,7 +175,7 @@ fn run_task_does_not_wait_for_a_slow_record_and_keeps_input_order() {
 fn stream_task_writes_in_completion_order_and_commits_in_input_order() {
     let (_runtime, server) = slow_server();
     let repo = TestRepo::new(&openai_model("m", &server.base_url(), ""));
-    repo.run::<Streamed>(RunArgs {
+    repo.run::<Streamed>(RunOptions {
         workers: Some(4),
         ..run_args()
     })
@@ -205,7 +205,7 @@ fn stream_task_writes_in_completion_order_and_commits_in_input_order() {
 fn stream_task_with_limit_writes_the_first_records_in_order() {
     let (_runtime, server) = slow_server();
     let repo = TestRepo::new(&openai_model("m", &server.base_url(), ""));
-    repo.run::<Streamed>(RunArgs {
+    repo.run::<Streamed>(RunOptions {
         workers: Some(4),
         limit: Some(20),
         ..run_args()
@@ -223,7 +223,7 @@ fn stream_task_with_limit_writes_the_first_records_in_order() {
 #[derive(Debug, Parser)]
 struct WorkersFlag {
     #[command(flatten)]
-    run: RunArgs,
+    run: shaping::cli::RunArgs,
 }
 
 #[test]

@@ -5,11 +5,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::Value;
-use shaping::cli::{Description, RunArgs, RunError, describe_in, run_in};
+use shaping::description::Description;
 use shaping::fingerprint::FileHasher;
 use shaping::graph::{Evaluated, evaluate, plan};
 use shaping::manifest::State;
 use shaping::models::ModelsConfig;
+use shaping::run::{RunError, RunOptions, describe_in, run_in};
 use shaping::{
     Ctx, Declare, FileDep, Message, ModelDep, Pipeline, PipelineError, Task, TrainingSample,
     model_request,
@@ -72,11 +73,11 @@ impl Env {
         self.root().join("crates").join(name)
     }
 
-    fn run<P: Pipeline>(&self, args: RunArgs) -> Result<ExitCode, RunError> {
+    fn run<P: Pipeline>(&self, args: RunOptions) -> Result<ExitCode, RunError> {
         run_in::<P>(
             self.root(),
             &self.crate_dir(P::NAME),
-            RunArgs {
+            RunOptions {
                 quiet: true,
                 max_error_share: 0.5,
                 ..args
@@ -114,8 +115,8 @@ impl Env {
     }
 }
 
-fn full() -> RunArgs {
-    RunArgs::default()
+fn full() -> RunOptions {
+    RunOptions::default()
 }
 
 #[derive(serde::Serialize)]
@@ -297,7 +298,7 @@ fn status_goes_through_every_transition() {
     env.run::<Echo>(full()).unwrap();
 
     // A --limit run is partial.
-    env.run::<Echo>(RunArgs {
+    env.run::<Echo>(RunOptions {
         limit: Some(1),
         ..full()
     })
@@ -346,8 +347,8 @@ fn data_plan_regenerates_only_what_is_stale() {
         .collect();
     assert_eq!(planned, ["down"]);
     let before = env.server.stats().received;
-    env.run::<Down>(RunArgs {
-        no_cache: true,
+    env.run::<Down>(RunOptions {
+        cache_mode: shaping::dispatch::CacheMode::Off,
         ..full()
     })
     .unwrap();
@@ -382,8 +383,8 @@ fn data_plan_regenerates_only_what_is_stale() {
 fn steps_are_recorded_in_order_for_sequential_and_parallel_requests() {
     let env = Env::new(MockConfig::new().jitter(Duration::from_millis(30)));
     env.write("inputs/prompts.txt", "TWO steps\nPAR both\nplain\n");
-    env.run::<Echo>(RunArgs {
-        annotate: true,
+    env.run::<Echo>(RunOptions {
+        annotate: Some(true),
         ..full()
     })
     .unwrap();
@@ -442,8 +443,8 @@ fn minimal_output_has_only_id_and_messages_and_follows_input_order() {
     let prompts: Vec<String> = (0..60).map(|i| format!("prompt number {i}")).collect();
     let env = Env::new(MockConfig::new().jitter(Duration::from_millis(40)));
     env.write("inputs/prompts.txt", &prompts.join("\n"));
-    env.run::<Echo>(RunArgs {
-        no_annotate: true,
+    env.run::<Echo>(RunOptions {
+        annotate: Some(false),
         ..full()
     })
     .unwrap();
@@ -463,8 +464,8 @@ fn minimal_output_has_only_id_and_messages_and_follows_input_order() {
     assert_eq!(manifest["annotated"], false);
     assert_eq!(manifest["samples"], 60);
     // Down's class-level default is minimal; --annotate overrides it.
-    env.run::<Down>(RunArgs {
-        annotate: true,
+    env.run::<Down>(RunOptions {
+        annotate: Some(true),
         ..full()
     })
     .unwrap();
@@ -655,7 +656,7 @@ fn a_dependency_cycle_is_an_error_naming_it() {
         crate_dir: PathBuf::from("/nonexistent"),
         output: format!("training/data/{name}.jsonl"),
         annotated: true,
-        files: vec![shaping::cli::DeclaredFile {
+        files: vec![shaping::description::DeclaredFile {
             name: "in".into(),
             path: format!("training/data/{reads}.jsonl"),
         }],
@@ -717,8 +718,8 @@ fn no_wait_fails_at_once_while_another_run_holds_the_lock() {
     let env = Env::new(MockConfig::new());
     let held = acquire(env.root(), "echo", Wait::No).unwrap();
     let err = env
-        .run::<Echo>(RunArgs {
-            no_wait: true,
+        .run::<Echo>(RunOptions {
+            wait: shaping::lock::Wait::No,
             ..full()
         })
         .unwrap_err();
@@ -742,8 +743,8 @@ fn no_wait_fails_at_once_while_another_run_holds_the_lock() {
     drop(held);
     let _down = acquire(env.root(), "down", Wait::No).unwrap();
     assert_eq!(
-        env.run::<Echo>(RunArgs {
-            no_wait: true,
+        env.run::<Echo>(RunOptions {
+            wait: shaping::lock::Wait::No,
             ..full()
         })
         .unwrap(),
@@ -806,7 +807,7 @@ fn best_of_keeps_a_passing_candidate_and_files_records_where_none_passes() {
         let n = counter.fetch_add(1, Ordering::SeqCst);
         let topic = prompt.split_whitespace().last().unwrap_or("it").to_owned();
         let junk = "I'm gonna grab the hot dog. ".repeat(9);
-        if prompt.starts_with("GOOD") || (prompt.starts_with("MIXED") && n % 2 == 0) {
+        if prompt.starts_with("GOOD") || (prompt.starts_with("MIXED") && n.is_multiple_of(2)) {
             sound_reply(&topic)
         } else {
             junk
@@ -926,7 +927,7 @@ fn best_of_rounds_stop_at_a_passing_round_and_when_the_provider_fails_them_all()
         "inputs/rounds.txt",
         "GOOD pancakes\nLATE waffles\nJUNK pretzels\nDENIED toast\n",
     );
-    env.run::<Rounds>(RunArgs {
+    env.run::<Rounds>(RunOptions {
         max_error_share: 0.5,
         ..full()
     })

@@ -6,7 +6,7 @@ use std::time::Duration;
 use shaping::models::ModelsConfig;
 use shaping::provider::anthropic::AnthropicProvider;
 use shaping::provider::openai::OpenAiProvider;
-use shaping::provider::{ChatRequest, ErrorKind, Message, Params, Provider};
+use shaping::provider::{ChatRequest, ErrorKind, HttpConfig, Message, Params, Provider};
 use testkit::{Fault, FaultPlan, MockConfig, MockServer};
 
 fn spec(provider: &str, base_url: &str, extra: &str) -> shaping::models::ModelSpec {
@@ -23,6 +23,19 @@ fn spec(provider: &str, base_url: &str, extra: &str) -> shaping::models::ModelSp
         .clone()
 }
 
+/// The endpoint configuration of `spec`, with `api_key` as the key read from the environment.
+fn http(spec: &shaping::models::ModelSpec, api_key: Option<&str>) -> HttpConfig {
+    HttpConfig {
+        base_url: spec.base_url.clone(),
+        model: spec.model.clone(),
+        api_key: api_key.map(str::to_owned),
+        api_key_env: spec.api_key_env.clone(),
+        connect_timeout: spec.connect_timeout,
+        timeout: spec.timeout,
+        max_concurrency: spec.max_concurrency,
+    }
+}
+
 fn request(messages: Vec<Message>, params: Params) -> ChatRequest {
     ChatRequest {
         messages,
@@ -35,10 +48,10 @@ fn request(messages: Vec<Message>, params: Params) -> ChatRequest {
 async fn anthropic_moves_the_system_prompt_and_always_sends_max_tokens() {
     let server = MockServer::start(MockConfig::new().api_key("sk-ant-test")).await;
     let base = server.base_url();
-    let provider = AnthropicProvider::new(
+    let provider = AnthropicProvider::new(&http(
         &spec("anthropic", base.trim_end_matches("/v1"), ""),
-        Some("sk-ant-test".into()),
-    )
+        Some("sk-ant-test"),
+    ))
     .unwrap();
     let messages = vec![
         Message::system("You are Dee."),
@@ -79,7 +92,7 @@ async fn anthropic_errors_are_classified_and_name_the_key_variable() {
     let server = MockServer::start(MockConfig::new().api_key("right-key")).await;
     let base = server.base_url();
     let spec = spec("anthropic", &base, "api_key_env = \"MY_ANTHROPIC_KEY\"");
-    let provider = AnthropicProvider::new(&spec, Some("wrong-key".into())).unwrap();
+    let provider = AnthropicProvider::new(&http(&spec, Some("wrong-key"))).unwrap();
     let err = provider
         .send(&request(vec![Message::user("hi")], Params::default()))
         .await
@@ -99,7 +112,7 @@ async fn anthropic_errors_are_classified_and_name_the_key_variable() {
         },
     )))
     .await;
-    let provider = AnthropicProvider::new(&spec_for(&server, "anthropic"), None).unwrap();
+    let provider = AnthropicProvider::new(&http(&spec_for(&server, "anthropic"), None)).unwrap();
     let err = provider
         .send(&request(vec![Message::user("hi")], Params::default()))
         .await
@@ -116,7 +129,7 @@ fn spec_for(server: &MockServer, provider: &str) -> shaping::models::ModelSpec {
 async fn openai_sends_parameters_and_schema_and_classifies_failures() {
     let server = MockServer::start(MockConfig::new()).await;
     let provider: Arc<dyn Provider> =
-        Arc::new(OpenAiProvider::new(&spec_for(&server, "openai"), None).unwrap());
+        Arc::new(OpenAiProvider::new(&http(&spec_for(&server, "openai"), None)).unwrap());
     let params = Params {
         temperature: Some(0.2),
         max_tokens: Some(3),

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use common::{TestRepo, openai_model, run_args, start_server};
 use serde_json::Value;
-use shaping::cli::{Description, describe_in};
+use shaping::description::Description;
 use shaping::fingerprint::FileHasher;
 use shaping::graph::{Evaluated, evaluate, ready};
 use shaping::manifest::{Manifest, State};
 use shaping::models::ModelsConfig;
+use shaping::run::describe_in;
 use shaping::{
     Ctx, Declare, FileDep, Message, ModelDep, Pipeline, PipelineError, Task, TrainingSample,
     model_request,

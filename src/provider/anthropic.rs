@@ -7,10 +7,9 @@ use serde_json::{Value, json};
 
 use super::openai::{header_str, http_client, retry_after, send_for_json};
 use super::{
-    BoxFuture, ChatRequest, ErrorKind, Provider, ProviderError, ProviderReply, RateLimitHints,
-    Usage,
+    BoxFuture, ChatRequest, ErrorKind, HttpConfig, Provider, ProviderError, ProviderReply,
+    RateLimitHints, Usage,
 };
-use crate::models::ModelSpec;
 
 const API_VERSION: &str = "2023-06-01";
 /// Anthropic requires `max_tokens`; used when neither request nor models.toml sets it.
@@ -35,7 +34,7 @@ impl std::fmt::Debug for AnthropicProvider {
 }
 
 impl AnthropicProvider {
-    pub fn new(spec: &ModelSpec, api_key: Option<String>) -> Result<Self, reqwest::Error> {
+    pub fn new(spec: &HttpConfig) -> Result<Self, reqwest::Error> {
         let base = spec
             .base_url
             .as_deref()
@@ -46,7 +45,7 @@ impl AnthropicProvider {
             client: http_client(spec)?,
             url: format!("{base}/v1/messages"),
             model: spec.model.clone(),
-            api_key,
+            api_key: spec.api_key.clone(),
             key_env: spec.api_key_env.clone(),
         })
     }

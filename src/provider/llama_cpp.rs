@@ -52,7 +52,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
-use crate::models::Requantize;
+use super::local::{LocalModelConfig, Requantize};
 
 mod prefix;
 mod requantize;
@@ -628,13 +628,11 @@ impl Provider for LlamaCppProvider {
     }
 }
 
-/// The provider for a `llama-cpp` alias of models.toml: `spec.path` checked against
-/// `spec.sha256`, serving `spec.max_concurrency` sequences of `spec.context_size` tokens each.
+/// The provider for a `llama-cpp` alias of models.toml: `config.path` checked against
+/// `config.sha256`, serving `config.max_concurrency` sequences of `config.context_size` tokens each.
 /// Aliases naming the same file share the loaded model (and, with equal settings, the
 /// inference thread). A missing default model ([`DEFAULT_MODEL_FILE`]) is fetched first.
-pub fn provider_for_spec(
-    spec: &crate::models::ModelSpec,
-) -> Result<Arc<dyn Provider>, LocalModelError> {
+pub fn provider_for_config(spec: &LocalModelConfig) -> Result<Arc<dyn Provider>, LocalModelError> {
     let Some(path) = spec.path.as_deref() else {
         return Err(LocalModelError::Missing {
             path: PathBuf::new(),
@@ -642,7 +640,7 @@ pub fn provider_for_spec(
         });
     };
     if !path.is_file() && path.file_name().is_some_and(|n| n == DEFAULT_MODEL_FILE) {
-        crate::model_fetch::ensure_model_file(spec)
+        crate::model_fetch::ensure_model_file(&spec.alias, Some(path), spec.sha256.as_deref())
             .map_err(|e| LocalModelError::Fetch(e.to_string()))?;
     }
     let provider = LlamaCppProvider::load(

@@ -7,13 +7,83 @@
 pub mod anthropic;
 #[cfg(feature = "local-model")]
 pub mod llama_cpp;
+pub mod local;
 pub mod openai;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+/// How to reach one HTTP model endpoint (OpenAI-compatible or Anthropic), made by `models.rs`
+/// from an alias. The key was read from the environment by then; it stays inside the provider.
+#[derive(Clone)]
+pub struct HttpConfig {
+    /// The endpoint's base URL (`None`: the provider's public API).
+    pub base_url: Option<String>,
+    /// The model id sent with every request.
+    pub model: String,
+    pub api_key: Option<String>,
+    /// The variable the key came from, named in authentication errors.
+    pub api_key_env: Option<String>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    /// Requests in flight at most (sizes the connection pool).
+    pub max_concurrency: usize,
+}
+
+impl std::fmt::Debug for HttpConfig {
+    /// Everything but the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("api_key_env", &self.api_key_env)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which provider serves an alias, with its configuration.
+#[derive(Debug, Clone)]
+pub enum ProviderConfig {
+    OpenAi(HttpConfig),
+    Anthropic(HttpConfig),
+    LlamaCpp(local::LocalModelConfig),
+}
+
+/// Why a provider could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BuildError(String);
+
+/// Build the provider for `config`.
+pub fn build(config: ProviderConfig) -> Result<Arc<dyn Provider>, BuildError> {
+    let error = |e: &dyn std::fmt::Display| BuildError(e.to_string());
+    Ok(match config {
+        ProviderConfig::OpenAi(http) => {
+            Arc::new(openai::OpenAiProvider::new(&http).map_err(|e| error(&e))?)
+        }
+        ProviderConfig::Anthropic(http) => {
+            Arc::new(anthropic::AnthropicProvider::new(&http).map_err(|e| error(&e))?)
+        }
+        ProviderConfig::LlamaCpp(local) => build_local(&local)?,
+    })
+}
+
+#[cfg(feature = "local-model")]
+fn build_local(config: &local::LocalModelConfig) -> Result<Arc<dyn Provider>, BuildError> {
+    llama_cpp::provider_for_config(config).map_err(|e| BuildError(e.to_string()))
+}
+
+#[cfg(not(feature = "local-model"))]
+fn build_local(_: &local::LocalModelConfig) -> Result<Arc<dyn Provider>, BuildError> {
+    Err(BuildError(
+        "this build has no local model support (enable the `local-model` feature of shaping)"
+            .into(),
+    ))
+}
 
 /// One chat message, as it appears in training samples and provider requests.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -6,10 +6,9 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
 use super::{
-    BoxFuture, ChatRequest, ErrorKind, Provider, ProviderError, ProviderReply, RateLimitHints,
-    Usage,
+    BoxFuture, ChatRequest, ErrorKind, HttpConfig, Provider, ProviderError, ProviderReply,
+    RateLimitHints, Usage,
 };
-use crate::models::ModelSpec;
 
 /// Client for one alias. Holds the key privately; `Debug` does not print it.
 pub struct OpenAiProvider {
@@ -29,8 +28,8 @@ impl std::fmt::Debug for OpenAiProvider {
     }
 }
 
-/// A reqwest client with the spec's timeouts and a connection pool sized for its concurrency.
-pub(crate) fn http_client(spec: &ModelSpec) -> Result<reqwest::Client, reqwest::Error> {
+/// A reqwest client with the endpoint's timeouts and a connection pool sized for its concurrency.
+pub(crate) fn http_client(spec: &HttpConfig) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .connect_timeout(spec.connect_timeout)
         .timeout(spec.timeout)
@@ -41,7 +40,7 @@ pub(crate) fn http_client(spec: &ModelSpec) -> Result<reqwest::Client, reqwest::
 }
 
 impl OpenAiProvider {
-    pub fn new(spec: &ModelSpec, api_key: Option<String>) -> Result<Self, reqwest::Error> {
+    pub fn new(spec: &HttpConfig) -> Result<Self, reqwest::Error> {
         let base = spec
             .base_url
             .as_deref()
@@ -51,7 +50,7 @@ impl OpenAiProvider {
             client: http_client(spec)?,
             url: format!("{base}/chat/completions"),
             model: spec.model.clone(),
-            api_key,
+            api_key: spec.api_key.clone(),
             key_env: spec.api_key_env.clone(),
         })
     }

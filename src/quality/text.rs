@@ -1,7 +1,5 @@
 //! Text helpers of the quality gate: the [`Sample`] view of a record, phrase matching, truncation.
 
-use std::path::{Path, PathBuf};
-
 use serde::{Deserialize, Serialize};
 
 use super::read::{ChatMessage, Record, first_user, last_assistant};
@@ -82,11 +80,9 @@ impl Sample {
     }
 }
 
-/// `training/data/<name>.errors.jsonl` for `training/data/<name>.jsonl`.
-pub fn errors_path_for(dataset: &Path) -> PathBuf {
-    let name = super::dataset_name(dataset);
-    dataset.with_file_name(format!("{name}.errors.jsonl"))
-}
+/// `training/data/<name>.errors.jsonl` for `training/data/<name>.jsonl` (one definition for the
+/// writer and the readers).
+pub use crate::format::errors_path_for;
 
 /// At most `max` characters of `text`, with `…` appended when cut.
 pub(crate) fn truncate_chars(text: &str, max: usize) -> String {

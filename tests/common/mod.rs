@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 use shaping::Pipeline;
-use shaping::cli::{RunArgs, RunError, run_in};
+use shaping::run::{RunError, RunOptions, run_in};
 use testkit::{MockConfig, MockServer};
 
 /// A small identity narrative with a "Voice" section (what `voice-prompts` reads).
@@ -105,17 +105,17 @@ impl TestRepo {
     }
 
     /// Run pipeline `P` in this repository (synchronously; never call from async code).
-    pub fn run<P: Pipeline>(&self, args: RunArgs) -> Result<ExitCode, RunError> {
+    pub fn run<P: Pipeline>(&self, args: RunOptions) -> Result<ExitCode, RunError> {
         run_in::<P>(self.root(), &self.crate_dir(P::NAME), args)
     }
 }
 
 /// Quiet run arguments that tolerate up to half the records failing.
-pub fn run_args() -> RunArgs {
-    RunArgs {
+pub fn run_args() -> RunOptions {
+    RunOptions {
         quiet: true,
         max_error_share: 0.5,
-        ..RunArgs::default()
+        ..RunOptions::default()
     }
 }
 

@@ -1,14 +1,16 @@
 //! `cargo xtask`: the project's command line — a thin layer over the `shaping` library.
 
 mod bench;
+mod exit;
 mod judge_cmd;
 mod quality_cmds;
 mod workspace;
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use shaping::ShapingExitCode;
 
 use workspace::Workspace;
 
@@ -35,7 +37,7 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
-        /// Exit non-zero unless everything is CURRENT (for CI).
+        /// Exit with STALE_DATA (4) unless everything is CURRENT (for CI).
         #[arg(long)]
         check: bool,
     },
@@ -91,7 +93,8 @@ enum Command {
         seed: Option<u64>,
     },
     /// The validation checklist, automated: per-sample detectors and dataset checks. Exit code 0
-    /// when everything passes, 1 when a check fails, 2 when the input cannot be checked.
+    /// when everything passes, CHECKS_FAILED (3) when a check fails, SETUP_ERROR (7) when the
+    /// input cannot be checked.
     Check {
         /// Only these datasets (default: all, plus the training-set check over all of them).
         #[arg(conflicts_with = "file")]
@@ -133,21 +136,23 @@ enum Command {
 
 fn main() -> ExitCode {
     shaping::cli::exit_quietly_on_closed_pipe();
-    match run(Cli::parse()) {
+    let code = match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            exit::code_of_error(&e)
         }
-    }
+    };
+    exit::process(code)
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+/// Run a command; the exit code it ends with ([`ShapingExitCode`]).
+fn run(cli: Cli) -> Result<i32> {
     let ws = Workspace::discover(cli.root.as_deref())?;
     match cli.command {
         Command::Bench(args) => {
             bench::bench_cmd(args, ws.root())?;
-            Ok(ExitCode::SUCCESS)
+            Ok(ShapingExitCode::OK)
         }
         Command::List => {
             let pipelines = ws.describe_all()?;
@@ -160,7 +165,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("    model {m}");
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(ShapingExitCode::OK)
         }
         Command::Status { json, check } => {
             let pipelines = ws.describe_all()?;
@@ -196,18 +201,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "not CURRENT: {}. Run `cargo xtask data` to regenerate them, then commit the outputs.",
                     stale.join(", ")
                 );
-                return Ok(ExitCode::FAILURE);
+                return Ok(ShapingExitCode::STALE_DATA);
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(ShapingExitCode::OK)
         }
         Command::Run { name, args } => {
             let pipelines = ws.describe_all()?;
             let Some(d) = pipelines.iter().find(|d| d.name == name) else {
-                bail!("no pipeline named '{name}'; known: {}", names(&pipelines));
+                return Err(unknown_pipeline(&name, &pipelines).into());
             };
             ws.ensure_models(std::slice::from_ref(d))?;
             let status = ws.run_pipeline(&d.name, &args, 1, false)?;
-            Ok(exit_code(status))
+            Ok(exit::code_of_child(status))
         }
         Command::Data {
             names: selected,
@@ -222,7 +227,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "created {} — build and run it with `cargo xtask run {name} --limit 3`",
                 dir.display()
             );
-            Ok(ExitCode::SUCCESS)
+            Ok(ShapingExitCode::OK)
         }
         Command::Cache {
             prune_older_than,
@@ -272,14 +277,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     human_bytes(total)
                 );
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(ShapingExitCode::OK)
         }
         Command::Setup => {
             workspace::ensure_build_prerequisites()?;
             let pipelines = ws.describe_all()?;
             ws.ensure_models(&pipelines)?;
             println!("ready: prerequisites installed, pipelines built, local models present");
-            Ok(ExitCode::SUCCESS)
+            Ok(ShapingExitCode::OK)
         }
         Command::Sample {
             name,
@@ -289,7 +294,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let datasets = datasets(&ws, std::slice::from_ref(&name))?;
             quality_cmds::sample_cmd(&datasets[0], n, full, seed)?;
-            Ok(ExitCode::SUCCESS)
+            Ok(ShapingExitCode::OK)
         }
         Command::Check {
             names,
@@ -313,14 +318,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(passed)
                 }),
             };
-            Ok(ExitCode::from(match outcome {
-                Ok(true) => quality_cmds::EXIT_CHECKS_PASSED,
-                Ok(false) => quality_cmds::EXIT_CHECKS_FAILED,
+            match outcome {
+                Ok(true) => Ok(ShapingExitCode::OK),
+                Ok(false) => Ok(ShapingExitCode::CHECKS_FAILED),
+                // Input that cannot be checked is a set-up error, whatever the error's type.
                 Err(e) => {
                     eprintln!("error: {e:#}");
-                    quality_cmds::EXIT_BAD_INPUT
+                    Ok(match exit::code_of_error(&e) {
+                        ShapingExitCode::UNEXPECTED => ShapingExitCode::SETUP_ERROR,
+                        code => code,
+                    })
                 }
-            }))
+            }
         }
         Command::Report { names, out } => {
             let datasets = datasets(&ws, &names)?;
@@ -328,14 +337,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for page in quality_cmds::report_cmd(&datasets, &out)? {
                 println!("wrote {}", page.display());
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(ShapingExitCode::OK)
         }
         Command::Review => {
             let passed = quality_cmds::review_cmd(ws.root())?;
             Ok(if passed {
-                ExitCode::SUCCESS
+                ShapingExitCode::OK
             } else {
-                ExitCode::FAILURE
+                ShapingExitCode::CHECKS_FAILED
             })
         }
         Command::Test { args } => {
@@ -349,7 +358,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             .current_dir(ws.root())
             .status()
             .context("running cargo test")?;
-            Ok(exit_code(status))
+            Ok(exit::code_of_child(status))
         }
     }
 }
@@ -359,10 +368,7 @@ fn datasets(ws: &Workspace, names: &[String]) -> Result<Vec<quality_cmds::Datase
     let pipelines = ws.describe_all()?;
     for name in names {
         if !pipelines.iter().any(|d| &d.name == name) {
-            bail!(
-                "no pipeline named '{name}'; known: {}",
-                self::names(&pipelines)
-            );
+            return Err(unknown_pipeline(name, &pipelines).into());
         }
     }
     pipelines
@@ -381,19 +387,18 @@ fn datasets(ws: &Workspace, names: &[String]) -> Result<Vec<quality_cmds::Datase
         .collect()
 }
 
-fn names(pipelines: &[shaping::cli::Description]) -> String {
-    pipelines
-        .iter()
-        .map(|d| d.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn exit_code(status: std::process::ExitStatus) -> ExitCode {
-    match status.code() {
-        Some(0) => ExitCode::SUCCESS,
-        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        None => ExitCode::from(130),
+/// The error for a pipeline name that is not in the workspace.
+pub(crate) fn unknown_pipeline(
+    name: &str,
+    pipelines: &[shaping::description::Description],
+) -> exit::XtaskError {
+    exit::XtaskError::UnknownPipeline {
+        name: name.to_owned(),
+        known: pipelines
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
     }
 }
 

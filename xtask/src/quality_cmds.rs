@@ -36,14 +36,6 @@ pub fn sample_cmd(dataset: &DatasetInfo, n: usize, full: bool, seed: Option<u64>
     Ok(())
 }
 
-/// Exit code of `cargo xtask check` when every check passes.
-pub const EXIT_CHECKS_PASSED: u8 = 0;
-/// Exit code of `cargo xtask check` when some check fails (or a dataset is not built).
-pub const EXIT_CHECKS_FAILED: u8 = 1;
-/// Exit code of `cargo xtask check` when the input cannot be checked: a file that is not chat
-/// JSONL, a malformed `identity/voice.toml`, an unreadable dataset.
-pub const EXIT_BAD_INPUT: u8 = 2;
-
 /// What `cargo xtask check` prints besides the failing checks.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CheckOutput {

@@ -2,11 +2,12 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, ExitStatus};
+use std::process::{Child, Command, ExitStatus};
 
 use anyhow::{Context, Result, bail};
 use cargo_metadata::MetadataCommand;
-use shaping::cli::Description;
+use shaping::ShapingExitCode;
+use shaping::description::Description;
 use shaping::fingerprint::FileHasher;
 use shaping::graph::Evaluated;
 use shaping::manifest::State;
@@ -39,7 +40,10 @@ impl Workspace {
             .current_dir(&root)
             .no_deps()
             .exec()
-            .with_context(|| format!("reading cargo metadata in {}", root.display()))?;
+            .map_err(|e| crate::exit::XtaskError::Metadata {
+                root: root.display().to_string(),
+                message: e.to_string(),
+            })?;
         let pipelines_dir = root.join("pipelines");
         let target: PathBuf = metadata.target_directory.clone().into();
         let mut crates: Vec<PipelineCrate> = metadata
@@ -76,13 +80,17 @@ impl Workspace {
             .iter()
             .flat_map(|p| ["-p".to_owned(), (*p).to_owned()])
             .collect();
+        let packages = args.join(" ");
         // The repository this build is for: compiled into the library and the pipelines, and
         // tracked by cargo, so a target directory shared with another clone is rebuilt for this
         // one (.cargo/config.toml sets the same for plain cargo commands).
         cmd!(sh, "cargo build --quiet {args...}")
             .env("SHAPING_BUILD_REPO", &self.root)
             .run()
-            .context("building the pipeline crates")?;
+            .map_err(|e| {
+                eprintln!("{e}");
+                crate::exit::XtaskError::BuildFailed { packages }
+            })?;
         Ok(())
     }
 
@@ -99,11 +107,11 @@ impl Workspace {
                     .output()
                     .with_context(|| format!("running {} describe", c.binary.display()))?;
                 if !output.status.success() {
-                    bail!(
-                        "pipeline crate '{}' failed to describe itself:\n{}",
-                        c.package,
-                        String::from_utf8_lossy(&output.stderr).trim()
-                    );
+                    return Err(crate::exit::XtaskError::DescribeFailed {
+                        package: c.package.clone(),
+                        stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+                    }
+                    .into());
                 }
                 serde_json::from_slice(&output.stdout)
                     .with_context(|| format!("parsing the description of '{}'", c.package))
@@ -185,7 +193,11 @@ impl Workspace {
                     .get(alias)
                     .with_context(|| format!("pipeline '{}'", d.name))?;
                 if spec.provider == ProviderKind::LlamaCpp && seen.insert(spec.path.clone()) {
-                    shaping::model_fetch::ensure_model_file(spec)?;
+                    shaping::model_fetch::ensure_model_file(
+                        &spec.alias,
+                        spec.path.as_deref(),
+                        spec.sha256.as_deref(),
+                    )?;
                 }
             }
         }
@@ -199,13 +211,18 @@ impl Workspace {
         for alias in models.aliases() {
             let spec = models.get(alias)?;
             if spec.provider == ProviderKind::LlamaCpp && seen.insert(spec.path.clone()) {
-                shaping::model_fetch::ensure_model_file(spec)?;
+                shaping::model_fetch::ensure_model_file(
+                    &spec.alias,
+                    spec.path.as_deref(),
+                    spec.sha256.as_deref(),
+                )?;
             }
         }
         Ok(())
     }
 
-    /// `cargo xtask data`: regenerate what is not CURRENT, in dependency order.
+    /// `cargo xtask data`: regenerate what is not CURRENT, in dependency order. The exit code
+    /// is OK, or the code of the first pipeline that failed.
     pub fn data(
         &self,
         selected: &[String],
@@ -213,18 +230,11 @@ impl Workspace {
         force: bool,
         jobs: usize,
         no_wait: bool,
-    ) -> Result<ExitCode> {
+    ) -> Result<i32> {
         let pipelines = self.describe_all()?;
         for name in selected {
             if !pipelines.iter().any(|d| &d.name == name) {
-                bail!(
-                    "no pipeline named '{name}'; known: {}",
-                    pipelines
-                        .iter()
-                        .map(|d| d.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
+                return Err(crate::unknown_pipeline(name, &pipelines).into());
             }
         }
         let evaluated = self.evaluate(&pipelines)?;
@@ -232,7 +242,7 @@ impl Workspace {
         let planned: BTreeSet<String> = plan.iter().map(|(e, _)| e.name.clone()).collect();
         if plan.is_empty() {
             println!("everything is CURRENT; nothing to do");
-            return Ok(ExitCode::SUCCESS);
+            return Ok(ShapingExitCode::OK);
         }
         for (e, level) in &plan {
             // Early cutoff: a pipeline planned only because an upstream runs waits for it and
@@ -267,7 +277,7 @@ impl Workspace {
             println!("{verb} {}: {why}", e.name);
         }
         if dry_run {
-            return Ok(ExitCode::SUCCESS);
+            return Ok(ShapingExitCode::OK);
         }
         let running: Vec<Description> = plan
             .iter()
@@ -299,6 +309,7 @@ impl Workspace {
             Vec::new()
         };
         let mut failed: Vec<String> = Vec::new();
+        let mut first_failure: Option<i32> = None;
         let mut done: BTreeSet<String> = BTreeSet::new();
         let mut now = evaluated;
         // Run what is ready, evaluate again, repeat: a downstream of an output that came out
@@ -339,14 +350,15 @@ impl Workspace {
                     .map(|name| (*name, self.spawn(name, &run_flags, share, plain)))
                     .collect();
                 for ((name, child), before) in children.into_iter().zip(before) {
-                    let ok = child
+                    let code = child
                         .and_then(|mut c| Ok(c.wait()?))
-                        .map(|s| s.success())
+                        .map(crate::exit::code_of_child)
                         .unwrap_or_else(|e| {
                             eprintln!("{name}: {e:#}");
-                            false
+                            ShapingExitCode::UNEXPECTED
                         });
-                    if !ok {
+                    if code != ShapingExitCode::OK {
+                        first_failure.get_or_insert(code);
                         failed.push(name.to_owned());
                     } else if before.is_some() && before == output_hash(name) {
                         println!(
@@ -362,7 +374,7 @@ impl Workspace {
                 "failed: {} (their previous outputs were kept)",
                 failed.join(", ")
             );
-            return Ok(ExitCode::FAILURE);
+            return Ok(first_failure.unwrap_or(ShapingExitCode::PIPELINE_FAILED));
         }
         for e in now.iter().filter(|e| planned.contains(&e.name)) {
             let cut_off = if done.contains(&e.name) {
@@ -372,7 +384,7 @@ impl Workspace {
             };
             println!("{}: {}{cut_off}", e.name, e.status);
         }
-        Ok(ExitCode::SUCCESS)
+        Ok(ShapingExitCode::OK)
     }
 
     /// Create `pipelines/<name>/` with a pipeline that builds and runs.

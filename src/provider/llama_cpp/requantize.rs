@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::{LocalModelError, backend};
-use crate::models::Requantize;
+use crate::provider::local::Requantize;
 
 /// The working copy of `source` in `format`, converting it first if it does not exist yet.
 /// `source_sha256` must be the verified hash of `source`.
@@ -25,7 +25,7 @@ pub(super) fn ensure_working_copy(
         Requantize::None => return Ok(source.to_path_buf()),
         Requantize::Q8_0 => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q8_0,
     };
-    let dir = crate::models::model_cache_dir().join("derived");
+    let dir = crate::model_fetch::model_cache_dir().join("derived");
     let stem = source
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

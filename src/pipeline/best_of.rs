@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use crate::pipeline::{ModelRequest, Task};
+use super::{ModelRequest, Task};
 use crate::quality::{Reason, Turn};
 use crate::sample::PipelineError;
 
@@ -159,7 +159,7 @@ impl<'t> BestOf<'t> {
                         text
                     }
                     Err(error) => {
-                        reason_names.insert(error.error_type.clone());
+                        reason_names.insert(error.kind.to_string());
                         rejections.push(format!("candidate {}: {error}", index + 1));
                         ctx.best_of.candidate(false);
                         continue;

@@ -6,6 +6,8 @@
 //! dispatcher). Inside a task, [`Task::request`] and [`Task::all`] send requests; every request
 //! and response is recorded as a [`Step`] without the author writing anything.
 
+pub mod best_of;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -20,7 +22,9 @@ use crate::cache::CacheKey;
 use crate::dispatch::{Dispatcher, Lane};
 use crate::models::{ModelFingerprint, ModelSpec};
 use crate::provider::{ChatRequest, Message, Params};
-use crate::sample::{ErrorRecord, PipelineError, Provenance, Response, Step, TrainingSample};
+use crate::sample::{
+    ErrorRecord, PipelineError, PipelineErrorKind, Provenance, Response, Step, TrainingSample,
+};
 
 /// A data-generating pipeline. Implement it in a crate under `pipelines/` and hand it to
 /// [`crate::run_main`] (or the [`crate::pipeline_main!`] macro) from `main`.
@@ -219,7 +223,7 @@ pub(crate) struct BoundModel {
 /// Where samples and errors go while a run is in progress. Records finish in any order; `place`
 /// says where each line belongs in its file (see [`output_place`]), and the sink restores that
 /// order when it commits.
-pub(crate) trait SampleSink: std::any::Any + Send {
+pub(crate) trait SampleSink: Send {
     fn sample(&mut self, place: u64, sample: TrainingSample) -> Result<(), PipelineError>;
     fn error(&mut self, place: u64, record: ErrorRecord) -> Result<(), PipelineError>;
 }
@@ -248,7 +252,7 @@ pub(crate) struct CtxInner {
     pub limit: Option<usize>,
     pub window: usize,
     pub queries: AtomicU32,
-    pub sink: Mutex<Box<dyn SampleSink>>,
+    pub sink: Arc<Mutex<dyn SampleSink>>,
     pub reports: Mutex<BTreeMap<String, serde_json::Value>>,
     pub progress: Arc<crate::progress::Progress>,
     pub records_done: AtomicU64,
@@ -258,7 +262,7 @@ pub(crate) struct CtxInner {
     pub records_filtered: AtomicU64,
     /// The quality gate's per-sample checks, for [`Task::best_of`].
     pub detectors: Arc<crate::quality::Detectors>,
-    pub best_of: crate::best_of::BestOfStats,
+    pub best_of: best_of::BestOfStats,
 }
 
 impl CtxInner {
@@ -423,7 +427,10 @@ impl Ctx {
             .buffer_unordered(inner.window.max(1));
         while let Some((place, input, handle, outcome)) = outcomes.next().await {
             if inner.dispatcher.is_cancelled() {
-                return Err(PipelineError::new("the run was interrupted", "interrupted"));
+                return Err(PipelineError::new(
+                    "the run was interrupted",
+                    PipelineErrorKind::Interrupted,
+                ));
             }
             let steps = handle.take_steps();
             let failure = match outcome {
@@ -436,11 +443,12 @@ impl Ctx {
                     continue;
                 }
                 Ok(Err(error)) => error,
-                Err(panic) => {
-                    PipelineError::unexpected(format!("task panicked: {}", panic_message(&*panic)))
-                }
+                Err(panic) => PipelineError::unexpected(format!(
+                    "task panicked: {}",
+                    crate::dispatch::panic_message(&*panic)
+                )),
             };
-            if failure.error_type == PipelineError::FILTERED {
+            if failure.kind == PipelineErrorKind::Filtered {
                 inner.records_filtered.fetch_add(1, Ordering::Relaxed);
             } else {
                 inner.records_failed.fetch_add(1, Ordering::Relaxed);
@@ -450,20 +458,12 @@ impl Ctx {
             inner.sink.lock().expect("sink lock").error(place, record)?;
         }
         if inner.dispatcher.is_cancelled() {
-            return Err(PipelineError::new("the run was interrupted", "interrupted"));
+            return Err(PipelineError::new(
+                "the run was interrupted",
+                PipelineErrorKind::Interrupted,
+            ));
         }
         Ok(())
-    }
-}
-
-/// The text of a panic payload (`&str` or `String`), for error messages.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(non-string panic payload)".to_owned()
     }
 }
 

@@ -1,0 +1,71 @@
+//! The run's sink: the temporary output and errors files that records are written to while the run is in progress.
+
+use std::path::Path;
+
+use crate::output::{JsonlWriter, OutputError};
+use crate::pipeline::SampleSink;
+use crate::sample::{
+    AnnotatedSample, ErrorRecord, PipelineError, PipelineErrorKind, TrainingSample,
+};
+
+/// The two temporary files of a run, committed (or dropped) together at the end.
+pub(crate) struct Writers {
+    pub output: JsonlWriter,
+    pub errors: JsonlWriter,
+}
+
+/// The run's sink: writes lines to [`Writers`] until the run takes them back to commit them.
+pub(crate) struct FileSink {
+    annotate: bool,
+    writers: Option<Writers>,
+}
+
+impl FileSink {
+    /// Temporary files beside `output` and `errors`.
+    pub fn create(output: &Path, errors: &Path, annotate: bool) -> Result<Self, OutputError> {
+        Ok(Self {
+            annotate,
+            writers: Some(Writers {
+                output: JsonlWriter::create(output)?,
+                errors: JsonlWriter::create(errors)?,
+            }),
+        })
+    }
+
+    /// The writers, for the commit; the sink refuses later lines.
+    pub fn take(&mut self) -> Option<Writers> {
+        self.writers.take()
+    }
+
+    fn writers(&mut self) -> Result<&mut Writers, PipelineError> {
+        self.writers.as_mut().ok_or_else(|| {
+            PipelineError::new(
+                "a line arrived after the output was committed",
+                PipelineErrorKind::Output,
+            )
+        })
+    }
+}
+
+impl SampleSink for FileSink {
+    fn sample(&mut self, place: u64, sample: TrainingSample) -> Result<(), PipelineError> {
+        let annotate = self.annotate;
+        let output = &mut self.writers()?.output;
+        let written = if annotate {
+            output.at(place).write(&AnnotatedSample::from(sample))
+        } else {
+            output
+                .at(place)
+                .write(&TrainingSample::new(sample.id, sample.messages))
+        };
+        written.map_err(|e| PipelineError::new(e.to_string(), PipelineErrorKind::Output))
+    }
+
+    fn error(&mut self, place: u64, record: ErrorRecord) -> Result<(), PipelineError> {
+        self.writers()?
+            .errors
+            .at(place)
+            .write(&record)
+            .map_err(|e| PipelineError::new(e.to_string(), PipelineErrorKind::Output))
+    }
+}
