@@ -26,6 +26,7 @@ pub mod quality;
 pub mod repo;
 pub mod run;
 pub mod sample;
+pub mod schedule;
 pub mod sources;
 pub mod stats;
 

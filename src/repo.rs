@@ -165,3 +165,70 @@ pub fn display_relative(root: &Path, path: &Path) -> String {
         .map(|p| p.to_string_lossy().replace('\\', "/"))
         .unwrap_or_else(|_| path.to_string_lossy().into_owned())
 }
+
+/// Variables cargo sets for a process it runs (`cargo run`, `cargo test`), which a cargo started
+/// from inside that process would inherit. Some build scripts track them (ring tracks
+/// `CARGO_MANIFEST_DIR` and `CARGO_PKG_*`), so a nested `cargo build` with them set rebuilds
+/// those crates and everything above them (the TLS stack, reqwest, the library, every pipeline),
+/// and the next build from a shell rebuilds them back.
+fn is_crate_env(name: &str) -> bool {
+    const EXACT: [&str; 6] = [
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    const PREFIXES: [&str; 4] = [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CFG_",
+        "CARGO_BIN_EXE_",
+    ];
+    EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// A `cargo` command (`$CARGO`, else `cargo`) whose environment is the current one without the
+/// variables cargo set for this process: it builds exactly what the same command typed in a
+/// shell builds, reusing the same artifacts. Every cargo that xtask or a test starts uses it.
+pub fn cargo_command() -> std::process::Command {
+    let mut command =
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_crate_env) {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nested_cargo_drops_the_variables_cargo_set_for_this_process() {
+        // `cargo test` runs this binary with CARGO_MANIFEST_DIR and CARGO_PKG_NAME set.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        let command = super::cargo_command();
+        let removed: Vec<String> = command
+            .get_envs()
+            .filter(|(_, value)| value.is_none())
+            .map(|(name, _)| name.to_string_lossy().into_owned())
+            .collect();
+        for name in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+        ] {
+            assert!(
+                removed.iter().any(|r| r == name),
+                "{name} kept: {removed:?}"
+            );
+        }
+        assert!(
+            !removed
+                .iter()
+                .any(|r| r == "CARGO_HOME" || r == "CARGO_TARGET_DIR" || r == "CARGO")
+        );
+    }
+}

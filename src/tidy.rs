@@ -26,6 +26,7 @@ const LAYERS: &[&str] = &[
     "dispatch",
     "pipeline",
     "graph",
+    "schedule",
     "judge",
     "run",
     "cli",

@@ -535,8 +535,9 @@ fn voice_prompts_binary() -> PathBuf {
         .unwrap_or_else(|| manifest_dir.join("target"));
     let binary = target.join("debug").join("voice-prompts");
     BUILD.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
+        // Without the variables `cargo test` set for this process, so the build reuses what
+        // `cargo test --workspace` built (see `shaping::repo::cargo_command`).
+        let status = shaping::repo::cargo_command()
             .args(["build", "--quiet", "-p", "voice-prompts"])
             .current_dir(manifest_dir)
             .status()

@@ -536,7 +536,7 @@ fn scenarios(args: &BenchArgs) -> Vec<Scenario> {
 
 /// `cargo build --quiet ARGS` in the workspace.
 fn cargo_build(root: &Path, args: &[&str]) -> Result<()> {
-    let status = Command::new(cargo())
+    let status = shaping::repo::cargo_command()
         .current_dir(root)
         .args(["build", "--quiet"])
         .args(args)
@@ -546,10 +546,6 @@ fn cargo_build(root: &Path, args: &[&str]) -> Result<()> {
         bail!("cargo build {} failed", args.join(" "));
     }
     Ok(())
-}
-
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
 }
 
 fn target_dir(root: &Path) -> Result<PathBuf> {

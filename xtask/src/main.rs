@@ -350,14 +350,12 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Test { args } => {
             workspace::ensure_build_prerequisites()?;
             ws.ensure_all_local_models()?;
-            let status = std::process::Command::new(
-                std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
-            )
-            .args(["test", "--workspace"])
-            .args(&args)
-            .current_dir(ws.root())
-            .status()
-            .context("running cargo test")?;
+            let status = shaping::repo::cargo_command()
+                .args(["test", "--workspace"])
+                .args(&args)
+                .current_dir(ws.root())
+                .status()
+                .context("running cargo test")?;
             Ok(exit::code_of_child(status))
         }
     }

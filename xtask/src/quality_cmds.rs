@@ -3,7 +3,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use anyhow::{Context as _, Result, bail};
 use shaping::quality::{self, QualityConfig, Voice};
@@ -341,7 +341,7 @@ pub fn report_cmd(datasets: &[DatasetInfo], out_dir: &Path) -> Result<Vec<PathBu
 /// snapshots as `.snap.new`, then open `cargo insta review` when cargo-insta is installed (else
 /// say how to install it or accept everything). Returns whether the snapshots were already up to date.
 pub fn review_cmd(repo_root: &Path) -> Result<bool> {
-    let status = Command::new(cargo())
+    let status = shaping::repo::cargo_command()
         .current_dir(repo_root)
         .args(["test", "--quiet", "--test", "review"])
         .env("INSTA_UPDATE", "new")
@@ -372,14 +372,14 @@ pub fn review_cmd(repo_root: &Path) -> Result<bool> {
             path.strip_prefix(repo_root).unwrap_or(path).display()
         );
     }
-    let has_insta = Command::new(cargo())
+    let has_insta = shaping::repo::cargo_command()
         .args(["insta", "--version"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if has_insta {
-        let status = Command::new(cargo())
+        let status = shaping::repo::cargo_command()
             .current_dir(repo_root)
             .args(["insta", "review"])
             .status()
@@ -468,8 +468,4 @@ fn pending_snapshots(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     pending.sort();
     pending
-}
-
-fn cargo() -> std::ffi::OsString {
-    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
