@@ -1,24 +1,13 @@
 //! The exit-code contract (`ShapingExitCode`), seen from the outside: `cargo xtask` in a repository without pipelines.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
 use shaping::ShapingExitCode;
 
-/// A repository whose cargo workspace has no pipelines (nothing to build).
-fn empty_repo() -> tempfile::TempDir {
-    let temp = tempfile::tempdir().unwrap();
-    let root = temp.path();
-    std::fs::write(
-        root.join("Cargo.toml"),
-        "[package]\nname = \"empty\"\nversion = \"0.1.0\"\nedition = \"2024\"\n",
-    )
-    .unwrap();
-    std::fs::create_dir_all(root.join("src")).unwrap();
-    std::fs::write(root.join("src/lib.rs"), "").unwrap();
-    std::fs::write(root.join("models.toml"), "").unwrap();
-    temp
-}
+use common::empty_repo;
 
 /// Run `cargo xtask ARGS` in `cwd`; its exit code and stderr.
 fn xtask(cwd: &Path, args: &[&str]) -> (i32, String) {

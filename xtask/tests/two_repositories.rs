@@ -6,6 +6,8 @@
 //! `probe` pipeline writes one sample per input line, tagged with a marker of its own code, so
 //! an output shows which code ran on which inputs.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -337,15 +339,7 @@ fn assert_quiet_on_closed_stdout(cwd: &Path, program: &Path, args: &[&str]) {
 #[test]
 fn xtask_exits_quietly_on_a_closed_stdout() {
     // A repository whose cargo workspace has no pipelines: `cache` prints without building.
-    let temp = tempfile::tempdir().unwrap();
-    let root = temp.path();
-    std::fs::write(
-        root.join("Cargo.toml"),
-        "[package]\nname = \"empty\"\nversion = \"0.1.0\"\nedition = \"2024\"\n",
-    )
-    .unwrap();
-    std::fs::create_dir_all(root.join("src")).unwrap();
-    std::fs::write(root.join("src/lib.rs"), "").unwrap();
-    std::fs::write(root.join("models.toml"), "").unwrap();
+    let repo = common::empty_repo();
+    let root = repo.path();
     assert_quiet_on_closed_stdout(root, Path::new(env!("CARGO_BIN_EXE_xtask")), &["cache"]);
 }
