@@ -388,6 +388,9 @@ rust-version.workspace = true
 license.workspace = true
 publish.workspace = true
 
+[lints]
+workspace = true
+
 [dependencies]
 shaping = { workspace = true, features = ["local-model"] }
 serde.workspace = true
