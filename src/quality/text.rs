@@ -119,12 +119,12 @@ pub(crate) struct Phrases {
 impl Phrases {
     /// Phrases that match only as whole words (a phrase edge that is a letter or digit must not
     /// touch another letter or digit).
-    pub fn words<I: IntoIterator<Item = S>, S: AsRef<str>>(phrases: I) -> Self {
+    pub(super) fn words<I: IntoIterator<Item = S>, S: AsRef<str>>(phrases: I) -> Self {
         Self::build(phrases, true)
     }
 
     /// Phrases that match anywhere.
-    pub fn substrings<I: IntoIterator<Item = S>, S: AsRef<str>>(phrases: I) -> Self {
+    pub(super) fn substrings<I: IntoIterator<Item = S>, S: AsRef<str>>(phrases: I) -> Self {
         Self::build(phrases, false)
     }
 
@@ -142,12 +142,12 @@ impl Phrases {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.phrases.is_empty()
     }
 
     /// The first phrase found in `normalized` (text already passed through [`normalize`]).
-    pub fn find(&self, normalized: &str) -> Option<&str> {
+    pub(super) fn find(&self, normalized: &str) -> Option<&str> {
         self.phrases
             .iter()
             .find(|p| self.occurs(normalized, p))

@@ -22,7 +22,11 @@ pub(crate) struct FileSink {
 
 impl FileSink {
     /// Temporary files beside `output` and `errors`.
-    pub fn create(output: &Path, errors: &Path, annotate: bool) -> Result<Self, OutputError> {
+    pub(super) fn create(
+        output: &Path,
+        errors: &Path,
+        annotate: bool,
+    ) -> Result<Self, OutputError> {
         Ok(Self {
             annotate,
             writers: Some(Writers {
@@ -33,7 +37,7 @@ impl FileSink {
     }
 
     /// The writers, for the commit; the sink refuses later lines.
-    pub fn take(&mut self) -> Option<Writers> {
+    pub(super) fn take(&mut self) -> Option<Writers> {
         self.writers.take()
     }
 

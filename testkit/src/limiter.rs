@@ -32,7 +32,7 @@ fn per_window(per_minute: u32, window: Duration) -> u64 {
 }
 
 impl Limiter {
-    pub fn new(rpm: Option<u32>, tpm: Option<u32>, window: Duration) -> Self {
+    pub(crate) fn new(rpm: Option<u32>, tpm: Option<u32>, window: Duration) -> Self {
         let window = if window.is_zero() {
             Duration::from_secs(1)
         } else {
@@ -48,15 +48,15 @@ impl Limiter {
         }
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.req_limit.is_some() || self.tok_limit.is_some()
     }
 
-    pub fn request_limit(&self) -> Option<usize> {
+    pub(crate) fn request_limit(&self) -> Option<usize> {
         self.req_limit
     }
 
-    pub fn token_limit(&self) -> Option<u64> {
+    pub(crate) fn token_limit(&self) -> Option<u64> {
         self.tok_limit
     }
 
@@ -79,7 +79,7 @@ impl Limiter {
     }
 
     /// Try to accept a request costing `cost` tokens at `now`.
-    pub fn try_admit(&mut self, now: Instant, cost: u64) -> Admit {
+    pub(crate) fn try_admit(&mut self, now: Instant, cost: u64) -> Admit {
         self.evict(now);
         let mut retry: Option<Duration> = None;
         if let Some(limit) = self.req_limit

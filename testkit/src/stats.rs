@@ -104,7 +104,7 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(start: Instant) -> Self {
+    pub(crate) fn new(start: Instant) -> Self {
         Self {
             start,
             stats: Stats::default(),
@@ -114,7 +114,7 @@ impl Recorder {
         }
     }
 
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         let keep_conn = (self.stats.in_flight, self.stats.connections);
         self.stats = Stats::default();
         self.stats.in_flight = keep_conn.0;

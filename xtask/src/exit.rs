@@ -7,7 +7,7 @@ use shaping::ShapingExitCode;
 /// Failures of xtask itself that decide an exit code (others come from the library's typed
 /// errors, found in the error chain).
 #[derive(Debug, thiserror::Error)]
-pub enum XtaskError {
+pub(crate) enum XtaskError {
     #[error("building the pipeline crates failed (cargo build {packages})")]
     BuildFailed { packages: String },
     #[error("reading cargo metadata in {root} failed: {message}")]
@@ -20,7 +20,7 @@ pub enum XtaskError {
 
 /// The exit code for an error that ended a command: the first error in its chain that has one
 /// decides; anything else is [`ShapingExitCode::UNEXPECTED`].
-pub fn code_of_error(error: &anyhow::Error) -> i32 {
+pub(crate) fn code_of_error(error: &anyhow::Error) -> i32 {
     for cause in error.chain() {
         if let Some(e) = cause.downcast_ref::<XtaskError>() {
             return match e {
@@ -51,7 +51,7 @@ pub fn code_of_error(error: &anyhow::Error) -> i32 {
 
 /// The exit code of a child process (a pipeline binary, `cargo test`), passed through; a child
 /// killed by a signal gives 128 + the signal, as a shell reports it.
-pub fn code_of_child(status: ExitStatus) -> i32 {
+pub(crate) fn code_of_child(status: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => code,
@@ -61,6 +61,6 @@ pub fn code_of_child(status: ExitStatus) -> i32 {
 }
 
 /// The process exit code for `code`.
-pub fn process(code: i32) -> ExitCode {
+pub(crate) fn process(code: i32) -> ExitCode {
     ShapingExitCode::process(code)
 }

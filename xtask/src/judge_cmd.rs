@@ -18,7 +18,12 @@ const LOWEST_PRINTED: usize = 5;
 /// Human output goes to stdout, or to stderr with `json` (stdout then carries only the checks'
 /// JSON; the scores are in the manifests). Returns whether every dataset passed its
 /// `min_judge_score` (a dataset without one passes).
-pub fn judge_cmd(datasets: &[DatasetInfo], root: &Path, alias: &str, json: bool) -> Result<bool> {
+pub(crate) fn judge_cmd(
+    datasets: &[DatasetInfo],
+    root: &Path,
+    alias: &str,
+    json: bool,
+) -> Result<bool> {
     let mut out: Box<dyn Write> = if json {
         Box::new(std::io::stderr())
     } else {
@@ -119,7 +124,7 @@ pub fn judge_cmd(datasets: &[DatasetInfo], root: &Path, alias: &str, json: bool)
 
 /// A quality report page with the judge section added, when the dataset's manifest holds judge
 /// scores.
-pub fn add_judge_section(page: String, manifest: &Path) -> Result<String> {
+pub(crate) fn add_judge_section(page: String, manifest: &Path) -> Result<String> {
     Ok(match judge::from_manifest(manifest)? {
         Some(summary) => judge::add_to_report(page, &summary),
         None => page,

@@ -10,7 +10,7 @@ use shaping::quality::{self, QualityConfig, Voice};
 
 /// A dataset as found by pipeline discovery.
 #[derive(Debug, Clone)]
-pub struct DatasetInfo {
+pub(crate) struct DatasetInfo {
     /// The pipeline's name (`training/data/<name>.jsonl`).
     pub name: String,
     /// The dataset file.
@@ -22,11 +22,16 @@ pub struct DatasetInfo {
 }
 
 /// Default number of samples of `cargo xtask sample`.
-pub const DEFAULT_SAMPLE_N: usize = 10;
+pub(crate) const DEFAULT_SAMPLE_N: usize = 10;
 
 /// `cargo xtask sample <name> [-n N] [--full] [--seed S]`: print `n` random samples; without a seed,
 /// one is taken from the clock and printed so the same sample can be shown again.
-pub fn sample_cmd(dataset: &DatasetInfo, n: usize, full: bool, seed: Option<u64>) -> Result<()> {
+pub(crate) fn sample_cmd(
+    dataset: &DatasetInfo,
+    n: usize,
+    full: bool,
+    seed: Option<u64>,
+) -> Result<()> {
     ensure_built(dataset)?;
     let seed = seed.unwrap_or_else(seed_from_clock);
     let text = quality::sample(&dataset.output, n, seed, full)?;
@@ -38,7 +43,7 @@ pub fn sample_cmd(dataset: &DatasetInfo, n: usize, full: bool, seed: Option<u64>
 
 /// What `cargo xtask check` prints besides the failing checks.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct CheckOutput {
+pub(crate) struct CheckOutput {
     /// Machine-readable output.
     pub json: bool,
     /// List every failing sample with its reasons.
@@ -51,7 +56,7 @@ pub struct CheckOutput {
 /// object keyed by dataset name). With `training_set`, also checks all datasets together against
 /// [`quality::TRAINING_SET_MIN_SAMPLES`]. Returns whether everything passed; a dataset that is not
 /// built fails.
-pub fn check_cmd(
+pub(crate) fn check_cmd(
     datasets: &[DatasetInfo],
     output: CheckOutput,
     repo_root: &Path,
@@ -157,7 +162,7 @@ pub fn check_cmd(
 /// file as a whole training set. With `json`, prints one JSON object per sample
 /// (`{"id", "verdict", "reasons", "markers"}`) and then one line with the dataset-level results.
 /// Returns whether everything passed.
-pub fn check_file_cmd(path: &Path, output: CheckOutput, repo_root: &Path) -> Result<bool> {
+pub(crate) fn check_file_cmd(path: &Path, output: CheckOutput, repo_root: &Path) -> Result<bool> {
     let voice = Voice::load(repo_root)?;
     let config = QualityConfig::default();
     let mut failing = Vec::new();
@@ -287,7 +292,7 @@ fn print_check_line(check: &quality::CheckResult, label: &str) {
 
 /// `cargo xtask report [names...] [--out DIR]`: write `<out_dir>/<name>.html` for each built
 /// dataset (default `out_dir`: `training/report`). Returns the files written.
-pub fn report_cmd(datasets: &[DatasetInfo], out_dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn report_cmd(datasets: &[DatasetInfo], out_dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let mut written = Vec::new();
     for dataset in datasets {
@@ -340,7 +345,7 @@ pub fn report_cmd(datasets: &[DatasetInfo], out_dir: &Path) -> Result<Vec<PathBu
 /// `cargo xtask review`: run the review snapshots (`tests/review.rs`) writing new or changed
 /// snapshots as `.snap.new`, then open `cargo insta review` when cargo-insta is installed (else
 /// say how to install it or accept everything). Returns whether the snapshots were already up to date.
-pub fn review_cmd(repo_root: &Path) -> Result<bool> {
+pub(crate) fn review_cmd(repo_root: &Path) -> Result<bool> {
     let status = shaping::repo::cargo_command()
         .current_dir(repo_root)
         .args(["test", "--quiet", "--test", "review"])

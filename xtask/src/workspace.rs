@@ -17,14 +17,14 @@ use xshell::{Shell, cmd};
 
 /// A pipeline crate found in the workspace.
 #[derive(Debug, Clone)]
-pub struct PipelineCrate {
+pub(crate) struct PipelineCrate {
     pub package: String,
     /// The crate's directory (where its Cargo.toml is).
     pub dir: PathBuf,
     pub binary: PathBuf,
 }
 
-pub struct Workspace {
+pub(crate) struct Workspace {
     root: PathBuf,
     crates: Vec<PipelineCrate>,
 }
@@ -34,7 +34,7 @@ impl Workspace {
     /// `$SHAPING_ROOT`, else the nearest directory above the current one holding models.toml),
     /// never from where xtask was compiled, then its pipeline crates (packages under
     /// `pipelines/` with a binary) from cargo metadata run there.
-    pub fn discover(root: Option<&Path>) -> Result<Self> {
+    pub(crate) fn discover(root: Option<&Path>) -> Result<Self> {
         let root = shaping::repo::find_root_from(root)?;
         let metadata = MetadataCommand::new()
             .manifest_path(root.join("Cargo.toml"))
@@ -65,12 +65,12 @@ impl Workspace {
         Ok(Self { root, crates })
     }
 
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
     /// Build every pipeline crate in one cargo invocation.
-    pub fn build(&self, packages: &[&str]) -> Result<()> {
+    pub(crate) fn build(&self, packages: &[&str]) -> Result<()> {
         if packages.is_empty() {
             return Ok(());
         }
@@ -100,7 +100,7 @@ impl Workspace {
     }
 
     /// Build all pipelines and ask each binary for its declaration.
-    pub fn describe_all(&self) -> Result<Vec<Description>> {
+    pub(crate) fn describe_all(&self) -> Result<Vec<Description>> {
         let packages: Vec<&str> = self.crates.iter().map(|c| c.package.as_str()).collect();
         self.build(&packages)?;
         self.crates
@@ -124,7 +124,7 @@ impl Workspace {
             .collect()
     }
 
-    pub fn evaluate(&self, pipelines: &[Description]) -> Result<Vec<Evaluated>> {
+    pub(crate) fn evaluate(&self, pipelines: &[Description]) -> Result<Vec<Evaluated>> {
         let models = ModelsConfig::load(&self.root)?;
         let hasher = FileHasher::for_repo(&self.root);
         Ok(shaping::graph::evaluate(
@@ -164,7 +164,7 @@ impl Workspace {
     }
 
     /// Run a built pipeline binary with the given flags; returns its exit status.
-    pub fn run_pipeline(
+    pub(crate) fn run_pipeline(
         &self,
         name: &str,
         args: &[String],
@@ -189,7 +189,7 @@ impl Workspace {
     }
 
     /// Fetch missing local model files used by these pipelines (and check their hashes).
-    pub fn ensure_models(&self, pipelines: &[Description]) -> Result<()> {
+    pub(crate) fn ensure_models(&self, pipelines: &[Description]) -> Result<()> {
         let models = ModelsConfig::load(&self.root)?;
         let mut seen = BTreeSet::new();
         for d in pipelines {
@@ -210,7 +210,7 @@ impl Workspace {
     }
 
     /// Fetch/check the model file of every llama-cpp alias in models.toml (for the test suite).
-    pub fn ensure_all_local_models(&self) -> Result<()> {
+    pub(crate) fn ensure_all_local_models(&self) -> Result<()> {
         let models = ModelsConfig::load(&self.root)?;
         let mut seen = BTreeSet::new();
         for alias in models.aliases() {
@@ -228,7 +228,7 @@ impl Workspace {
 
     /// `cargo xtask data`: regenerate what is not CURRENT, in dependency order. The exit code
     /// is OK, or the code of the first pipeline that failed.
-    pub fn data(
+    pub(crate) fn data(
         &self,
         selected: &[String],
         dry_run: bool,
@@ -336,7 +336,7 @@ impl Workspace {
     }
 
     /// Create `pipelines/<name>/` with a pipeline that builds and runs.
-    pub fn scaffold(&self, name: &str) -> Result<PathBuf> {
+    pub(crate) fn scaffold(&self, name: &str) -> Result<PathBuf> {
         if name.is_empty()
             || !name
                 .chars()
@@ -439,7 +439,7 @@ shaping::pipeline_main!({Type});
 
 /// cmake, clang and libclang are needed to build the in-process llama.cpp. Install them with
 /// apt-get when missing and possible (root on Debian/Ubuntu), else say what to install.
-pub fn ensure_build_prerequisites() -> Result<()> {
+pub(crate) fn ensure_build_prerequisites() -> Result<()> {
     let have = |program: &str| {
         Command::new(program)
             .arg("--version")
