@@ -42,12 +42,24 @@ type Index = HashMap<[u8; KEY_LEN], u64>;
 /// Errors of the response cache.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    /// The store failed: creating the directory or the file, a transaction, a read or the
+    /// writer's commit.
     #[error("response cache {path}: {message}")]
-    Store { path: PathBuf, message: String },
+    Store {
+        /// The cache file.
+        path: PathBuf,
+        /// The underlying error (redb's or the file system's), as text.
+        message: String,
+    },
     #[error(
         "response cache {path} is in use by another run of this pipeline; wait for it to finish (or stop it) and retry"
     )]
-    Busy { path: PathBuf },
+    /// The database is already open elsewhere (another run of the same pipeline).
+    Busy {
+        /// The cache file.
+        path: PathBuf,
+    },
+    /// The writer thread is gone (it panicked or the cache is closing), so nothing can be stored.
     #[error("response cache writer stopped")]
     WriterGone,
 }
@@ -83,8 +95,11 @@ impl CacheKey {
 /// A stored answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CachedReply {
+    /// The answer's text.
     pub text: String,
+    /// Why generation stopped (`stop`, `length`, …); None when the provider did not say.
     pub finish_reason: Option<String>,
+    /// Tokens the original request used (a replay costs none).
     pub usage: Usage,
     /// Unix seconds when stored (for pruning).
     pub stored_at: u64,
@@ -187,6 +202,9 @@ pub fn cache_path(root: &Path, pipeline: &str) -> PathBuf {
 }
 
 impl ResponseCache {
+    /// Open (or create) the cache at `path`, moving entries of the first layout into the log and
+    /// rebuilding the key index; fails with [`CacheError::Busy`] while another process has it
+    /// open.
     pub fn open(path: &Path) -> Result<Self, CacheError> {
         let db = Arc::new(open_db(path)?);
         migrate_legacy(&db, path)?;
@@ -213,14 +231,18 @@ impl ResponseCache {
         self.index.read().map(|i| i.len()).unwrap_or(0)
     }
 
+    /// Whether no answer is stored.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The cache file.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The newest answer stored under `key`; None when there is none (or its entry no longer
+    /// decodes).
     pub fn get(&self, key: &CacheKey) -> Result<Option<CachedReply>, CacheError> {
         let seq = match self.index.read() {
             Ok(index) => index.get(&key.0).copied(),
@@ -375,9 +397,13 @@ fn load_index(db: &Database, path: &Path) -> Result<(Index, u64), CacheError> {
 /// Size and entry count of one cache file, for `cargo xtask cache`.
 #[derive(Debug, Clone, Serialize)]
 pub struct CacheInfo {
+    /// The pipeline, from the file name (`<pipeline>.redb`).
     pub pipeline: String,
+    /// The cache file.
     pub path: PathBuf,
+    /// Size of the file in bytes.
     pub bytes: u64,
+    /// Distinct answers stored (entries superseded by `--refresh` not counted).
     pub entries: u64,
 }
 

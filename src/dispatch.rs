@@ -27,10 +27,17 @@ pub use crate::stats::DispatchStats;
 /// Errors setting up lanes.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
+    /// The model's provider config could not be made (an API key missing from the environment).
     #[error(transparent)]
     Models(#[from] ModelsError),
+    /// Building the provider failed (its HTTP client, or loading the local model).
     #[error("model '{alias}': {message}")]
-    Provider { alias: String, message: String },
+    Provider {
+        /// The model alias.
+        alias: String,
+        /// What went wrong, as the provider said it.
+        message: String,
+    },
 }
 
 /// How the response cache is used.
@@ -50,12 +57,14 @@ pub enum CacheMode {
 pub struct DispatchOptions {
     /// Global cap on requests in flight (`--workers`); `None` = only per-model caps.
     pub workers: Option<usize>,
+    /// Whether cached answers are replayed and new ones stored.
     pub cache_mode: CacheMode,
     /// When `k` processes share the same models (parallel `data`), each takes 1/k of every limit.
     pub budget_share: u32,
     /// Base delay of exponential backoff (rate limits without a server-given pause, timeouts;
     /// later retries of the failures below).
     pub backoff_base: Duration,
+    /// Longest backoff before jitter: the doubling stops here.
     pub backoff_cap: Duration,
     /// The first retry of a 5xx, a cut connection or a malformed body comes after about this
     /// long (with jitter): such failures are usually one bad request, not an overloaded server,
@@ -201,6 +210,8 @@ pub struct Dispatcher {
     global: Semaphore,
     cache: Option<Arc<ResponseCache>>,
     options: DispatchOptions,
+    /// The counters of every request this dispatcher handled (progress and the summary read
+    /// them).
     pub stats: Arc<DispatchStats>,
     cancel: watch::Sender<bool>,
 }
@@ -215,6 +226,7 @@ pub fn make_provider(spec: &ModelSpec) -> Result<Arc<dyn Provider>, DispatchErro
 }
 
 impl Dispatcher {
+    /// A dispatcher with no lanes yet; `cache` is ignored with [`CacheMode::Off`].
     pub fn new(options: DispatchOptions, cache: Option<Arc<ResponseCache>>) -> Self {
         let global = Semaphore::new(
             options
@@ -269,6 +281,7 @@ impl Dispatcher {
         self.cancel.send_replace(true);
     }
 
+    /// Whether [`cancel`](Self::cancel) was called.
     pub fn is_cancelled(&self) -> bool {
         *self.cancel.borrow()
     }

@@ -16,13 +16,21 @@ use sha2::{Digest, Sha256};
 /// Errors while hashing.
 #[derive(Debug, thiserror::Error)]
 pub enum FingerprintError {
+    /// A file or directory being hashed could not be read (for a reason other than not
+    /// existing).
     #[error("cannot read {path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The error reading it.
         source: std::io::Error,
     },
+    /// A file or directory to hash does not exist.
     #[error("{path} does not exist")]
-    Missing { path: PathBuf },
+    Missing {
+        /// The path that was not found.
+        path: PathBuf,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FingerprintError + '_ {

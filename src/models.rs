@@ -18,31 +18,59 @@ use crate::provider::local::LocalModelConfig;
 pub use crate::provider::local::Requantize;
 use crate::provider::{HttpConfig, ProviderConfig};
 
+/// The shared model configuration at the repository root (committed).
 pub const MODELS_FILE: &str = "models.toml";
+/// Per-machine overrides of [`MODELS_FILE`], field by field (git-ignored).
 pub const LOCAL_MODELS_FILE: &str = "models.local.toml";
 
 /// Errors reading or resolving model configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelsError {
+    /// `models.toml` is missing, or a models file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The models file.
         path: PathBuf,
+        /// The error reading it.
         source: std::io::Error,
     },
+    /// A models file is not valid TOML of this format (unknown fields included).
     #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("unknown model alias '{alias}'; known aliases: {known}")]
-    UnknownAlias { alias: String, known: String },
-    #[error("model '{alias}' in {path}: {message}")]
-    Invalid {
-        alias: String,
+    Parse {
+        /// The models file.
         path: PathBuf,
+        /// The TOML error, with its location.
         message: String,
     },
+    /// A pipeline or command names an alias no models file defines.
+    #[error("unknown model alias '{alias}'; known aliases: {known}")]
+    UnknownAlias {
+        /// The alias asked for.
+        alias: String,
+        /// The defined aliases, comma-separated (or a note that there are none).
+        known: String,
+    },
+    /// An alias's settings are incomplete or out of range (no provider, a local model without
+    /// `path`, a zero limit, a key where a variable name belongs, …).
+    #[error("model '{alias}' in {path}: {message}")]
+    Invalid {
+        /// The alias.
+        alias: String,
+        /// The file that last set it (`models.local.toml` when it overrides the alias).
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The alias's API key variable is unset or empty.
     #[error(
         "model '{alias}' needs an API key: the environment variable {var} is not set (set it, or point the alias elsewhere in models.local.toml)"
     )]
-    MissingKey { alias: String, var: String },
+    MissingKey {
+        /// The alias.
+        alias: String,
+        /// The environment variable that should hold the key.
+        var: String,
+    },
 }
 
 /// Which wire protocol / backend serves an alias.
@@ -132,27 +160,42 @@ struct ModelsFile {
 /// Everything the dispatcher and providers need about one alias.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
+    /// The alias (`[models.<alias>]`).
     pub alias: String,
+    /// The backend that serves it.
     pub provider: ProviderKind,
     /// Model id sent to the provider (or a label for local models).
     pub model: String,
+    /// The API's base URL (defaults: `https://api.openai.com/v1`, `https://api.anthropic.com`);
+    /// None for local models.
     pub base_url: Option<String>,
     /// Name of the environment variable holding the key (the key itself is never stored).
     pub api_key_env: Option<String>,
     /// Local model file (absolute) and its expected sha256.
     pub path: Option<PathBuf>,
+    /// The local model file's expected sha256 (lowercase hex); None when not checked.
     pub sha256: Option<String>,
     /// Local models: the working copy's weight format (the fingerprint includes it).
     pub requantize: Requantize,
+    /// Local models: the context window of each sequence, in tokens (default 2048).
     pub context_size: u32,
+    /// Requests in flight at once on this model's lane (default 32; 8 for local models).
     pub max_concurrency: usize,
+    /// Requests per minute the provider allows; None for no limit.
     pub rpm: Option<u32>,
+    /// Tokens (input + output) per minute the provider allows; None for no limit.
     pub tpm: Option<u64>,
+    /// Longest wait for a complete answer to one request (default 600 s).
     pub timeout: Duration,
+    /// Longest wait for a connection to the provider (default 10 s).
     pub connect_timeout: Duration,
+    /// Retries of a retryable failure before a request fails (default 6).
     pub max_retries: u32,
+    /// Dollars per million input tokens; None when unknown.
     pub price_input_per_mtok: Option<f64>,
+    /// Dollars per million output tokens; None when unknown.
     pub price_output_per_mtok: Option<f64>,
+    /// Default sampling parameters of the alias (a request's own parameters take precedence).
     pub params: Params,
 }
 
@@ -205,7 +248,6 @@ impl ModelSpec {
         )
     }
 
-    /// The API key from the environment, or an error naming the variable. Local models need none.
     /// The provider configuration of this alias, with its API key read from the environment
     /// now (so a missing key fails before any request).
     pub fn provider_config(&self) -> Result<ProviderConfig, ModelsError> {
@@ -234,6 +276,8 @@ impl ModelSpec {
         })
     }
 
+    /// The API key from the environment, or an error naming the variable; None when the alias
+    /// needs no key (local models, OpenAI-compatible servers with no `api_key_env`).
     pub fn api_key(&self) -> Result<Option<String>, ModelsError> {
         let Some(var) = &self.api_key_env else {
             return Ok(None);
@@ -251,10 +295,16 @@ impl ModelSpec {
 /// The resolved configuration of a model alias that outputs depend on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelFingerprint {
+    /// The alias.
     pub alias: String,
+    /// The provider kind as written in models.toml (`openai`, `anthropic`, `llama-cpp`).
     pub provider: String,
+    /// The model id (a label for local models).
     pub model: String,
+    /// Where answers come from: the base URL; for a local model `sha256:<file hash>`, plus
+    /// `requantized to <format>` when a working copy is used.
     pub endpoint: String,
+    /// The alias's default sampling parameters.
     #[serde(default)]
     pub params: Params,
 }
@@ -329,6 +379,7 @@ impl ModelsConfig {
         Ok(Self { specs })
     }
 
+    /// The spec of `alias`.
     pub fn get(&self, alias: &str) -> Result<&ModelSpec, ModelsError> {
         self.specs
             .get(alias)
@@ -342,6 +393,7 @@ impl ModelsConfig {
             })
     }
 
+    /// The defined aliases, in alphabetical order.
     pub fn aliases(&self) -> impl Iterator<Item = &str> {
         self.specs.keys().map(String::as_str)
     }

@@ -17,14 +17,20 @@ use sha2::{Digest, Sha256};
 /// Errors while writing outputs.
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
+    /// Creating, writing, reading back, syncing or renaming a file failed.
     #[error("cannot write {path}: {source}")]
     Io {
+        /// The file being written (its final path).
         path: PathBuf,
+        /// The error.
         source: std::io::Error,
     },
+    /// A line's value could not be serialized to JSON.
     #[error("cannot serialize a line for {path}: {source}")]
     Serialize {
+        /// The file the line was for.
         path: PathBuf,
+        /// The serialization error.
         source: serde_json::Error,
     },
 }
@@ -87,6 +93,8 @@ pub struct JsonlWriter {
 }
 
 impl JsonlWriter {
+    /// Start writing to a temporary file beside `path` (creating its directory); `path` itself
+    /// appears only at [`commit`](Self::commit).
     pub fn create(path: &Path) -> Result<Self, OutputError> {
         let io = |source| OutputError::Io {
             path: path.to_owned(),
@@ -174,6 +182,7 @@ impl JsonlWriter {
             })
     }
 
+    /// Lines written so far.
     pub fn lines(&self) -> u64 {
         self.lines
     }

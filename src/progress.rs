@@ -67,6 +67,7 @@ impl Progress {
         progress
     }
 
+    /// `n` more records to expect (the bar's length).
     pub fn add_total(&self, n: u64) {
         let total = self.total.fetch_add(n, Ordering::Relaxed) + n;
         if let Some(bar) = &self.bar {
@@ -74,6 +75,7 @@ impl Progress {
         }
     }
 
+    /// One record finished; `failed` counts it among the failed records.
     pub fn record_done(&self, failed: bool) {
         self.done.fetch_add(1, Ordering::Relaxed);
         if failed {
@@ -128,6 +130,7 @@ impl Progress {
         }
     }
 
+    /// Time since this progress display was created.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }

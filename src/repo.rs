@@ -5,28 +5,55 @@ use std::path::{Component, Path, PathBuf};
 /// Errors about locating the repository or paths inside it.
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
+    /// No directory from the current one upwards holds `models.toml` (and neither `--root` nor
+    /// `SHAPING_ROOT` was given).
     #[error(
         "could not find the repository root (a directory with models.toml) above {start}; set SHAPING_ROOT"
     )]
-    NotFound { start: PathBuf },
+    NotFound {
+        /// The directory the search started from (the current directory).
+        start: PathBuf,
+    },
+    /// `SHAPING_ROOT` names a directory without `models.toml`.
     #[error("SHAPING_ROOT={0} has no models.toml")]
     BadEnv(PathBuf),
+    /// `--root` names a directory without `models.toml`.
     #[error("--root {0} has no models.toml")]
     BadRoot(PathBuf),
+    /// A pipeline binary was asked to act on a repository holding its crate, but was built from
+    /// other sources (another clone, or a library built elsewhere).
     #[error(
         "this binary was built from the sources in {built_from}, not from the repository it was asked to act on ({root}); rebuild it there: any `cargo xtask` command run in {root} rebuilds it (e.g. `cargo xtask list`)"
     )]
-    ForeignBuild { built_from: PathBuf, root: PathBuf },
-    #[error("path '{path}' must be relative to the repository root")]
-    Absolute { path: String },
-    #[error("path '{path}' escapes the repository (via '..')")]
-    DotDotEscape { path: String },
-    #[error("path '{path}' resolves to {resolved}, outside the repository {root} (symlink escape)")]
-    SymlinkEscape {
-        path: String,
-        resolved: PathBuf,
+    ForeignBuild {
+        /// The repository of the build (its crate directory when the build recorded none).
+        built_from: PathBuf,
+        /// The repository it was asked to act on.
         root: PathBuf,
     },
+    /// A declared path is absolute.
+    #[error("path '{path}' must be relative to the repository root")]
+    Absolute {
+        /// The path as declared.
+        path: String,
+    },
+    /// A declared path climbs above the repository root with `..`.
+    #[error("path '{path}' escapes the repository (via '..')")]
+    DotDotEscape {
+        /// The path as declared.
+        path: String,
+    },
+    /// A declared path leads outside the repository through a symbolic link.
+    #[error("path '{path}' resolves to {resolved}, outside the repository {root} (symlink escape)")]
+    SymlinkEscape {
+        /// The path as declared.
+        path: String,
+        /// Where it leads, symlinks followed.
+        resolved: PathBuf,
+        /// The repository root, symlinks followed.
+        root: PathBuf,
+    },
+    /// The current directory could not be read while looking for the root.
     #[error("cannot read the current directory: {0}")]
     Cwd(std::io::Error),
 }
@@ -71,7 +98,9 @@ pub fn find_root_from(explicit: Option<&Path>) -> Result<PathBuf, RepoError> {
 /// [`LIBRARY_BUILD_REPO`]; cargo rebuilds the crate when that value changes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BuildOrigin {
+    /// The pipeline crate's directory at compile time (absolute).
     pub crate_dir: &'static str,
+    /// The repository of the build; None when the build did not record it.
     pub repo: Option<&'static str>,
 }
 

@@ -10,6 +10,7 @@ use crate::graph::{Evaluated, ready};
 
 /// What the scheduler asks of the world.
 pub trait Runner {
+    /// Why [`evaluate`](Self::evaluate) failed; the scheduler stops and returns it.
     type Error;
     /// Every pipeline's status now.
     fn evaluate(&mut self) -> Result<Vec<Evaluated>, Self::Error>;

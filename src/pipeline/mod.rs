@@ -50,16 +50,24 @@ pub trait Pipeline: Sized + Send + Sync + 'static {
 /// Errors of dependency handles.
 #[derive(Debug, thiserror::Error)]
 pub enum DepError {
+    /// The file could not be read (missing, a directory, no permission).
     #[error("file dependency '{name}' ({path}): {source}")]
     Read {
+        /// The dependency's name.
         name: String,
+        /// Its path relative to the repository root.
         path: String,
+        /// The error reading it.
         source: std::io::Error,
     },
+    /// The file is not UTF-8 text.
     #[error("file dependency '{name}' ({path}) is not valid UTF-8 (byte {offset})")]
     NotUtf8 {
+        /// The dependency's name.
         name: String,
+        /// Its path relative to the repository root.
         path: String,
+        /// Where the first invalid byte is.
         offset: usize,
     },
 }
@@ -73,6 +81,7 @@ pub struct FileDep {
 }
 
 impl FileDep {
+    /// The name it was declared with (the key in the manifest's `files`).
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -106,6 +115,7 @@ pub struct ModelDep {
 }
 
 impl ModelDep {
+    /// The alias (a key of `models.toml`).
     pub fn alias(&self) -> &str {
         &self.alias
     }
@@ -182,22 +192,28 @@ pub fn model_request(messages: Vec<Message>, model: &ModelDep) -> ModelRequest {
 }
 
 impl ModelRequest {
+    /// Sampling temperature ([`Params::temperature`]).
     pub fn temperature(mut self, t: f32) -> Self {
         self.params.temperature = Some(t);
         self
     }
+    /// Nucleus sampling cut-off ([`Params::top_p`]).
     pub fn top_p(mut self, p: f32) -> Self {
         self.params.top_p = Some(p);
         self
     }
+    /// Most tokens the reply may have.
     pub fn max_tokens(mut self, n: u32) -> Self {
         self.params.max_tokens = Some(n);
         self
     }
+    /// Strings that end the reply (replacing the alias's default list).
     pub fn stop(mut self, stop: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.params.stop = stop.into_iter().map(Into::into).collect();
         self
     }
+    /// A fixed sampling seed ([`Params::seed`]; without one, local models use a seed derived from
+    /// the record and step).
     pub fn seed(mut self, seed: u64) -> Self {
         self.params.seed = Some(seed);
         self
@@ -303,6 +319,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The running pipeline's name ([`Pipeline::NAME`]).
     pub fn pipeline_name(&self) -> &str {
         &self.inner.pipeline
     }

@@ -34,6 +34,8 @@ impl std::fmt::Debug for AnthropicProvider {
 }
 
 impl AnthropicProvider {
+    /// A provider for `spec` (default base URL `https://api.anthropic.com`, with or without
+    /// `/v1`); fails only when the HTTP client cannot be built.
     pub fn new(spec: &HttpConfig) -> Result<Self, reqwest::Error> {
         let base = spec
             .base_url

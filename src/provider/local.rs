@@ -14,6 +14,7 @@ pub struct LocalModelConfig {
     pub path: Option<PathBuf>,
     /// Its expected sha256.
     pub sha256: Option<String>,
+    /// Whether to serve a re-encoded working copy instead of the file as it is.
     pub requantize: Requantize,
     /// Sequences served at once.
     pub max_concurrency: usize,

@@ -25,10 +25,13 @@ pub struct HttpConfig {
     pub base_url: Option<String>,
     /// The model id sent with every request.
     pub model: String,
+    /// The API key, sent with every request; None when the endpoint needs none.
     pub api_key: Option<String>,
     /// The variable the key came from, named in authentication errors.
     pub api_key_env: Option<String>,
+    /// Longest wait for a connection.
     pub connect_timeout: Duration,
+    /// Longest wait for a complete reply.
     pub timeout: Duration,
     /// Requests in flight at most (sizes the connection pool).
     pub max_concurrency: usize,
@@ -48,8 +51,11 @@ impl std::fmt::Debug for HttpConfig {
 /// Which provider serves an alias, with its configuration.
 #[derive(Debug, Clone)]
 pub enum ProviderConfig {
+    /// An OpenAI-compatible chat completions endpoint.
     OpenAi(HttpConfig),
+    /// The Anthropic Messages API.
     Anthropic(HttpConfig),
+    /// A GGUF file run in process (needs the `local-model` feature).
     LlamaCpp(local::LocalModelConfig),
 }
 
@@ -88,23 +94,29 @@ fn build_local(_: &local::LocalModelConfig) -> Result<Arc<dyn Provider>, BuildEr
 /// One chat message, as it appears in training samples and provider requests.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Message {
+    /// Who speaks: `system`, `user` or `assistant`.
     pub role: String,
+    /// The message's text.
     pub content: String,
 }
 
 impl Message {
+    /// A message with any role.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
         Self {
             role: role.into(),
             content: content.into(),
         }
     }
+    /// A `system` message (instructions ahead of the conversation).
     pub fn system(content: impl Into<String>) -> Self {
         Self::new("system", content)
     }
+    /// A `user` message.
     pub fn user(content: impl Into<String>) -> Self {
         Self::new("user", content)
     }
+    /// An `assistant` message (the model's turn).
     pub fn assistant(content: impl Into<String>) -> Self {
         Self::new("assistant", content)
     }
@@ -114,14 +126,21 @@ impl Message {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
+    /// Sampling temperature: 0 picks the likeliest token, higher values sample more freely.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
+    /// Nucleus sampling: sample only among the likeliest tokens whose probabilities add up to
+    /// this (0..=1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f32>,
+    /// Most tokens the reply may have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    /// Strings that end the reply when generated (empty: none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
+    /// Sampling seed (sent to OpenAI-compatible endpoints; the Anthropic API takes none); local
+    /// models use the request's derived seed when None.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// A JSON schema the reply must satisfy (OpenAI `response_format`, a grammar locally).
@@ -149,7 +168,9 @@ impl Params {
 /// What a provider is asked to do: messages plus fully resolved parameters.
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
+    /// The conversation to continue.
     pub messages: Vec<Message>,
+    /// The request's parameters with the alias's defaults filled in.
     pub params: Params,
     /// A seed derived from (record, step); providers that sample locally use it when
     /// `params.seed` is `None`, so identical inputs give identical outputs.
@@ -159,7 +180,9 @@ pub struct ChatRequest {
 /// Token counts reported (or, for local models, counted) for one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
+    /// Tokens of the prompt (every message sent).
     pub input_tokens: u64,
+    /// Tokens of the reply.
     pub output_tokens: u64,
 }
 
@@ -168,7 +191,10 @@ pub struct Usage {
 pub struct RateLimitHints {
     /// `Retry-After` / `retry-after-ms`.
     pub retry_after: Option<Duration>,
+    /// Requests left in the current allowance (`x-ratelimit-remaining-requests`,
+    /// `anthropic-ratelimit-requests-remaining`).
     pub remaining_requests: Option<u64>,
+    /// Tokens left in the current allowance.
     pub remaining_tokens: Option<u64>,
     /// Time until the request allowance resets.
     pub reset_requests: Option<Duration>,
@@ -197,9 +223,14 @@ impl RateLimitHints {
 /// A successful reply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderReply {
+    /// The generated text.
     pub text: String,
+    /// Why generation stopped, in OpenAI's terms (`stop`, `length`, …; Anthropic's reasons are
+    /// mapped to them); None when the provider does not say.
     pub finish_reason: Option<String>,
+    /// Tokens of the prompt and the reply.
     pub usage: Usage,
+    /// Rate-limit headers of the response (the dispatcher pauses the lane when they ask to).
     pub hints: RateLimitHints,
 }
 
@@ -242,6 +273,7 @@ impl ErrorKind {
         )
     }
 
+    /// The name in error records and messages (`rate_limited`, `server_error`, …), as serialized.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::RateLimited => "rate_limited",
@@ -263,13 +295,18 @@ impl ErrorKind {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{kind_str}{status}: {message}", kind_str = kind.as_str(), status = status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
 pub struct ProviderError {
+    /// The failure's class: decides whether the dispatcher retries.
     pub kind: ErrorKind,
+    /// The HTTP status, when there was a response.
     pub status: Option<u16>,
+    /// What went wrong (the provider's error message when it gave one).
     pub message: String,
+    /// Rate-limit headers of the response, if any (a 429 usually says how long to wait).
     pub hints: RateLimitHints,
 }
 
 impl ProviderError {
+    /// An error of `kind` with no HTTP status and no hints.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
@@ -280,6 +317,7 @@ impl ProviderError {
     }
 }
 
+/// The future [`Provider::send`] returns: boxed so the trait stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A model backend. Implementations must be cheap to call concurrently.

@@ -40,6 +40,8 @@ pub(crate) fn http_client(spec: &HttpConfig) -> Result<reqwest::Client, reqwest:
 }
 
 impl OpenAiProvider {
+    /// A provider for `spec` (default base URL `https://api.openai.com/v1`); fails only when the
+    /// HTTP client cannot be built.
     pub fn new(spec: &HttpConfig) -> Result<Self, reqwest::Error> {
         let base = spec
             .base_url

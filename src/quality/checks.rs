@@ -31,6 +31,7 @@ pub const TRAINING_SET_MIN_SAMPLES: u64 = 500;
 pub struct CheckReport {
     /// Whether every check passed.
     pub passed: bool,
+    /// Every check's outcome, in the order they run.
     pub checks: Vec<CheckResult>,
     /// Samples judged.
     #[serde(default)]
@@ -85,13 +86,16 @@ pub struct CheckResult {
     /// `echo`, `relevance`, `surface_garbage`, `voice_markers`, `response_length`,
     /// `source_share`, `prompt_diversity` (and `training_set` from [`training_set_check`]).
     pub name: String,
+    /// Whether the value is on the passing side of the threshold (or the check was skipped).
     pub passed: bool,
     /// Whether the check did not apply (it then passes); `message` says why.
     #[serde(default)]
     pub skipped: bool,
     /// The measured value (a count, or a share rounded to 4 decimals).
     pub value: f64,
+    /// Which side of the threshold passes.
     pub comparison: Comparison,
+    /// The limit from the quality config (a count or a share, like `value`).
     pub threshold: f64,
     /// One line for people.
     pub message: String,
@@ -114,7 +118,9 @@ impl CheckResult {
 pub struct SampleVerdict {
     /// Line number in the file (1-based).
     pub line: u64,
+    /// The sample's id.
     pub id: String,
+    /// The detectors' findings on it (and the voice markers shown).
     pub verdict: Verdict,
 }
 

@@ -115,6 +115,7 @@ impl fmt::Display for Reason {
 /// One problem of one sample. `Display`: `"<reason>: <detail>"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
+    /// Which detector found it.
     pub reason: Reason,
     /// What exactly, e.g. `sentence 'I'm gonna grab the hot dog.' ×9`.
     pub detail: String,

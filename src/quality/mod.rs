@@ -52,51 +52,85 @@ use std::path::PathBuf;
 /// Errors of the quality gate. Every variant names the file, and the line where there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum QualityError {
+    /// A dataset, manifest or voice file could not be read (or hashed).
     #[error("cannot read {path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The error.
         source: std::io::Error,
     },
+    /// A line of a dataset is not JSON.
     #[error("{path}:{line}: malformed JSON line: {source}")]
     Json {
+        /// The dataset file.
         path: PathBuf,
+        /// The line number (1-based).
         line: u64,
+        /// The JSON error.
         source: serde_json::Error,
     },
+    /// A line of a dataset is JSON but not a sample: not an object, missing fields, or not
+    /// UTF-8.
     #[error("{path}:{line}: {message}")]
     Invalid {
+        /// The dataset file.
         path: PathBuf,
+        /// The line number (1-based).
         line: u64,
+        /// What is wrong with it.
         message: String,
     },
+    /// A manifest is not JSON, or its `quality` field is not a quality config.
     #[error("cannot parse {path}: {message}")]
-    Config { path: PathBuf, message: String },
+    Config {
+        /// The manifest file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// A malformed `identity/voice.toml`: an unknown key, a wrong type, a pattern that does not compile.
     #[error("{path}:{line}: key `{key}`: {message}")]
     VoiceFile {
+        /// The voice file.
         path: PathBuf,
+        /// The line of the error (1-based).
         line: usize,
+        /// The key at fault (`?` when it cannot be told).
         key: String,
+        /// What is wrong.
         message: String,
     },
     /// A detector pattern that does not compile (a [`Voice`] built in code).
     #[error("pattern '{label}' does not compile: {message}")]
-    Pattern { label: String, message: String },
+    Pattern {
+        /// What the pattern is for: a contradiction's label, or the detector's (`speaker label`,
+        /// `age claim`, …).
+        label: String,
+        /// The regex compiler's error.
+        message: String,
+    },
     /// A threshold looser than its default without a reason.
     #[error(
         "quality config: {field} = {value} is looser than its default {default} but gives no reason; \
          give one with `.loosen(\"{field}\", {value}, \"why\")` or `.reason(\"{field}\", \"why\")`"
     )]
     UnjustifiedLoosening {
+        /// The threshold's name (a field of `QualityConfig`).
         field: String,
+        /// Its configured value.
         value: String,
+        /// Its default.
         default: String,
     },
     /// A threshold with an impossible value, or a reason for a threshold that does not exist.
     #[error("quality config: {field} = {value}: {message}")]
     InvalidThreshold {
+        /// The threshold's name.
         field: String,
+        /// Its value (for a reason given to an unknown threshold: the reason).
         value: String,
+        /// What is wrong.
         message: String,
     },
 }

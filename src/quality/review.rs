@@ -77,27 +77,37 @@ fn id_hash(id: &str) -> [u8; 32] {
 /// truncated text. Contains no paths and no timestamps, so it changes only when the data change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReviewSnapshot {
+    /// The dataset's name (the file name without `.jsonl`).
     pub dataset: String,
     /// sha256 of the dataset file: any edit, even one outside the sample, changes the snapshot.
     pub sha256: String,
+    /// Counts and length distributions of the dataset.
     pub stats: DatasetStats,
+    /// The quality checks' outcome under the pipeline's config.
     pub checks: CheckReport,
+    /// The deterministic review sample ([`review_sample`]).
     pub samples: Vec<ReviewSample>,
 }
 
 /// One sample in a [`ReviewSnapshot`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReviewSample {
+    /// The sample's id.
     pub id: String,
+    /// `input_data.source`, or `unknown`.
     pub source: String,
+    /// `input_data.category`, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
     /// Model aliases of the steps, in order (empty for minimal data).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
+    /// The system message, truncated to a third of [`REVIEW_TEXT_CHARS`]; None without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
+    /// The first user message, truncated to [`REVIEW_TEXT_CHARS`].
     pub prompt: String,
+    /// The last assistant message, truncated to [`REVIEW_TEXT_CHARS`].
     pub response: String,
 }
 

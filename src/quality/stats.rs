@@ -46,10 +46,15 @@ pub struct DatasetStats {
 /// Summary of a length distribution.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LengthStats {
+    /// The shortest length (0 when there are no lengths, like every field).
     pub min: u64,
+    /// The 50th percentile (nearest rank).
     pub median: u64,
+    /// The 90th percentile (nearest rank).
     pub p90: u64,
+    /// The longest length.
     pub max: u64,
+    /// The mean, rounded down.
     pub mean: u64,
     /// Equal-width buckets from 0; a last bucket without `to` collects the long tail.
     pub histogram: Vec<Bucket>,
@@ -58,15 +63,20 @@ pub struct LengthStats {
 /// One histogram bucket: lengths in `from..to` (`to` absent: `from` and above).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bucket {
+    /// The smallest length in the bucket.
     pub from: u64,
+    /// The end of the bucket (exclusive); None for the last, open bucket.
     pub to: Option<u64>,
+    /// How many lengths fall into it.
     pub count: u64,
 }
 
 /// Token totals over all steps.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenTotals {
+    /// Prompt tokens over all steps.
     pub input: u64,
+    /// Reply tokens over all steps.
     pub output: u64,
     /// Tokens of steps served from the cache (input + output).
     pub cached: u64,
@@ -82,6 +92,7 @@ pub struct StatsBuilder {
 }
 
 impl StatsBuilder {
+    /// A builder with nothing counted yet.
     pub fn new() -> Self {
         Self::default()
     }

@@ -9,11 +9,13 @@ use super::read::{ChatMessage, Record, first_user, last_assistant};
 pub struct Sample {
     /// Line number in the dataset file (1-based).
     pub line: u64,
+    /// The sample's id.
     pub id: String,
     /// `input_data.source`, or `"unknown"`.
     pub source: String,
     /// `input_data.category`, if any.
     pub category: Option<String>,
+    /// The conversation: the training messages.
     pub messages: Vec<ChatMessage>,
     /// The model calls (empty for minimal data).
     pub steps: Vec<SampleStep>,
@@ -22,13 +24,17 @@ pub struct Sample {
 /// One model call of a [`Sample`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleStep {
+    /// The step's model alias (`?` when the record does not say).
     pub model: String,
     /// The last user message sent to the model.
     pub prompt: String,
     /// The text the model returned (or the error message of a failed step).
     pub response: String,
+    /// Why generation stopped, as recorded; None when not recorded.
     pub finish_reason: Option<String>,
+    /// Whether the step got an answer; None when not recorded.
     pub success: Option<bool>,
+    /// Whether the answer came from the response cache; None when not recorded.
     pub cached: Option<bool>,
     /// `kind: message` of a failed step.
     pub error: Option<String>,

@@ -40,6 +40,7 @@ pub struct RunOptions {
     /// Provenance with every sample (`Some(true)`), minimal samples (`Some(false)`), or the
     /// pipeline's default (`None`).
     pub annotate: Option<bool>,
+    /// How the response cache is used (`--refresh`, `--no-cache`).
     pub cache_mode: CacheMode,
     /// Refuse to replace the output when more than this share of records failed (0–1).
     pub max_error_share: f64,
@@ -69,43 +70,66 @@ impl Default for RunOptions {
 /// contract).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The repository root was not found, or the binary was built from another repository.
     #[error(transparent)]
     Repo(#[from] crate::repo::RepoError),
+    /// `models.toml` could not be read, or a declared alias is unknown or invalid.
     #[error(transparent)]
     Models(#[from] crate::models::ModelsError),
+    /// A model's provider could not be built (a missing API key, a missing local model).
     #[error(transparent)]
     Dispatch(#[from] crate::dispatch::DispatchError),
+    /// The pipeline's response cache could not be opened or written.
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
+    /// Writing the output or errors file failed.
     #[error(transparent)]
     Output(#[from] crate::output::OutputError),
+    /// Writing the manifest failed.
     #[error(transparent)]
     Manifest(#[from] crate::manifest::ManifestError),
+    /// Hashing the pipeline's code failed.
     #[error(transparent)]
     Fingerprint(#[from] crate::fingerprint::FingerprintError),
+    /// The pipeline's quality config is invalid, or `identity/voice.toml` is.
     #[error(transparent)]
     Quality(#[from] crate::quality::QualityError),
+    /// The run lock could not be taken: another run holds it (`--no-wait`), or the lock file
+    /// failed.
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
+    /// A declared file dependency is outside the repository or cannot be hashed.
     #[error("pipeline '{pipeline}' declares invalid dependencies:\n  - {}", .errors.join("\n  - "))]
     Declaration {
+        /// The pipeline.
         pipeline: String,
+        /// One message per invalid dependency.
         errors: Vec<String>,
     },
+    /// `Pipeline::run` returned an error, or a sample it returned could not be written.
     #[error("pipeline '{pipeline}' failed: {error}")]
     Pipeline {
+        /// The pipeline.
         pipeline: String,
+        /// The error it returned.
         error: PipelineError,
     },
+    /// More than `--max-error-share` of the records failed: the output was not replaced.
     #[error(
         "{failed} of {total} records failed (more than --max-error-share {share}); the previous output was kept. Errors: {errors}"
     )]
     TooManyErrors {
+        /// Records that failed.
         failed: u64,
+        /// Records that succeeded or failed (filtered ones not counted).
         total: u64,
+        /// The `--max-error-share` exceeded.
         share: f64,
+        /// Where the failed run's error records were kept
+        /// (`.shaping/failed-runs/<name>.errors.jsonl`).
         errors: String,
     },
+    /// The tokio runtime could not be started.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
 }

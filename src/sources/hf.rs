@@ -64,6 +64,7 @@ impl HfCache {
         HfCache { root }
     }
 
+    /// The hub cache directory (`$HF_HUB_CACHE`, `$HF_HOME/hub`, …).
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -142,6 +143,7 @@ impl HfHub {
         self
     }
 
+    /// The Hub's base URL (default `https://huggingface.co`).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
@@ -246,6 +248,7 @@ fn is_commit(rev: &str) -> bool {
 /// A dataset on the Hub: repository, revision, config and split.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HfDataset {
+    /// The dataset's repository, `org/name`.
     pub repo_id: String,
     /// Branch, tag, `refs/convert/parquet` or a 40-hex commit (default `main`).
     pub revision: String,
@@ -279,14 +282,17 @@ impl HfDataset {
             split: "train".into(),
         }
     }
+    /// Pin a branch, tag or commit instead of `main`.
     pub fn revision(mut self, revision: impl Into<String>) -> Self {
         self.revision = revision.into();
         self
     }
+    /// Read this config (subset) directory.
     pub fn config(mut self, config: impl Into<String>) -> Self {
         self.config = Some(config.into());
         self
     }
+    /// Read this split instead of `train`.
     pub fn split(mut self, split: impl Into<String>) -> Self {
         self.split = split.into();
         self

@@ -60,12 +60,15 @@ pub struct Mix {
 /// What happened to one component of a mix.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MixSourceReport {
+    /// The component's name (every record taken from it has it as `source`).
     pub name: String,
+    /// How much of it was asked for.
     pub weight: Weight,
     /// Records requested (`None` for `Weight::All`).
     pub requested: Option<usize>,
     /// Records the source yielded.
     pub available: u64,
+    /// Records taken into the mix.
     pub taken: usize,
     /// Duplicates that would otherwise have been taken: prompts already taken from an earlier
     /// component, and repeats among this component's picks (with `Weight::All`: every repeat).
@@ -77,9 +80,13 @@ pub struct MixSourceReport {
 /// Summary of a mix for the run manifest.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MixReport {
+    /// The seed of the selection and the order.
     pub seed: u64,
+    /// [`Mix::total`], if set.
     pub total: Option<usize>,
+    /// Records in the mix, over all components.
     pub taken: usize,
+    /// One report per component, in the order they were added.
     pub sources: Vec<MixSourceReport>,
 }
 

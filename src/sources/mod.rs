@@ -120,7 +120,12 @@ pub enum Location {
     /// A line of a text/JSONL/CSV file.
     Line(u64),
     /// The n-th element of a JSON array, starting on a line.
-    Element { index: u64, line: u64 },
+    Element {
+        /// The element's position in the array (1-based).
+        index: u64,
+        /// The line it starts on.
+        line: u64,
+    },
     /// The n-th row of a Parquet file (counted across row groups).
     Row(u64),
     /// The whole file.
@@ -143,61 +148,124 @@ impl fmt::Display for Location {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SourceError {
+    /// A file or directory could not be opened or read.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The error.
         source: std::io::Error,
     },
+    /// A line (or a CSV header) is not UTF-8. A row error.
     #[error("{path}:{location}: invalid UTF-8 {detail}")]
     NotUtf8 {
+        /// The file.
         path: PathBuf,
+        /// Where.
         location: Location,
+        /// Where in the line, e.g. `at byte 17 of the line`.
         detail: String,
     },
+    /// A row does not parse: invalid JSON, not an object, a CSV row with the wrong number of
+    /// fields. A row error.
     #[error("{path}:{location}: {message}")]
     Parse {
+        /// The file.
         path: PathBuf,
+        /// Where.
         location: Location,
+        /// What is wrong.
         message: String,
     },
+    /// A row lacks a field the field map (or the WildChat filter) needs. A row error.
     #[error("{path}:{location}: field `{field}` is missing; available fields: {}", available.join(", "))]
     MissingField {
+        /// The file.
         path: PathBuf,
+        /// Where.
         location: Location,
+        /// The field that is missing.
         field: String,
+        /// The fields the row has.
         available: Vec<String>,
     },
+    /// A CSV or Parquet file has no column the field map needs (checked before the first row).
     #[error("{path}: column `{column}` not found; available columns: {}", available.join(", "))]
     MissingColumn {
+        /// The file.
         path: PathBuf,
+        /// The column that is missing.
         column: String,
+        /// The file's columns.
         available: Vec<String>,
     },
+    /// A field has the wrong type or an unusable value (an empty prompt, a number where text
+    /// belongs). A row error.
     #[error("{path}:{location}: field `{field}`: {message}")]
     BadField {
+        /// The file.
         path: PathBuf,
+        /// Where.
         location: Location,
+        /// The field.
         field: String,
+        /// What is wrong with it.
         message: String,
     },
+    /// The file breaks where rows cannot be told apart any more (a JSON array's syntax, an
+    /// unreadable Parquet row): reading it stops.
     #[error("{path}:{location}: {message} (cannot continue reading this file)")]
     Corrupt {
+        /// The file.
         path: PathBuf,
+        /// Where reading stopped.
         location: Location,
+        /// What is wrong.
         message: String,
     },
+    /// A Parquet file's metadata or schema could not be read.
     #[error("{path}: {message}")]
-    Parquet { path: PathBuf, message: String },
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The Parquet reader's error.
+        message: String,
+    },
+    /// The file's extension names no known format and `Loader::format` was not set.
     #[error(
         "{path}: unsupported format (expected .jsonl, .json, .csv, .parquet or .txt); set Loader::format"
     )]
-    UnknownFormat { path: PathBuf },
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A directory (or an explicit file list) holds no file of the format asked for.
     #[error("{path}: no {what} shards found in directory")]
-    NoShards { path: PathBuf, what: String },
+    NoShards {
+        /// The directory.
+        path: PathBuf,
+        /// The extensions looked for (`.jsonl/.ndjson`, …), or `input` for an empty file list.
+        what: String,
+    },
+    /// A Hugging Face dataset cannot be read as asked: no directory for the config, no shards
+    /// for the split, a revision missing from the cache, a dataset directory that is not one.
     #[error("hugging face dataset `{repo_id}`: {message}")]
-    Hf { repo_id: String, message: String },
+    Hf {
+        /// The dataset (`owner/name`).
+        repo_id: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A request to the Hugging Face Hub failed (the token is removed from the text).
     #[error("hugging face hub: {url}: {message}")]
-    Http { url: String, message: String },
+    Http {
+        /// The URL requested.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A source mix is invalid: a share outside 0..=1, shares adding up to more than 1, or
+    /// shares without `Mix::total`.
     #[error("mix: {0}")]
     Mix(String),
 }

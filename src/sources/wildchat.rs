@@ -79,6 +79,7 @@ impl WildChat {
     pub fn new() -> Self {
         Self::default()
     }
+    /// Which user turns become prompts (default [`Turns::First`]).
     pub fn turns(mut self, turns: Turns) -> Self {
         self.turns = turns;
         self
@@ -93,10 +94,12 @@ impl WildChat {
         );
         self
     }
+    /// Keep conversations and turns flagged `toxic` (excluded by default).
     pub fn include_toxic(mut self, yes: bool) -> Self {
         self.include_toxic = yes;
         self
     }
+    /// Keep conversations and turns flagged `redacted` (excluded by default).
     pub fn include_redacted(mut self, yes: bool) -> Self {
         self.include_redacted = yes;
         self
@@ -106,6 +109,7 @@ impl WildChat {
         self.min_turns = Some(n);
         self
     }
+    /// Maximum number of user turns in the conversation (`turn` column).
     pub fn max_turns(mut self, n: u64) -> Self {
         self.max_turns = Some(n);
         self
@@ -115,14 +119,19 @@ impl WildChat {
         self.min_chars = Some(n);
         self
     }
+    /// Maximum prompt length in characters (after trimming).
     pub fn max_chars(mut self, n: usize) -> Self {
         self.max_chars = Some(n);
         self
     }
+    /// Drop prompts whose normalised text was already taken (on by default; see
+    /// [`Loader::dedupe`]).
     pub fn dedupe(mut self, yes: bool) -> Self {
         self.dedupe = yes;
         self
     }
+    /// Skip (and count) rows that do not fit the schema instead of yielding errors for them (see
+    /// [`Loader::skip_bad_rows`]).
     pub fn skip_bad_rows(mut self, yes: bool) -> Self {
         self.skip_bad_rows = yes;
         self
