@@ -278,7 +278,7 @@ impl ModelSpec {
 
     /// The API key from the environment, or an error naming the variable; None when the alias
     /// needs no key (local models, OpenAI-compatible servers with no `api_key_env`).
-    pub fn api_key(&self) -> Result<Option<String>, ModelsError> {
+    fn api_key(&self) -> Result<Option<String>, ModelsError> {
         let Some(var) = &self.api_key_env else {
             return Ok(None);
         };
