@@ -22,22 +22,32 @@ pub enum Api {
 /// One chat message with its content flattened to text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChatMessage {
+    /// The role as sent (`system`, `user`, `assistant`; empty when missing).
     pub role: String,
+    /// The content; a list of content blocks is joined into one text.
     pub content: String,
 }
 
 /// The parsed request as seen by a [`Responder`].
 #[derive(Debug, Clone)]
 pub struct ChatView {
+    /// The wire format of the request.
     pub api: Api,
+    /// The `model` field of the request.
     pub model: String,
     /// Anthropic top-level `system` (flattened to text). OpenAI system messages stay in `messages`.
     pub system: Option<String>,
+    /// The `messages` array, each content flattened to text.
     pub messages: Vec<ChatMessage>,
+    /// `temperature`, if sent.
     pub temperature: Option<f64>,
+    /// `top_p`, if sent.
     pub top_p: Option<f64>,
+    /// `max_tokens` (or OpenAI's `max_completion_tokens`), if sent.
     pub max_tokens: Option<u64>,
+    /// `stop` (OpenAI, a string or a list) or `stop_sequences` (Anthropic); empty when absent.
     pub stop: Vec<String>,
+    /// `seed`, if sent.
     pub seed: Option<i64>,
     /// The whole request body.
     pub raw: Value,
@@ -135,13 +145,16 @@ impl fmt::Debug for MockConfig {
 }
 
 impl MockConfig {
+    /// The default: an instant, unlimited, fault-free server accepting any key and model.
     pub fn new() -> Self {
         Self::default()
     }
+    /// Require this API key.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         self.api_key = Some(key.into());
         self
     }
+    /// Accept only these models (others get 404 `model_not_found`).
     pub fn models<I, S>(mut self, models: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -150,42 +163,52 @@ impl MockConfig {
         self.models = Some(models.into_iter().map(Into::into).collect());
         self
     }
+    /// Add this latency to every successful response.
     pub fn latency(mut self, d: Duration) -> Self {
         self.latency = d;
         self
     }
+    /// Add up to this much random latency to every successful response.
     pub fn jitter(mut self, d: Duration) -> Self {
         self.jitter = d;
         self
     }
+    /// Simulate generation at this many tokens per second.
     pub fn tokens_per_second(mut self, tps: f64) -> Self {
         self.tokens_per_second = Some(tps);
         self
     }
+    /// Enforce this many requests per minute, over the sliding `rate_window`.
     pub fn rpm(mut self, rpm: u32) -> Self {
         self.rpm = Some(rpm);
         self
     }
+    /// Enforce this many tokens (prompt + completion) per minute, over the sliding `rate_window`.
     pub fn tpm(mut self, tpm: u32) -> Self {
         self.tpm = Some(tpm);
         self
     }
+    /// The sliding window of the `rpm`/`tpm` limits.
     pub fn rate_window(mut self, d: Duration) -> Self {
         self.rate_window = d;
         self
     }
+    /// Generate replies with `f`.
     pub fn responder(mut self, f: impl Fn(&ChatView) -> String + Send + Sync + 'static) -> Self {
         self.responder = Arc::new(f);
         self
     }
+    /// Inject the faults of `plan`.
     pub fn faults(mut self, plan: FaultPlan) -> Self {
         self.faults = plan;
         self
     }
+    /// Keep (or not) a log of every request.
     pub fn record_requests(mut self, on: bool) -> Self {
         self.record_requests = on;
         self
     }
+    /// Seed the jitter RNG.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self

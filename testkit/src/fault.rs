@@ -15,7 +15,10 @@ pub enum Fault {
     /// 429 carries `retry-after: 1` / `retry-after-ms: 1000`.
     Status(u16),
     /// 429 with a specific retry-after.
-    RateLimited { retry_after: Duration },
+    RateLimited {
+        /// The pause the response asks for (`retry-after` / `retry-after-ms`).
+        retry_after: Duration,
+    },
     /// 400 `context_length_exceeded` (OpenAI) / `invalid_request_error` "prompt is too long" (Anthropic).
     ContextLength,
     /// Close the TCP connection with RST, sending no response.
@@ -34,14 +37,18 @@ pub enum Fault {
 /// for the first `times` matches (or forever when `None`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MarkerFault {
+    /// Text to look for in the last user message.
     pub marker: String,
+    /// The fault to inject.
     pub fault: Fault,
+    /// How many matching requests get it; None for all of them.
     pub times: Option<u32>,
 }
 
 /// Random faults: each request independently draws one fault with the given probabilities.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RandomFaults {
+    /// Seed of the RNG that draws the faults.
     pub seed: u64,
     /// `(fault, probability)`; probabilities should sum to <= 1.
     pub rates: Vec<(Fault, f64)>,
@@ -52,7 +59,9 @@ pub struct RandomFaults {
 pub struct FaultPlan {
     /// Fault for the request with this 0-based index, counted from when the plan was installed.
     pub nth: BTreeMap<u64, Fault>,
+    /// Prompt-marker rules, tried in order.
     pub markers: Vec<MarkerFault>,
+    /// Random faults for requests no other rule matched.
     pub random: Option<RandomFaults>,
 }
 
@@ -124,6 +133,7 @@ impl FaultPlan {
         self
     }
 
+    /// Whether the plan injects nothing.
     pub fn is_empty(&self) -> bool {
         self.nth.is_empty()
             && self.markers.is_empty()

@@ -33,9 +33,12 @@ use crate::stats::{RecordedRequest, Recorder, Stats, max_in_any_window, per_seco
 /// Errors from starting the server.
 #[derive(Debug, thiserror::Error)]
 pub enum MockError {
+    /// The listening socket could not be bound (the port is taken, or not allowed).
     #[error("cannot bind 127.0.0.1:{port}: {source}")]
     Bind {
+        /// The port asked for (0: any free port).
         port: u16,
+        /// The error binding it.
         #[source]
         source: std::io::Error,
     },
@@ -121,10 +124,12 @@ impl MockServer {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The address the server listens on (127.0.0.1 and the bound port).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// The bound port (the one chosen when 0 was asked for).
     pub fn port(&self) -> u16 {
         self.addr.port()
     }

@@ -16,11 +16,15 @@ pub struct RecordedRequest {
     pub index: u64,
     /// Arrival time relative to server start.
     pub at: Duration,
+    /// The wire format, from the path.
     pub api: Api,
+    /// The HTTP method (`POST`).
     pub method: String,
+    /// The request path (`/v1/chat/completions`, `/v1/messages`).
     pub path: String,
     /// All request headers, lower-cased names, including `authorization` / `x-api-key`.
     pub headers: Vec<(String, String)>,
+    /// The `model` field; None when absent, empty or the body did not parse.
     pub model: Option<String>,
     /// Anthropic top-level `system` (flattened to text).
     pub system: Option<String>,
@@ -37,6 +41,7 @@ pub struct RecordedRequest {
 }
 
 impl RecordedRequest {
+    /// The value of header `name` (case-insensitive), if sent.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -87,9 +92,11 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Responses sent with HTTP status `code`.
     pub fn status(&self, code: u16) -> u64 {
         self.by_status.get(&code).copied().unwrap_or(0)
     }
+    /// Requests whose last user message was exactly `prompt`.
     pub fn prompt_count(&self, prompt: &str) -> u64 {
         self.by_prompt.get(prompt).copied().unwrap_or(0)
     }
