@@ -535,7 +535,7 @@ impl Drop for AbortOnDrop {
 /// A failed request, failing now (`execute` sets when it was requested).
 fn failure(kind: ErrorKind, message: String) -> Response {
     let now = OffsetDateTime::now_utc();
-    Response::failed(StepError { kind, message }, now, now)
+    Response::failed(StepError::new(kind.as_str(), message), now, now)
 }
 
 /// The text of a panic payload (`&str` or `String`), for error messages.

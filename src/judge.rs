@@ -681,7 +681,7 @@ impl JudgePlan {
                 return Judgement {
                     id: item.id.clone(),
                     result: Err(AnswerError::Request {
-                        message: format!("{}: {}", error.kind.as_str(), error.message),
+                        message: format!("{}: {}", error.kind, error.message),
                     }),
                     cached,
                 };
@@ -721,10 +721,10 @@ impl JudgePlan {
                 Err(e) => {
                     let now = time::OffsetDateTime::now_utc();
                     return Response::failed(
-                        crate::sample::StepError {
-                            kind: crate::provider::ErrorKind::Local,
-                            message: e.to_string(),
-                        },
+                        crate::sample::StepError::new(
+                            crate::provider::ErrorKind::Local.as_str(),
+                            e.to_string(),
+                        ),
                         now,
                         now,
                     );
@@ -835,7 +835,7 @@ pub fn answer_schema() -> Value {
 }
 
 /// The messages of one judge request: the rubric and narrative, then the sample's conversation.
-fn judge_messages(narrative: &str, sample: &[quality::ChatMessage]) -> Vec<Message> {
+fn judge_messages(narrative: &str, sample: &[Message]) -> Vec<Message> {
     let mut conversation = String::from("<sample>\n");
     for message in sample {
         let _ = write!(

@@ -1318,7 +1318,7 @@ fn calibration() {
     {
         let value: Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("line {}: {e}", n + 1));
-        let record: quality::Record = serde_json::from_value(value.clone()).unwrap();
+        let record: shaping::format::ChatLine = serde_json::from_value(value.clone()).unwrap();
         let verdict = detectors.judge_record(&record);
         let label = value["label"].as_str().unwrap();
         let category = value["category"].as_str().unwrap_or("?").to_owned();

@@ -20,11 +20,10 @@ use serde::Serialize;
 
 use crate::cache::CacheKey;
 use crate::dispatch::{Dispatcher, Lane};
+use crate::format::ErrorLine;
 use crate::models::{ModelFingerprint, ModelSpec};
 use crate::provider::{ChatRequest, Message, Params};
-use crate::sample::{
-    ErrorRecord, PipelineError, PipelineErrorKind, Provenance, Response, Step, TrainingSample,
-};
+use crate::sample::{PipelineError, PipelineErrorKind, Provenance, Response, Step, TrainingSample};
 
 /// A data-generating pipeline. Implement it in a crate under `pipelines/` and hand it to
 /// [`crate::run_main`] (or the [`crate::pipeline_main!`] macro) from `main`.
@@ -241,7 +240,7 @@ pub(crate) struct BoundModel {
 /// order when it commits.
 pub(crate) trait SampleSink: Send {
     fn sample(&mut self, place: u64, sample: TrainingSample) -> Result<(), PipelineError>;
-    fn error(&mut self, place: u64, record: ErrorRecord) -> Result<(), PipelineError>;
+    fn error(&mut self, place: u64, record: ErrorLine) -> Result<(), PipelineError>;
 }
 
 /// The place of sample or error lines written after every record of every task stage.
@@ -308,7 +307,7 @@ impl CtxInner {
             derived_seed,
         };
         let response = self.dispatcher.execute(&bound.lane, chat, key).await;
-        let step = Step::record(alias, request.messages.clone(), params, &response);
+        let step = response.step(alias, request.messages.clone(), params);
         (response, step)
     }
 }
@@ -471,7 +470,7 @@ impl Ctx {
                 inner.records_failed.fetch_add(1, Ordering::Relaxed);
             }
             inner.progress.record_done(true);
-            let record = ErrorRecord::new(failure, input, steps);
+            let record = failure.into_line(input, steps);
             inner.sink.lock().expect("sink lock").error(place, record)?;
         }
         if inner.dispatcher.is_cancelled() {

@@ -17,6 +17,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The plain data of a request and its answer, defined with the line formats that record them.
+pub use crate::format::{Message, Params, Usage};
+
 /// How to reach one HTTP model endpoint (OpenAI-compatible or Anthropic), made by `models.rs`
 /// from an alias. The key was read from the environment by then; it stays inside the provider.
 #[derive(Clone)]
@@ -91,80 +94,6 @@ fn build_local(_: &local::LocalModelConfig) -> Result<Arc<dyn Provider>, BuildEr
     ))
 }
 
-/// One chat message, as it appears in training samples and provider requests.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Message {
-    /// Who speaks: `system`, `user` or `assistant`.
-    pub role: String,
-    /// The message's text.
-    pub content: String,
-}
-
-impl Message {
-    /// A message with any role.
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self {
-            role: role.into(),
-            content: content.into(),
-        }
-    }
-    /// A `system` message (instructions ahead of the conversation).
-    pub fn system(content: impl Into<String>) -> Self {
-        Self::new("system", content)
-    }
-    /// A `user` message.
-    pub fn user(content: impl Into<String>) -> Self {
-        Self::new("user", content)
-    }
-    /// An `assistant` message (the model's turn).
-    pub fn assistant(content: impl Into<String>) -> Self {
-        Self::new("assistant", content)
-    }
-}
-
-/// Sampling parameters of one request. `None` means "the model's default from models.toml".
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Params {
-    /// Sampling temperature: 0 picks the likeliest token, higher values sample more freely.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f32>,
-    /// Nucleus sampling: sample only among the likeliest tokens whose probabilities add up to
-    /// this (0..=1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_p: Option<f32>,
-    /// Most tokens the reply may have.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_tokens: Option<u32>,
-    /// Strings that end the reply when generated (empty: none).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub stop: Vec<String>,
-    /// Sampling seed (sent to OpenAI-compatible endpoints; the Anthropic API takes none); local
-    /// models use the request's derived seed when None.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
-    /// A JSON schema the reply must satisfy (OpenAI `response_format`, a grammar locally).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub json_schema: Option<serde_json::Value>,
-}
-
-impl Params {
-    /// Fill every unset field from `defaults`.
-    pub fn or(mut self, defaults: &Params) -> Params {
-        self.temperature = self.temperature.or(defaults.temperature);
-        self.top_p = self.top_p.or(defaults.top_p);
-        self.max_tokens = self.max_tokens.or(defaults.max_tokens);
-        if self.stop.is_empty() {
-            self.stop = defaults.stop.clone();
-        }
-        self.seed = self.seed.or(defaults.seed);
-        if self.json_schema.is_none() {
-            self.json_schema = defaults.json_schema.clone();
-        }
-        self
-    }
-}
-
 /// What a provider is asked to do: messages plus fully resolved parameters.
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
@@ -175,15 +104,6 @@ pub struct ChatRequest {
     /// A seed derived from (record, step); providers that sample locally use it when
     /// `params.seed` is `None`, so identical inputs give identical outputs.
     pub derived_seed: u64,
-}
-
-/// Token counts reported (or, for local models, counted) for one request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    /// Tokens of the prompt (every message sent).
-    pub input_tokens: u64,
-    /// Tokens of the reply.
-    pub output_tokens: u64,
 }
 
 /// Rate-limit information a provider read from response headers.
@@ -335,5 +255,49 @@ pub trait Provider: Send + Sync {
             .iter()
             .map(|m| m.content.len() as u64 / 4 + 4)
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed step's `error.kind` is written as [`ErrorKind::as_str`]; the serde name must be
+    /// the same string, so the kind reads the same wherever it is written.
+    #[test]
+    fn error_kinds_serialise_as_their_strings() {
+        let kinds = [
+            ErrorKind::RateLimited,
+            ErrorKind::Timeout,
+            ErrorKind::Connection,
+            ErrorKind::Server,
+            ErrorKind::BadBody,
+            ErrorKind::BadRequest,
+            ErrorKind::Auth,
+            ErrorKind::NotFound,
+            ErrorKind::ContextLength,
+            ErrorKind::Local,
+            ErrorKind::Cancelled,
+        ];
+        for kind in kinds {
+            // Exhaustive: a new kind fails to compile here until it is listed above.
+            match kind {
+                ErrorKind::RateLimited
+                | ErrorKind::Timeout
+                | ErrorKind::Connection
+                | ErrorKind::Server
+                | ErrorKind::BadBody
+                | ErrorKind::BadRequest
+                | ErrorKind::Auth
+                | ErrorKind::NotFound
+                | ErrorKind::ContextLength
+                | ErrorKind::Local
+                | ErrorKind::Cancelled => {}
+            }
+            assert_eq!(
+                serde_json::to_value(kind).expect("serializes"),
+                serde_json::Value::from(kind.as_str())
+            );
+        }
     }
 }

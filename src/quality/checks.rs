@@ -15,9 +15,10 @@ use sha2::{Digest, Sha256};
 use super::Result;
 use super::config::{Loosening, QualityConfig, Voice, show_value};
 use super::detect::{Detectors, Reason, Verdict};
-use super::read::{JsonlReader, Record, read_chat_records, read_errors, read_records};
+use super::read::{JsonlReader, read_chat_records, read_errors, read_records};
 use super::stats::{DatasetStats, StatsBuilder};
-use super::text::{Sample, errors_path_for, fnv1a, normalize, words};
+use super::text::{Sample, errors_path_for, fnv1a, normalize, source_of, words};
+use crate::format::ChatLine;
 
 /// Most example ids a check names.
 const MAX_EXAMPLES: usize = 5;
@@ -221,7 +222,7 @@ pub fn analyze_chat_file(
 }
 
 fn analyze_lines(
-    lines: JsonlReader<Record>,
+    lines: JsonlReader<ChatLine>,
     path: &Path,
     config: &QualityConfig,
     voice: &Voice,
@@ -326,7 +327,7 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn add(&mut self, record: &Record, verdict: &Verdict) {
+    fn add(&mut self, record: &ChatLine, verdict: &Verdict) {
         let id = record.id.as_str();
         self.samples += 1;
         if !self.seen_ids.insert(record.id.clone()) {
@@ -371,7 +372,7 @@ impl<'a> Checker<'a> {
             self.bigrams.insert(fnv1a(&[&pair[0], &pair[1]]));
         }
 
-        let examples = self.source_examples.entry(record.source()).or_default();
+        let examples = self.source_examples.entry(source_of(record)).or_default();
         if examples.len() < MAX_EXAMPLES {
             examples.push(id.to_owned());
         }

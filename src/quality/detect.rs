@@ -19,9 +19,9 @@ pub(crate) use persona::check_pattern;
 use serde::{Deserialize, Serialize};
 
 use super::config::{QualityConfig, Voice};
-use super::read::{ChatMessage, Record};
 use super::text::{ERROR_TEXT_PATTERNS, Phrases, REFUSAL_PHRASES, normalize};
 use super::{QualityError, Result};
+use crate::format::{ChatLine, Message};
 
 /// Characters of quoted reply text in a finding's detail.
 const QUOTE_CHARS: usize = 60;
@@ -176,7 +176,7 @@ pub struct Turn<'a> {
 impl<'a> Turn<'a> {
     /// The turn of a dataset record: its last assistant message, the user message before it, and
     /// the finish reason of the step that produced it.
-    pub fn of_record(record: &'a Record) -> Self {
+    pub fn of_record(record: &'a ChatLine) -> Self {
         let (prompt, reply) = last_exchange(&record.messages);
         Self {
             prompt,
@@ -189,7 +189,7 @@ impl<'a> Turn<'a> {
 }
 
 /// The last assistant message and the user message before it (`""` when absent).
-fn last_exchange(messages: &[ChatMessage]) -> (&str, &str) {
+fn last_exchange(messages: &[Message]) -> (&str, &str) {
     let Some(at) = messages.iter().rposition(|m| m.role == "assistant") else {
         let prompt = messages
             .iter()
@@ -374,7 +374,7 @@ impl Detectors {
     }
 
     /// Judge a dataset record (see [`Turn::of_record`]).
-    pub fn judge_record(&self, record: &Record) -> Verdict {
+    pub fn judge_record(&self, record: &ChatLine) -> Verdict {
         self.judge(&Turn::of_record(record))
     }
 }

@@ -37,10 +37,7 @@ pub use checks::{
 };
 pub use config::{Contradiction, Loosening, QualityConfig, VOICE_FILE, Voice};
 pub use detect::{Detectors, Finding, Reason, Turn, Verdict};
-pub use read::{
-    ChatMessage, ErrorRecord, JsonlReader, Record, Step, StepError, Usage, read_chat_records,
-    read_errors, read_records,
-};
+pub use read::{JsonlReader, read_chat_records, read_errors, read_records};
 pub use report::{REPORT_SAMPLE_CAP, render_report};
 pub use review::{REVIEW_TEXT_CHARS, ReviewSample, ReviewSnapshot, review_sample};
 pub use stats::{Bucket, DatasetStats, LengthStats, StatsBuilder, TokenTotals};

@@ -617,7 +617,7 @@ fn samples_section(page: &mut String, listed: &[(Sample, Verdict)], total: usize
                 if let Some(reason) = &step.finish_reason {
                     flags.push(reason.as_str());
                 }
-                if step.cached == Some(true) {
+                if step.cached {
                     flags.push("cached");
                 }
                 if step.success == Some(false) {

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::read::{ErrorRecord, Record};
+use super::text::{model_name, source_of};
+use crate::format::{ChatLine, ErrorDetail};
 
 /// Counts and distributions of one dataset and its errors file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -98,7 +99,7 @@ impl StatsBuilder {
     }
 
     /// Count one dataset record.
-    pub fn add(&mut self, record: &Record) {
+    pub fn add(&mut self, record: &ChatLine) {
         let stats = &mut self.stats;
         stats.samples += 1;
         if record.is_annotated() {
@@ -112,8 +113,8 @@ impl StatsBuilder {
         }
         self.prompt_lengths.push(char_len(record.prompt()));
         self.response_lengths.push(char_len(record.response()));
-        *stats.sources.entry(record.source()).or_default() += 1;
-        if let Some(category) = record.category() {
+        *stats.sources.entry(source_of(record)).or_default() += 1;
+        if let Some(category) = record.input_text("category") {
             *stats.categories.entry(category).or_default() += 1;
         }
         for step in record.steps() {
@@ -123,23 +124,17 @@ impl StatsBuilder {
                 .clone()
                 .unwrap_or_else(|| "none".to_owned());
             *stats.finish_reasons.entry(reason).or_default() += 1;
-            *stats
-                .models
-                .entry(step.model.clone().unwrap_or_else(|| "?".to_owned()))
-                .or_default() += 1;
-            let cached = step.cached == Some(true);
+            *stats.models.entry(model_name(&step.model)).or_default() += 1;
+            let cached = step.cached;
             if cached {
                 stats.cached_steps += 1;
             }
             if step.success == Some(false) {
                 stats.failed_steps += 1;
             }
-            if step.usage.input_tokens.is_some() || step.usage.output_tokens.is_some() {
+            if let Some(usage) = step.usage {
                 let tokens = stats.tokens.get_or_insert_with(TokenTotals::default);
-                let (input, output) = (
-                    step.usage.input_tokens.unwrap_or(0),
-                    step.usage.output_tokens.unwrap_or(0),
-                );
+                let (input, output) = (usage.input_tokens, usage.output_tokens);
                 tokens.input += input;
                 tokens.output += output;
                 if cached {
@@ -150,12 +145,11 @@ impl StatsBuilder {
     }
 
     /// Count one line of the errors file.
-    pub fn add_error(&mut self, error: &ErrorRecord) {
+    pub fn add_error(&mut self, error: &ErrorDetail) {
         self.stats.errors += 1;
-        let kind = if error.error.is_empty() {
-            "unknown".to_owned()
-        } else {
-            error.error.clone()
+        let kind = match error.error.as_str() {
+            "" => "unknown".to_owned(),
+            kind => kind.to_owned(),
         };
         *self.stats.error_types.entry(kind).or_default() += 1;
     }

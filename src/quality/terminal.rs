@@ -93,7 +93,7 @@ fn render_one(out: &mut String, index: usize, sample: &Sample, full: bool) {
             if let Some(reason) = &step.finish_reason {
                 flags.push(reason.clone());
             }
-            if step.cached == Some(true) {
+            if step.cached {
                 flags.push("cached".to_owned());
             }
             if step.success == Some(false) {

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::read::{ChatMessage, Record, first_user, last_assistant};
+use crate::format::{ChatLine, Message, first_user, last_assistant};
 
 /// A dataset sample prepared for display: the conversation, its source and, for annotated data, its steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -16,7 +16,7 @@ pub struct Sample {
     /// `input_data.category`, if any.
     pub category: Option<String>,
     /// The conversation: the training messages.
-    pub messages: Vec<ChatMessage>,
+    pub messages: Vec<Message>,
     /// The model calls (empty for minimal data).
     pub steps: Vec<SampleStep>,
 }
@@ -34,20 +34,20 @@ pub struct SampleStep {
     pub finish_reason: Option<String>,
     /// Whether the step got an answer; None when not recorded.
     pub success: Option<bool>,
-    /// Whether the answer came from the response cache; None when not recorded.
-    pub cached: Option<bool>,
+    /// Answered from the response cache (said only by lines of older versions).
+    pub cached: bool,
     /// `kind: message` of a failed step.
     pub error: Option<String>,
 }
 
 impl Sample {
     /// The display view of a record read at `line`.
-    pub fn from_record(line: u64, record: Record) -> Self {
+    pub fn from_record(line: u64, record: ChatLine) -> Self {
         let steps = record
             .steps()
             .iter()
             .map(|step| SampleStep {
-                model: step.model.clone().unwrap_or_else(|| "?".to_owned()),
+                model: model_name(&step.model),
                 prompt: step
                     .messages
                     .iter()
@@ -55,7 +55,7 @@ impl Sample {
                     .find(|m| m.role == "user")
                     .map(|m| m.content.clone())
                     .unwrap_or_default(),
-                response: step.text.clone().unwrap_or_default(),
+                response: step.text.clone(),
                 finish_reason: step.finish_reason.clone(),
                 success: step.success,
                 cached: step.cached,
@@ -67,8 +67,8 @@ impl Sample {
             .collect();
         Self {
             line,
-            source: record.source(),
-            category: record.category(),
+            source: source_of(&record),
+            category: record.input_text("category"),
             id: record.id,
             messages: record.messages,
             steps,
@@ -84,6 +84,18 @@ impl Sample {
     pub fn response(&self) -> &str {
         last_assistant(&self.messages)
     }
+}
+
+/// `input_data.source` of a record as text, or `"unknown"`.
+pub(crate) fn source_of(record: &ChatLine) -> String {
+    record
+        .input_text("source")
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// A step's model alias for display: `?` when the line names none.
+pub(crate) fn model_name(model: &str) -> String {
+    if model.is_empty() { "?" } else { model }.to_owned()
 }
 
 /// `training/data/<name>.errors.jsonl` for `training/data/<name>.jsonl` (one definition for the

@@ -2,11 +2,10 @@
 
 use std::path::Path;
 
+use crate::format::ErrorLine;
 use crate::output::{JsonlWriter, OutputError};
 use crate::pipeline::SampleSink;
-use crate::sample::{
-    AnnotatedSample, ErrorRecord, PipelineError, PipelineErrorKind, TrainingSample,
-};
+use crate::sample::{PipelineError, PipelineErrorKind, TrainingSample};
 
 /// The two temporary files of a run, committed (or dropped) together at the end.
 pub(crate) struct Writers {
@@ -53,19 +52,15 @@ impl FileSink {
 
 impl SampleSink for FileSink {
     fn sample(&mut self, place: u64, sample: TrainingSample) -> Result<(), PipelineError> {
-        let annotate = self.annotate;
-        let output = &mut self.writers()?.output;
-        let written = if annotate {
-            output.at(place).write(&AnnotatedSample::from(sample))
-        } else {
-            output
-                .at(place)
-                .write(&TrainingSample::new(sample.id, sample.messages))
-        };
-        written.map_err(|e| PipelineError::new(e.to_string(), PipelineErrorKind::Output))
+        let line = sample.into_line(self.annotate);
+        self.writers()?
+            .output
+            .at(place)
+            .write(&line)
+            .map_err(|e| PipelineError::new(e.to_string(), PipelineErrorKind::Output))
     }
 
-    fn error(&mut self, place: u64, record: ErrorRecord) -> Result<(), PipelineError> {
+    fn error(&mut self, place: u64, record: ErrorLine) -> Result<(), PipelineError> {
         self.writers()?
             .errors
             .at(place)

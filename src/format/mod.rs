@@ -1,4 +1,16 @@
-//! Where a dataset's files live beside it: one definition of the sibling names (`x.errors.jsonl`, `x.manifest.json`) for the writer and every reader.
+//! The dataset formats, one definition for the writer and every reader: the serde types of every JSONL line (`line.rs`) and where a dataset's files live beside it (`x.errors.jsonl`, `x.manifest.json`).
+//!
+//! This module sits low in the layer order (ARCHITECTURE.md, "Layers"): it uses no other module
+//! of the library, and the plain data types a line holds (messages, parameters, usage) are
+//! defined here and re-exported where they are used (`provider`, `sample`).
+
+mod lenient;
+mod line;
+
+pub use line::{
+    ChatLine, ErrorDetail, ErrorLine, Message, Params, PipelineErrorKind, Provenance, Step,
+    StepError, Usage, answer_span, first_user, last_assistant,
+};
 
 use std::path::{Path, PathBuf};
 
