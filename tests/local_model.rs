@@ -8,8 +8,9 @@ use std::sync::OnceLock;
 
 use serde_json::{Value, json};
 use shaping::models::Requantize;
+use shaping::provider::gbnf::json_schema_to_gbnf;
 use shaping::provider::llama_cpp::{
-    DEFAULT_MODEL_SHA256, EngineSettings, LlamaCppProvider, LocalModelError, json_schema_to_gbnf,
+    DEFAULT_MODEL_SHA256, EngineSettings, LlamaCppProvider, LocalModelError,
 };
 use shaping::provider::{ChatRequest, ErrorKind, Message, Params, Provider};
 

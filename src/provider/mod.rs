@@ -5,6 +5,7 @@
 //! by the provider from the environment at construction and never leave it.
 
 pub mod anthropic;
+pub mod gbnf;
 #[cfg(feature = "local-model")]
 pub mod llama_cpp;
 pub mod local;

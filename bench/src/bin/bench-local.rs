@@ -20,9 +20,7 @@ use std::time::Instant;
 
 use futures::StreamExt as _;
 use shaping::models::Requantize;
-use shaping::provider::llama_cpp::{
-    EngineSettings, LlamaCppProvider, PrefillStats, measure_throughput,
-};
+use shaping::provider::llama_cpp::{EngineSettings, LlamaCppProvider, PrefillStats};
 use shaping::provider::{ChatRequest, Message, Params, Provider};
 
 fn env_usize(name: &str, default: usize) -> Result<usize, String> {
@@ -32,6 +30,67 @@ fn env_usize(name: &str, default: usize) -> Result<usize, String> {
             .trim()
             .parse()
             .map_err(|_| format!("{name} must be a whole number, got {text:?}")),
+    }
+}
+
+/// Generated tokens per second of a run of requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ThroughputReport {
+    tokens: u64,
+    seconds: f64,
+    tok_per_s: f64,
+}
+
+/// Send `requests` sampled requests (temperature 0.8, optional `top_p`) with at most
+/// `concurrency` in flight, each asking for up to `max_tokens`, and report the generated-token
+/// throughput. Failed requests count no tokens.
+async fn measure_throughput(
+    provider: &LlamaCppProvider,
+    concurrency: usize,
+    requests: usize,
+    max_tokens: u32,
+    top_p: Option<f32>,
+) -> ThroughputReport {
+    let topics = [
+        "the sea",
+        "a lighthouse",
+        "mountains",
+        "a robot",
+        "bread",
+        "the moon",
+        "trains",
+        "a garden",
+    ];
+    let reqs: Vec<ChatRequest> = (0..requests)
+        .map(|i| ChatRequest {
+            messages: vec![Message::user(format!(
+                "Write a short story about {}.",
+                topics[i % topics.len()]
+            ))],
+            params: Params {
+                temperature: Some(0.8),
+                top_p,
+                max_tokens: Some(max_tokens),
+                ..Params::default()
+            },
+            derived_seed: i as u64,
+        })
+        .collect();
+    let start = Instant::now();
+    let tokens: u64 = futures::stream::iter(reqs.iter().map(|r| provider.send(r)))
+        .buffer_unordered(concurrency.max(1))
+        .map(|r| r.map(|reply| reply.usage.output_tokens).unwrap_or(0))
+        .fold(0u64, |acc, n| async move { acc + n })
+        .await;
+    let seconds = start.elapsed().as_secs_f64();
+    ThroughputReport {
+        tokens,
+        seconds,
+        tok_per_s: if seconds > 0.0 {
+            tokens as f64 / seconds
+        } else {
+            0.0
+        },
     }
 }
 

@@ -4,9 +4,9 @@
 //!
 //! - its **prefix**: the rendered tokens of every message before the last user message (system
 //!   prompt and history), always prefilled as a part of its own — chunks start at multiples of
-//!   [`super::PREFILL_CHUNK`] inside it, and the rest of the prompt starts a new chunk right after
-//!   it. The KV of a prefix is therefore the same computation whichever request makes it, and a
-//!   request with the same prefix (same tokens, same length) may copy it.
+//!   [`super::engine::PREFILL_CHUNK`] inside it, and the rest of the prompt starts a new chunk
+//!   right after it. The KV of a prefix is therefore the same computation whichever request
+//!   makes it, and a request with the same prefix (same tokens, same length) may copy it.
 //! - the **whole prompt** with the logits of its last token: candidates of one prompt (the same
 //!   messages sent with different seeds) copy all of it and draw their first token from the
 //!   saved logits with their own sampler.

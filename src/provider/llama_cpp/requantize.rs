@@ -11,7 +11,8 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::{LocalModelError, backend};
+use super::LocalModelError;
+use super::model::backend;
 use crate::provider::local::Requantize;
 
 /// The working copy of `source` in `format`, converting it first if it does not exist yet.
