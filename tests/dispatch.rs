@@ -8,13 +8,10 @@ use std::process::{Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use common::{TestRepo, openai_model, read_jsonl, run_args, start_server};
+use common::echo::Echo;
+use common::{ServedRepo, TestRepo, openai_model, read_jsonl, run_args};
 use serde_json::Value;
 use shaping::run::RunOptions;
-use shaping::{
-    Ctx, Declare, FileDep, Message, ModelDep, Pipeline, PipelineError, Task, TrainingSample,
-    model_request,
-};
 use testkit::{Fault, FaultPlan, MockConfig, MockServer, RecordedRequest};
 
 /// The variable holding the (fake) key of in-process runs that need one.
@@ -29,63 +26,20 @@ fn init_env() {
     });
 }
 
-#[derive(serde::Serialize)]
-struct Prompt {
-    id: String,
-    prompt: String,
-}
-
-/// One request per line of `inputs/prompts.txt`, through alias `m`.
-struct Echo {
-    prompts: FileDep,
-    model: ModelDep,
-}
-
-impl Pipeline for Echo {
-    const NAME: &'static str = "echo";
-
-    fn declare(deps: &mut Declare) -> Self {
-        Self {
-            prompts: deps.file("prompts", "inputs/prompts.txt"),
-            model: deps.model("m"),
-        }
-    }
-
-    async fn run(&self, ctx: &Ctx) -> Result<Vec<TrainingSample>, PipelineError> {
-        let text = self.prompts.read()?;
-        let records = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .enumerate()
-            .map(|(i, p)| Prompt {
-                id: format!("s-{i:03}"),
-                prompt: p.trim().to_owned(),
-            });
-        ctx.run_task(records, |t: Task, rec: Prompt| async move {
-            let reply = t
-                .request(model_request(
-                    vec![Message::user(rec.prompt.clone())],
-                    &self.model,
-                ))
-                .await;
-            let text = reply.ok_text()?.to_owned();
-            Ok(TrainingSample::new(
-                rec.id,
-                vec![Message::user(rec.prompt), Message::assistant(text)],
-            ))
-        })
-        .await
-    }
-}
-
-/// A repository with alias `m` on `server` (plus `extra` model lines) and these prompts.
-fn repo_with(server: &MockServer, extra: &str, prompts: &[String]) -> TestRepo {
+/// A repository with alias `m` (plus `extra` model lines) on a mock server started with `config`,
+/// and these prompts for [`Echo`].
+fn repo_with(config: MockConfig, extra: &str, prompts: &[String]) -> ServedRepo {
     init_env();
-    let repo = TestRepo::new(&openai_model("m", &server.base_url(), extra));
+    let repo = ServedRepo::new(config, extra);
+    repo.write("inputs/prompts.txt", &lines(prompts));
+    repo
+}
+
+/// One prompt a line.
+fn lines(prompts: &[String]) -> String {
     let mut text = prompts.join("\n");
     text.push('\n');
-    repo.write("inputs/prompts.txt", &text);
-    repo
+    text
 }
 
 fn prompts(prefix: &str, n: usize) -> Vec<String> {
@@ -110,11 +64,6 @@ fn samples_by_prompt(path: &Path) -> BTreeMap<String, Value> {
         .collect()
 }
 
-fn manifest(repo: &TestRepo, name: &str) -> Value {
-    serde_json::from_str(&repo.read(&format!("training/data/{name}.manifest.json")))
-        .expect("manifest JSON")
-}
-
 /// Requests for `prompt`, in arrival order.
 fn requests_for(server: &MockServer, prompt: &str) -> Vec<RecordedRequest> {
     let mut reqs: Vec<_> = server
@@ -130,12 +79,12 @@ fn requests_for(server: &MockServer, prompt: &str) -> Vec<RecordedRequest> {
 // Retried classes: one failure, then success.
 
 fn retried_then_succeeds(fault: Fault) {
-    let (_rt, server) = start_server(MockConfig::new().faults(FaultPlan::none().marker_times(
-        "FLAKY",
-        fault.clone(),
-        1,
-    )));
-    let repo = repo_with(&server, "", &strings(&["ok-a", "FLAKY-1", "ok-b"]));
+    let repo = repo_with(
+        MockConfig::new().faults(FaultPlan::none().marker_times("FLAKY", fault.clone(), 1)),
+        "",
+        &strings(&["ok-a", "FLAKY-1", "ok-b"]),
+    );
+    let server = &repo.server;
     repo.run::<Echo>(run_args())
         .unwrap_or_else(|e| panic!("{fault:?}: run failed: {e}"));
 
@@ -156,7 +105,7 @@ fn retried_then_succeeds(fault: Fault) {
         !repo.errors("echo").exists(),
         "{fault:?}: no errors file after a successful retry"
     );
-    assert_eq!(manifest(&repo, "echo")["run"]["retries"], 1, "{fault:?}");
+    assert_eq!(repo.manifest_json("echo")["run"]["retries"], 1, "{fault:?}");
 }
 
 #[test]
@@ -215,13 +164,12 @@ fn retries_client_timeout_then_succeeds() {
 // Non-retried classes: exactly one request, an `__ERROR__` record naming the kind.
 
 fn not_retried(fault: Fault, kind: &str, message_contains: &str) {
-    let (_rt, server) =
-        start_server(MockConfig::new().faults(FaultPlan::none().marker("BAD", fault.clone())));
     let repo = repo_with(
-        &server,
+        MockConfig::new().faults(FaultPlan::none().marker("BAD", fault.clone())),
         &format!("api_key_env = \"{KEY_VAR}\""),
         &strings(&["ok-a", "BAD-1", "ok-b", "ok-c"]),
     );
+    let server = &repo.server;
     repo.run::<Echo>(run_args())
         .unwrap_or_else(|e| panic!("{fault:?}: run failed: {e}"));
 
@@ -252,7 +200,7 @@ fn not_retried(fault: Fault, kind: &str, message_contains: &str) {
         "{fault:?}: the record message names the kind: {}",
         record["message"]
     );
-    let m = manifest(&repo, "echo");
+    let m = repo.manifest_json("echo");
     assert_eq!(m["errors"], 1);
     assert_eq!(m["run"]["retries"], 0, "{fault:?}");
 }
@@ -296,10 +244,12 @@ fn does_not_retry_context_length() {
 
 #[test]
 fn gives_up_after_max_retries() {
-    let (_rt, server) = start_server(
+    let repo = repo_with(
         MockConfig::new().faults(FaultPlan::none().marker("DOWN", Fault::Status(500))),
+        "",
+        &strings(&["ok-a", "DOWN-1", "ok-b"]),
     );
-    let repo = repo_with(&server, "", &strings(&["ok-a", "DOWN-1", "ok-b"]));
+    let server = &repo.server;
     repo.write(
         "models.toml",
         &openai_model("m", &server.base_url(), "").replace("max_retries = 3", "max_retries = 2"),
@@ -324,16 +274,20 @@ fn gives_up_after_max_retries() {
 
 #[test]
 fn retry_after_is_honoured() {
-    let (_rt, server) = start_server(MockConfig::new().faults(FaultPlan::none().marker_times(
-        "WAIT",
-        Fault::RateLimited {
-            retry_after: Duration::from_secs(1),
-        },
-        1,
-    )));
-    let repo = repo_with(&server, "", &strings(&["WAIT-1", "ok-a"]));
+    let repo = repo_with(
+        MockConfig::new().faults(FaultPlan::none().marker_times(
+            "WAIT",
+            Fault::RateLimited {
+                retry_after: Duration::from_secs(1),
+            },
+            1,
+        )),
+        "",
+        &strings(&["WAIT-1", "ok-a"]),
+    );
+    let server = &repo.server;
     repo.run::<Echo>(run_args()).expect("run");
-    let reqs = requests_for(&server, "WAIT-1");
+    let reqs = requests_for(server, "WAIT-1");
     assert_eq!(reqs.len(), 2);
     assert_eq!(reqs[0].status, Some(429));
     let gap = reqs[1].at - reqs[0].at;
@@ -349,7 +303,7 @@ fn retry_after_pauses_the_whole_lane() {
     // The first request to arrive gets a 429 with retry-after 1 s; the other one sent with it is
     // in flight (300 ms). Every later request — the retry and the other records' requests,
     // which could go as soon as a slot frees — must wait for the pause.
-    let (_rt, server) = start_server(
+    let repo = repo_with(
         MockConfig::new()
             .latency(Duration::from_millis(300))
             .faults(FaultPlan::none().nth(
@@ -358,8 +312,10 @@ fn retry_after_pauses_the_whole_lane() {
                     retry_after: Duration::from_secs(1),
                 },
             )),
+        "max_concurrency = 2",
+        &prompts("p", 6),
     );
-    let repo = repo_with(&server, "max_concurrency = 2", &prompts("p", 6));
+    let server = &repo.server;
     repo.run::<Echo>(run_args()).expect("run");
     let mut reqs = server.requests();
     reqs.sort_by_key(|r| r.index);
@@ -384,12 +340,12 @@ fn retry_after_pauses_the_whole_lane() {
 #[test]
 fn rpm_is_never_exceeded() {
     // The server enforces the same limit (10 per sliding second): pacing must provoke no 429.
-    let (_rt, server) = start_server(MockConfig::new().rpm(600));
     let repo = repo_with(
-        &server,
+        MockConfig::new().rpm(600),
         "rpm = 600\nmax_concurrency = 16",
         &prompts("r", 40),
     );
+    let server = &repo.server;
     let started = Instant::now();
     repo.run::<Echo>(run_args()).expect("run");
     let stats = server.stats();
@@ -407,8 +363,12 @@ fn rpm_is_never_exceeded() {
 
 #[test]
 fn max_concurrency_caps_requests_in_flight() {
-    let (_rt, server) = start_server(MockConfig::new().latency(Duration::from_millis(200)));
-    let repo = repo_with(&server, "max_concurrency = 3", &prompts("c", 12));
+    let repo = repo_with(
+        MockConfig::new().latency(Duration::from_millis(200)),
+        "max_concurrency = 3",
+        &prompts("c", 12),
+    );
+    let server = &repo.server;
     repo.run::<Echo>(run_args()).expect("run");
     assert_eq!(server.stats().received, 12);
     assert_eq!(
@@ -420,8 +380,12 @@ fn max_concurrency_caps_requests_in_flight() {
 
 #[test]
 fn workers_flag_caps_requests_in_flight() {
-    let (_rt, server) = start_server(MockConfig::new().latency(Duration::from_millis(200)));
-    let repo = repo_with(&server, "max_concurrency = 16", &prompts("w", 8));
+    let repo = repo_with(
+        MockConfig::new().latency(Duration::from_millis(200)),
+        "max_concurrency = 16",
+        &prompts("w", 8),
+    );
+    let server = &repo.server;
     repo.run::<Echo>(RunOptions {
         workers: Some(2),
         ..run_args()
@@ -440,9 +404,9 @@ fn workers_flag_caps_requests_in_flight() {
 
 #[test]
 fn interrupted_then_resumed_pays_each_request_once() {
-    let (_rt, server) = start_server(MockConfig::new());
     let n = 12;
-    let repo = repo_with(&server, "", &prompts("q", n));
+    let repo = repo_with(MockConfig::new(), "", &prompts("q", n));
+    let server = &repo.server;
 
     repo.run::<Echo>(RunOptions {
         limit: Some(5),
@@ -459,7 +423,7 @@ fn interrupted_then_resumed_pays_each_request_once() {
         "the full run replays the first 5 answers from the cache"
     );
     assert_eq!(read_jsonl(&repo.output("echo")).len(), n);
-    let m = manifest(&repo, "echo");
+    let m = repo.manifest_json("echo");
     assert_eq!(m["run"]["cache_hits"], 5);
     assert_eq!(m["run"]["requests_sent"], n as u64 - 5);
 
@@ -495,14 +459,14 @@ fn interrupted_then_resumed_pays_each_request_once() {
 
 #[test]
 fn missing_key_variable_fails_before_any_request() {
-    let (_rt, server) = start_server(MockConfig::new());
     let var = "SHAPING_TEST_UNSET_KEY_VARIABLE_9D2";
     assert!(std::env::var_os(var).is_none());
     let repo = repo_with(
-        &server,
+        MockConfig::new(),
         &format!("api_key_env = \"{var}\""),
         &prompts("k", 3),
     );
+    let server = &repo.server;
     let err = repo
         .run::<Echo>(run_args())
         .expect_err("a missing key must fail the run");
@@ -548,12 +512,11 @@ fn voice_prompts_binary() -> PathBuf {
     binary
 }
 
-/// A repository for `voice-prompts`: alias `dee` on `server`, these prompts.
-fn voice_repo(server: &MockServer, extra: &str, prompts: &[String]) -> TestRepo {
-    let repo = TestRepo::new(&openai_model("dee", &server.base_url(), extra));
-    let mut text = prompts.join("\n");
-    text.push('\n');
-    repo.write("identity/prompts/voice.txt", &text);
+/// A repository for `voice-prompts`: alias `dee` (plus `extra` model lines) on a mock server
+/// started with `config`, these prompts.
+fn voice_repo(config: MockConfig, extra: &str, prompts: &[String]) -> ServedRepo {
+    let repo = ServedRepo::with_models(config, |base_url| openai_model("dee", base_url, extra));
+    repo.write("identity/prompts/voice.txt", &lines(prompts));
     repo.write(
         "identity/prompts/examples.jsonl",
         "{\"user\": \"What's good today?\", \"assistant\": \"The hash, hon.\"}\n",
@@ -608,21 +571,20 @@ fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
 fn api_key_never_leaks() {
     const KEY: &str = "sk-SECRET-7f3a9c1e-do-not-leak-4b2d";
     let binary = voice_prompts_binary();
-    let (_rt, server) = start_server(
-        MockConfig::new()
-            .api_key(KEY)
-            .responder(sound_reply)
-            .faults(
-                FaultPlan::none()
-                    .marker("AUTHFAIL", Fault::Status(401))
-                    .marker_times("FLAKY", Fault::Status(500), 2),
-            ),
-    );
+    let config = MockConfig::new()
+        .api_key(KEY)
+        .responder(sound_reply)
+        .faults(
+            FaultPlan::none()
+                .marker("AUTHFAIL", Fault::Status(401))
+                .marker_times("FLAKY", Fault::Status(500), 2),
+        );
     let mut list = prompts("hello", 8);
     list.push("AUTHFAIL-1".into());
     list.push("FLAKY-1".into());
     list.push("FLAKY-2".into());
-    let repo = voice_repo(&server, "api_key_env = \"SHAPING_TEST_KEY\"", &list);
+    let repo = voice_repo(config, "api_key_env = \"SHAPING_TEST_KEY\"", &list);
+    let server = &repo.server;
 
     let out = voice_command(&repo, &binary)
         .env("SHAPING_TEST_KEY", KEY)
@@ -690,14 +652,16 @@ fn api_key_never_leaks() {
 #[test]
 fn sigkill_midway_then_rerun_pays_only_in_flight_twice() {
     let binary = voice_prompts_binary();
-    let (rt, server) = start_server(
+    let n = 40;
+    let list = prompts("Tell me about day", n);
+    let repo = voice_repo(
         MockConfig::new()
             .latency(Duration::from_millis(150))
             .responder(sound_reply),
+        "max_concurrency = 4",
+        &list,
     );
-    let n = 40;
-    let list = prompts("Tell me about day", n);
-    let repo = voice_repo(&server, "max_concurrency = 4", &list);
+    let server = &repo.server;
     let output = repo.output("voice-prompts");
 
     let mut child = voice_command(&repo, &binary)
@@ -705,7 +669,9 @@ fn sigkill_midway_then_rerun_pays_only_in_flight_twice() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn voice-prompts");
-    let reached = rt.block_on(server.wait_for_received(12, Duration::from_secs(60)));
+    let reached = repo
+        .runtime
+        .block_on(server.wait_for_received(12, Duration::from_secs(60)));
     assert!(reached, "the first run never reached 12 requests");
     child.kill().expect("SIGKILL");
     let status = child.wait().expect("wait");
@@ -754,6 +720,4 @@ fn sigkill_midway_then_rerun_pays_only_in_flight_twice() {
         total <= n as u64 * VOICE_CANDIDATES + 4,
         "{total} requests over both runs: more than the 4 in flight were paid twice (first run: {first})"
     );
-    drop(server);
-    drop(rt);
 }

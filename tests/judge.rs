@@ -5,19 +5,12 @@ mod common;
 use std::path::Path;
 use std::sync::Once;
 
-use common::{TestRepo, openai_model, run_args, start_server};
-use shaping::fingerprint::FileHasher;
-use shaping::graph::evaluate;
+use common::echo::Echo;
+use common::{ServedRepo, TestRepo, openai_model, run_args};
 use shaping::judge::{
     self, AnswerError, Criterion, JudgeError, JudgeOptions, JudgePlan, JudgeSummary,
 };
 use shaping::manifest::State;
-use shaping::models::ModelsConfig;
-use shaping::run::describe_in;
-use shaping::{
-    Ctx, Declare, FileDep, Message, ModelDep, Pipeline, PipelineError, Task, TrainingSample,
-    model_request,
-};
 use testkit::{ChatView, MockConfig, default_reply};
 
 /// The variable holding the judge's (fake) key.
@@ -36,47 +29,6 @@ fn init_env() {
             std::env::set_var(WRONG_KEY_VAR, WRONG_KEY);
         }
     });
-}
-
-#[derive(serde::Serialize)]
-struct Prompt {
-    id: String,
-    prompt: String,
-}
-
-/// One sample per line of `inputs/prompts.txt`, answered by alias `m`.
-struct Echo {
-    prompts: FileDep,
-    model: ModelDep,
-}
-
-impl Pipeline for Echo {
-    const NAME: &'static str = "echo";
-
-    fn declare(deps: &mut Declare) -> Self {
-        Self {
-            prompts: deps.file("prompts", "inputs/prompts.txt"),
-            model: deps.model("m"),
-        }
-    }
-
-    async fn run(&self, ctx: &Ctx) -> Result<Vec<TrainingSample>, PipelineError> {
-        let text = self.prompts.read()?;
-        let records = text.lines().enumerate().map(|(i, p)| Prompt {
-            id: format!("s-{i:02}"),
-            prompt: p.to_owned(),
-        });
-        ctx.run_task(records, |t: Task, rec: Prompt| async move {
-            let messages = vec![Message::user(rec.prompt.clone())];
-            let reply = t.request(model_request(messages, &self.model)).await;
-            let text = reply.ok_text()?.to_owned();
-            Ok(TrainingSample::new(
-                rec.id,
-                vec![Message::user(rec.prompt), Message::assistant(text)],
-            ))
-        })
-        .await
-    }
 }
 
 /// The number after "Reply number " in the sample the judge was shown.
@@ -138,6 +90,12 @@ fn models_toml(base_url: &str) -> String {
     )
 }
 
+/// A repository with the models of [`models_toml`] on a mock server started with `config`.
+fn judge_repo(config: MockConfig) -> ServedRepo {
+    init_env();
+    ServedRepo::with_models(config, models_toml)
+}
+
 fn prompts(n: u32) -> String {
     (0..n).map(|k| format!("Reply number {k}\n")).collect()
 }
@@ -170,28 +128,17 @@ fn options(alias: &str) -> JudgeOptions {
 }
 
 fn echo_state(repo: &TestRepo) -> State {
-    let models = ModelsConfig::load(repo.root()).unwrap();
-    let descriptions = vec![describe_in::<Echo>(repo.root(), &repo.crate_dir("echo")).unwrap()];
-    evaluate(
-        repo.root(),
-        &descriptions,
-        &models,
-        &FileHasher::for_repo(repo.root()),
-    )
-    .unwrap()[0]
-        .status
-        .state
+    repo.evaluate(&[repo.describe::<Echo>()])[0].status.state
 }
 
 #[test]
 fn scores_are_aggregated_into_the_manifest_and_a_rerun_sends_nothing() {
-    init_env();
-    let (_rt, server) = start_server(
+    let repo = judge_repo(
         MockConfig::new()
             .api_key(KEY)
             .responder(responder(Vec::new())),
     );
-    let repo = TestRepo::new(&models_toml(&server.base_url()));
+    let server = &repo.server;
     let n = 12;
     repo.write("inputs/prompts.txt", &prompts(n));
     repo.run::<Echo>(run_args()).unwrap();
@@ -226,10 +173,10 @@ fn scores_are_aggregated_into_the_manifest_and_a_rerun_sends_nothing() {
     assert_eq!(voice_counts, [3, 3, 2, 2, 2]);
     assert_eq!(summary.distribution["persona"], [0, 0, 0, 0, 12]);
     // Lowest mean: voice 1 and coherence 3 → samples 0 and 10 (mean 3.25).
-    assert_eq!(summary.lowest[0].id, "s-00");
+    assert_eq!(summary.lowest[0].id, "echo-0");
     assert_eq!(summary.lowest[0].mean, 3.25);
     assert_eq!(summary.lowest[0].reason, "sample 0");
-    assert_eq!(summary.lowest[1].id, "s-10");
+    assert_eq!(summary.lowest[1].id, "echo-10");
     assert_eq!(summary.model.alias, "judge");
 
     // Recorded in the manifest, which otherwise stays as it was: the output stays CURRENT.
@@ -269,8 +216,7 @@ fn scores_are_aggregated_into_the_manifest_and_a_rerun_sends_nothing() {
 
 #[test]
 fn malformed_and_out_of_range_answers_are_reported_per_sample() {
-    init_env();
-    let (_rt, server) = start_server(MockConfig::new().api_key(KEY).responder(responder(vec![
+    let repo = judge_repo(MockConfig::new().api_key(KEY).responder(responder(vec![
         (2, "I'd give it a solid four out of five!"),
         (
             5,
@@ -278,7 +224,7 @@ fn malformed_and_out_of_range_answers_are_reported_per_sample() {
         ),
         (7, "{\"voice\": 3, \"persona\": 5, \"relevance\": 4}"),
     ])));
-    let repo = TestRepo::new(&models_toml(&server.base_url()));
+    let server = &repo.server;
     let dataset = write_dataset(&repo, "tiny", 8);
 
     let outcome = JudgePlan::prepare(repo.root(), &dataset, &options("judge"))
@@ -340,18 +286,18 @@ fn malformed_and_out_of_range_answers_are_reported_per_sample() {
 #[test]
 fn the_cost_estimate_is_shown_before_sending_when_the_model_is_priced() {
     init_env();
-    let (_rt, server) = start_server(
-        MockConfig::new()
-            .api_key(KEY)
-            .responder(responder(Vec::new())),
-    );
-    let mut toml = models_toml(&server.base_url());
-    toml.push_str(&openai_model(
-        "unpriced",
-        &server.base_url(),
-        &format!("api_key_env = \"{KEY_VAR}\""),
-    ));
-    let repo = TestRepo::new(&toml);
+    let config = MockConfig::new()
+        .api_key(KEY)
+        .responder(responder(Vec::new()));
+    let repo = ServedRepo::with_models(config, |base_url| {
+        let unpriced = openai_model(
+            "unpriced",
+            base_url,
+            &format!("api_key_env = \"{KEY_VAR}\""),
+        );
+        models_toml(base_url) + &unpriced
+    });
+    let server = &repo.server;
     let dataset = write_dataset(&repo, "tiny", 10);
 
     let plan = JudgePlan::prepare(repo.root(), &dataset, &options("judge")).unwrap();
@@ -395,13 +341,12 @@ fn the_cost_estimate_is_shown_before_sending_when_the_model_is_priced() {
 
 #[test]
 fn api_keys_never_appear_in_outputs_errors_manifests_or_the_cache() {
-    init_env();
-    let (_rt, server) = start_server(
+    let repo = judge_repo(
         MockConfig::new()
             .api_key(KEY)
             .responder(responder(Vec::new())),
     );
-    let repo = TestRepo::new(&models_toml(&server.base_url()));
+    let server = &repo.server;
     repo.write("inputs/prompts.txt", &prompts(4));
     repo.run::<Echo>(run_args()).unwrap();
 
@@ -455,9 +400,8 @@ fn api_keys_never_appear_in_outputs_errors_manifests_or_the_cache() {
 
 #[test]
 fn bad_input_gives_errors_naming_the_alias_the_file_or_the_sample() {
-    init_env();
-    let (_rt, server) = start_server(MockConfig::new().responder(responder(Vec::new())));
-    let repo = TestRepo::new(&models_toml(&server.base_url()));
+    let repo = judge_repo(MockConfig::new().responder(responder(Vec::new())));
+    let server = &repo.server;
     let dataset = write_dataset(&repo, "tiny", 3);
 
     let error = prepare_error(repo.root(), &dataset, "grader");

@@ -5,7 +5,8 @@ mod common;
 use std::time::Duration;
 
 use clap::Parser;
-use common::{TestRepo, openai_model, read_jsonl, run_args, start_server};
+use common::echo::chat_sample;
+use common::{ServedRepo, read_jsonl, run_args};
 use shaping::run::RunOptions;
 use shaping::{
     Ctx, Declare, Message, ModelDep, Pipeline, PipelineError, Task, TrainingSample, model_request,
@@ -48,10 +49,7 @@ async fn answer(model: &ModelDep, t: Task, r: Record) -> Result<TrainingSample, 
             "test_error",
         ));
     }
-    Ok(TrainingSample::new(
-        format!("rec-{:03}", r.n),
-        vec![Message::user(r.prompt), Message::assistant(text)],
-    ))
+    Ok(chat_sample(format!("rec-{:03}", r.n), r.prompt, text))
 }
 
 /// Collects its samples with `run_task`.
@@ -100,12 +98,14 @@ impl Pipeline for Streamed {
     }
 }
 
-fn slow_server() -> (tokio::runtime::Runtime, testkit::MockServer) {
-    start_server(
+/// A repository with alias `m` on a mock server that holds `SLOW` prompts for [`SLOW`].
+fn slow_repo() -> ServedRepo {
+    ServedRepo::new(
         MockConfig::new()
             .latency(Duration::from_millis(5))
             .jitter(Duration::from_millis(10))
             .faults(FaultPlan::none().marker("SLOW", Fault::Delay(SLOW))),
+        "",
     )
 }
 
@@ -158,14 +158,13 @@ fn failed_records(path: &std::path::Path) -> Vec<u64> {
 
 #[test]
 fn run_task_does_not_wait_for_a_slow_record_and_keeps_input_order() {
-    let (_runtime, server) = slow_server();
-    let repo = TestRepo::new(&openai_model("m", &server.base_url(), ""));
+    let repo = slow_repo();
     repo.run::<Collected>(RunOptions {
         workers: Some(4),
         ..run_args()
     })
     .unwrap();
-    assert_no_record_waited_for_the_slow_one(&server);
+    assert_no_record_waited_for_the_slow_one(&repo.server);
     let samples = read_jsonl(&repo.output("collected"));
     assert_eq!(ids(&samples), expected_ids(0..RECORDS));
     assert_eq!(failed_records(&repo.errors("collected")), [0, 5, 30]);
@@ -173,21 +172,19 @@ fn run_task_does_not_wait_for_a_slow_record_and_keeps_input_order() {
 
 #[test]
 fn stream_task_writes_in_completion_order_and_commits_in_input_order() {
-    let (_runtime, server) = slow_server();
-    let repo = TestRepo::new(&openai_model("m", &server.base_url(), ""));
+    let repo = slow_repo();
     repo.run::<Streamed>(RunOptions {
         workers: Some(4),
         ..run_args()
     })
     .unwrap();
-    assert_no_record_waited_for_the_slow_one(&server);
+    assert_no_record_waited_for_the_slow_one(&repo.server);
     let samples = read_jsonl(&repo.output("streamed"));
     let mut expected = expected_ids(0..RECORDS + 3);
     expected.push("returned".to_owned());
     assert_eq!(ids(&samples), expected, "stage by stage, input order");
     assert_eq!(failed_records(&repo.errors("streamed")), [0, 5, 30]);
-    let manifest: serde_json::Value =
-        serde_json::from_str(&repo.read("training/data/streamed.manifest.json")).unwrap();
+    let manifest = repo.manifest_json("streamed");
     assert_eq!(
         manifest["output_sha256"],
         shaping::fingerprint::sha256_hex(std::fs::read(repo.output("streamed")).unwrap()),
@@ -203,8 +200,7 @@ fn stream_task_writes_in_completion_order_and_commits_in_input_order() {
 
 #[test]
 fn stream_task_with_limit_writes_the_first_records_in_order() {
-    let (_runtime, server) = slow_server();
-    let repo = TestRepo::new(&openai_model("m", &server.base_url(), ""));
+    let repo = slow_repo();
     repo.run::<Streamed>(RunOptions {
         workers: Some(4),
         limit: Some(20),

@@ -1,245 +1,38 @@
 //! Foundation tests: pipelines run against a real loopback OpenAI-compatible server; staleness, provenance, errors, atomicity, bad input.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use common::echo::{Down, Echo, Prompt, chat_sample, echo_and_down};
+use common::{ServedRepo, TestRepo, openai_model, read_jsonl, run_args};
 use serde_json::Value;
 use shaping::description::Description;
-use shaping::fingerprint::FileHasher;
-use shaping::graph::{Evaluated, evaluate, plan};
+use shaping::graph::{Evaluated, plan};
 use shaping::manifest::State;
-use shaping::models::ModelsConfig;
-use shaping::run::{RunError, RunOptions, describe_in, run_in};
+use shaping::run::{RunError, RunOptions, describe_in};
 use shaping::{
     Ctx, Declare, FileDep, Message, ModelDep, Pipeline, PipelineError, Task, TrainingSample,
     model_request,
 };
-use testkit::{MockConfig, MockServer};
+use testkit::MockConfig;
 
-/// A test repository with a mock server behind alias `m`.
-struct Env {
-    _runtime: tokio::runtime::Runtime,
-    server: MockServer,
-    dir: tempfile::TempDir,
+/// A repository with alias `m` on a mock server started with `config`, and four prompts for
+/// [`Echo`].
+fn echo_repo(config: MockConfig) -> ServedRepo {
+    let env = ServedRepo::new(config, "");
+    env.write("inputs/prompts.txt", "alpha\nbravo\ncharlie\ndelta\n");
+    // These tests always ran without voice markers: best-of judges the relevance of every reply
+    // (a reply showing a marker would skip that check).
+    std::fs::remove_file(env.path("identity/voice.toml")).expect("remove voice.toml");
+    env
 }
 
-impl Env {
-    fn new(config: MockConfig) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let server = runtime.block_on(MockServer::start(config));
-        let dir = tempfile::tempdir().unwrap();
-        let env = Self {
-            _runtime: runtime,
-            server,
-            dir,
-        };
-        env.write_models("mock-model", "");
-        env.write("inputs/prompts.txt", "alpha\nbravo\ncharlie\ndelta\n");
-        env.write("crates/echo/src/main.rs", "// echo v1\n");
-        env.write("crates/down/src/main.rs", "// down v1\n");
-        env
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn write(&self, rel: &str, text: &str) {
-        let path = self.root().join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-
-    fn read(&self, rel: &str) -> String {
-        std::fs::read_to_string(self.root().join(rel)).unwrap()
-    }
-
-    fn write_models(&self, model: &str, extra: &str) {
-        self.write(
-            "models.toml",
-            &format!(
-                "[models.m]\nprovider = \"openai\"\nmodel = \"{model}\"\nbase_url = \"{}\"\nmax_retries = 1\ntimeout_secs = 5\n{extra}\n",
-                self.server.base_url()
-            ),
-        );
-    }
-
-    fn crate_dir(&self, name: &str) -> PathBuf {
-        self.root().join("crates").join(name)
-    }
-
-    fn run<P: Pipeline>(&self, args: RunOptions) -> Result<ExitCode, RunError> {
-        run_in::<P>(
-            self.root(),
-            &self.crate_dir(P::NAME),
-            RunOptions {
-                quiet: true,
-                max_error_share: 0.5,
-                ..args
-            },
-        )
-    }
-
-    fn descriptions(&self) -> Vec<Description> {
-        vec![
-            describe_in::<Echo>(self.root(), &self.crate_dir("echo")).unwrap(),
-            describe_in::<Down>(self.root(), &self.crate_dir("down")).unwrap(),
-        ]
-    }
-
-    fn status(&self) -> Vec<Evaluated> {
-        let models = ModelsConfig::load(self.root()).unwrap();
-        evaluate(
-            self.root(),
-            &self.descriptions(),
-            &models,
-            &FileHasher::for_repo(self.root()),
-        )
-        .unwrap()
-    }
-
-    fn status_of(&self, name: &str) -> Evaluated {
-        self.status().into_iter().find(|e| e.name == name).unwrap()
-    }
-
-    fn lines(&self, rel: &str) -> Vec<Value> {
-        self.read(rel)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
-
-fn full() -> RunOptions {
-    RunOptions::default()
-}
-
-#[derive(serde::Serialize)]
-struct Prompt {
-    id: String,
-    prompt: String,
-}
-
-/// One sample per line of `inputs/prompts.txt`; prompt prefixes select behaviours.
-struct Echo {
-    prompts: FileDep,
-    model: ModelDep,
-}
-
-impl Pipeline for Echo {
-    const NAME: &'static str = "echo";
-
-    fn declare(deps: &mut Declare) -> Self {
-        Self {
-            prompts: deps.file("prompts", "inputs/prompts.txt"),
-            model: deps.model("m"),
-        }
-    }
-
-    async fn run(&self, ctx: &Ctx) -> Result<Vec<TrainingSample>, PipelineError> {
-        let text = self.prompts.read()?;
-        let records: Vec<Prompt> = text
-            .lines()
-            .enumerate()
-            .map(|(i, l)| Prompt {
-                id: format!("echo-{i}"),
-                prompt: l.to_owned(),
-            })
-            .collect();
-        let abort = records.iter().any(|r| r.prompt == "ABORT-RUN");
-        let samples = ctx
-            .run_task(records, |t: Task, r: Prompt| async move {
-                let ask = |text: String| model_request(vec![Message::user(text)], &self.model);
-                if r.prompt.starts_with("PANIC") {
-                    let _ = t.request(ask(r.prompt.clone())).await;
-                    panic!("boom in task");
-                }
-                let answer = if r.prompt.starts_with("TWO") {
-                    let first = t.request(ask(r.prompt.clone())).await;
-                    let second = t.request(ask(format!("then {}", first.ok_text()?))).await;
-                    second.ok_text()?.to_owned()
-                } else if r.prompt.starts_with("PAR") {
-                    let replies = t
-                        .all([
-                            ask(format!("A {}", r.prompt)),
-                            ask(format!("B {}", r.prompt)),
-                        ])
-                        .await;
-                    format!("{} | {}", replies[0].ok_text()?, replies[1].ok_text()?)
-                } else {
-                    let reply = t.request(ask(r.prompt.clone()).temperature(0.5)).await;
-                    if r.prompt.starts_with("FAIL") {
-                        return Err(PipelineError::new("refused by the test", "test_error"));
-                    }
-                    reply.ok_text()?.to_owned()
-                };
-                Ok(TrainingSample::new(
-                    r.id,
-                    vec![Message::user(r.prompt), Message::assistant(answer)],
-                ))
-            })
-            .await?;
-        if abort {
-            return Err(PipelineError::new(
-                "aborting after the task stage",
-                "test_abort",
-            ));
-        }
-        Ok(samples)
-    }
-}
-
-/// Reads echo's output: an edge in the graph.
-struct Down {
-    upstream: FileDep,
-    model: ModelDep,
-}
-
-impl Pipeline for Down {
-    const NAME: &'static str = "down";
-    const ANNOTATED: bool = false;
-
-    fn declare(deps: &mut Declare) -> Self {
-        Self {
-            upstream: deps.file("echo_output", "training/data/echo.jsonl"),
-            model: deps.model("m"),
-        }
-    }
-
-    async fn run(&self, ctx: &Ctx) -> Result<Vec<TrainingSample>, PipelineError> {
-        let text = self.upstream.read()?;
-        let records: Vec<Prompt> = text
-            .lines()
-            .map(|l| {
-                let v: Value = serde_json::from_str(l).unwrap();
-                Prompt {
-                    id: format!("down-{}", v["id"].as_str().unwrap()),
-                    prompt: format!("summarize {}", v["messages"][1]["content"]),
-                }
-            })
-            .collect();
-        ctx.run_task(records, |t: Task, r: Prompt| async move {
-            let reply = t
-                .request(model_request(
-                    vec![Message::user(r.prompt.clone())],
-                    &self.model,
-                ))
-                .await;
-            Ok(TrainingSample::new(
-                r.id,
-                vec![
-                    Message::user(r.prompt),
-                    Message::assistant(reply.ok_text()?.to_owned()),
-                ],
-            ))
-        })
-        .await
-    }
+/// The status of `name` ([`Echo`] or [`Down`]).
+fn status_of(repo: &TestRepo, name: &str) -> Evaluated {
+    common::find(&echo_and_down(repo), name).clone()
 }
 
 fn reasons(e: &Evaluated) -> String {
@@ -248,37 +41,37 @@ fn reasons(e: &Evaluated) -> String {
 
 #[test]
 fn status_goes_through_every_transition() {
-    let env = Env::new(MockConfig::new());
-    let echo = env.status_of("echo");
+    let env = echo_repo(MockConfig::new());
+    let echo = status_of(&env, "echo");
     assert_eq!(echo.status.state, State::Missing, "{:?}", echo.status);
 
-    env.run::<Echo>(full()).unwrap();
-    let echo = env.status_of("echo");
+    env.run::<Echo>(run_args()).unwrap();
+    let echo = status_of(&env, "echo");
     assert_eq!(echo.status.state, State::Current, "{}", reasons(&echo));
     assert_eq!(echo.status.samples, Some(4));
     assert_eq!(echo.status.to_string(), "CURRENT (4 samples)");
 
     // A file dependency changes.
     env.write("inputs/prompts.txt", "alpha\nbravo\ncharlie\ndelta\necho\n");
-    let echo = env.status_of("echo");
+    let echo = status_of(&env, "echo");
     assert_eq!(echo.status.state, State::Stale);
     assert_eq!(reasons(&echo), "File 'prompts' content changed");
     // ... and the downstream of a stale input is stale too.
-    env.run::<Echo>(full()).unwrap();
-    env.run::<Down>(full()).unwrap();
-    assert_eq!(env.status_of("down").status.state, State::Current);
+    env.run::<Echo>(run_args()).unwrap();
+    env.run::<Down>(run_args()).unwrap();
+    assert_eq!(status_of(&env, "down").status.state, State::Current);
     env.write("inputs/prompts.txt", "alpha\nbravo\n");
-    let down = env.status_of("down");
+    let down = status_of(&env, "down");
     assert_eq!(down.status.state, State::Stale);
     assert_eq!(reasons(&down), "Input from pipeline 'echo' is stale");
-    env.run::<Echo>(full()).unwrap();
-    let down = env.status_of("down");
+    env.run::<Echo>(run_args()).unwrap();
+    let down = status_of(&env, "down");
     assert_eq!(reasons(&down), "File 'echo_output' content changed");
-    env.run::<Down>(full()).unwrap();
+    env.run::<Down>(run_args()).unwrap();
 
     // A model alias is pointed elsewhere in models.local.toml (field by field).
     env.write("models.local.toml", "[models.m]\nmodel = \"other-model\"\n");
-    let echo = env.status_of("echo");
+    let echo = status_of(&env, "echo");
     assert_eq!(echo.status.state, State::Stale);
     let text = reasons(&echo);
     assert!(
@@ -289,28 +82,28 @@ fn status_goes_through_every_transition() {
         text.contains("→ openai:other-model @ http://127.0.0.1:"),
         "{text}"
     );
-    std::fs::remove_file(env.root().join("models.local.toml")).unwrap();
-    assert_eq!(env.status_of("echo").status.state, State::Current);
+    std::fs::remove_file(env.path("models.local.toml")).unwrap();
+    assert_eq!(status_of(&env, "echo").status.state, State::Current);
 
     // Pipeline code changes.
     env.write("crates/echo/src/main.rs", "// echo v2\n");
-    assert_eq!(reasons(&env.status_of("echo")), "Pipeline code changed");
-    env.run::<Echo>(full()).unwrap();
+    assert_eq!(reasons(&status_of(&env, "echo")), "Pipeline code changed");
+    env.run::<Echo>(run_args()).unwrap();
 
     // A --limit run is partial.
     env.run::<Echo>(RunOptions {
         limit: Some(1),
-        ..full()
+        ..run_args()
     })
     .unwrap();
-    let echo = env.status_of("echo");
+    let echo = status_of(&env, "echo");
     assert_eq!(echo.status.state, State::Partial);
     assert_eq!(
         echo.status.to_string(),
         "PARTIAL (1 samples)\n  - Partial run (--limit 1, 1 samples); run without --limit for full data"
     );
-    env.run::<Echo>(full()).unwrap();
-    assert_eq!(env.status_of("echo").status.state, State::Current);
+    env.run::<Echo>(run_args()).unwrap();
+    assert_eq!(status_of(&env, "echo").status.state, State::Current);
 
     // Hand-edited output.
     let edited = env
@@ -318,21 +111,21 @@ fn status_goes_through_every_transition() {
         .replace("alpha", "ALPHA");
     env.write("training/data/echo.jsonl", &edited);
     assert_eq!(
-        reasons(&env.status_of("echo")),
+        reasons(&status_of(&env, "echo")),
         "Output was modified after it was generated"
     );
 
     // Deleted output.
-    std::fs::remove_file(env.root().join("training/data/echo.jsonl")).unwrap();
-    assert_eq!(env.status_of("echo").status.state, State::Missing);
+    std::fs::remove_file(env.path("training/data/echo.jsonl")).unwrap();
+    assert_eq!(status_of(&env, "echo").status.state, State::Missing);
 }
 
 #[test]
 fn data_plan_regenerates_only_what_is_stale() {
-    let env = Env::new(MockConfig::new());
-    env.run::<Echo>(full()).unwrap();
-    env.run::<Down>(full()).unwrap();
-    let statuses = env.status();
+    let env = echo_repo(MockConfig::new());
+    env.run::<Echo>(run_args()).unwrap();
+    env.run::<Down>(run_args()).unwrap();
+    let statuses = echo_and_down(&env);
     assert!(
         plan(&statuses, &[], false).is_empty(),
         "everything is current: nothing to run"
@@ -340,7 +133,7 @@ fn data_plan_regenerates_only_what_is_stale() {
 
     // Only down's code changes: echo must not run and must send nothing.
     env.write("crates/down/src/main.rs", "// down v2\n");
-    let statuses = env.status();
+    let statuses = echo_and_down(&env);
     let planned: Vec<&str> = plan(&statuses, &[], false)
         .iter()
         .map(|(e, _)| e.name.as_str())
@@ -349,7 +142,7 @@ fn data_plan_regenerates_only_what_is_stale() {
     let before = env.server.stats().received;
     env.run::<Down>(RunOptions {
         cache_mode: shaping::dispatch::CacheMode::Off,
-        ..full()
+        ..run_args()
     })
     .unwrap();
     let sent = env.server.stats().received - before;
@@ -365,7 +158,7 @@ fn data_plan_regenerates_only_what_is_stale() {
 
     // An upstream change plans both, upstream first, in two levels.
     env.write("inputs/prompts.txt", "alpha\nbravo\n");
-    let statuses = env.status();
+    let statuses = echo_and_down(&env);
     let planned: Vec<(&str, usize)> = plan(&statuses, &[], false)
         .iter()
         .map(|(e, l)| (e.name.as_str(), *l))
@@ -381,14 +174,14 @@ fn data_plan_regenerates_only_what_is_stale() {
 
 #[test]
 fn steps_are_recorded_in_order_for_sequential_and_parallel_requests() {
-    let env = Env::new(MockConfig::new().jitter(Duration::from_millis(30)));
+    let env = echo_repo(MockConfig::new().jitter(Duration::from_millis(30)));
     env.write("inputs/prompts.txt", "TWO steps\nPAR both\nplain\n");
     env.run::<Echo>(RunOptions {
         annotate: Some(true),
-        ..full()
+        ..run_args()
     })
     .unwrap();
-    let samples = env.lines("training/data/echo.jsonl");
+    let samples = read_jsonl(&env.output("echo"));
     assert_eq!(samples.len(), 3);
 
     let two = &samples[0];
@@ -441,14 +234,14 @@ fn steps_are_recorded_in_order_for_sequential_and_parallel_requests() {
 #[test]
 fn minimal_output_has_only_id_and_messages_and_follows_input_order() {
     let prompts: Vec<String> = (0..60).map(|i| format!("prompt number {i}")).collect();
-    let env = Env::new(MockConfig::new().jitter(Duration::from_millis(40)));
+    let env = echo_repo(MockConfig::new().jitter(Duration::from_millis(40)));
     env.write("inputs/prompts.txt", &prompts.join("\n"));
     env.run::<Echo>(RunOptions {
         annotate: Some(false),
-        ..full()
+        ..run_args()
     })
     .unwrap();
-    let samples = env.lines("training/data/echo.jsonl");
+    let samples = read_jsonl(&env.output("echo"));
     assert_eq!(samples.len(), 60);
     for (i, sample) in samples.iter().enumerate() {
         let keys: Vec<&String> = sample.as_object().unwrap().keys().collect();
@@ -459,39 +252,34 @@ fn minimal_output_has_only_id_and_messages_and_follows_input_order() {
             "output is in input order"
         );
     }
-    let manifest: Value =
-        serde_json::from_str(&env.read("training/data/echo.manifest.json")).unwrap();
+    let manifest = env.manifest_json("echo");
     assert_eq!(manifest["annotated"], false);
     assert_eq!(manifest["samples"], 60);
     // Down's class-level default is minimal; --annotate overrides it.
     env.run::<Down>(RunOptions {
         annotate: Some(true),
-        ..full()
+        ..run_args()
     })
     .unwrap();
-    assert!(
-        env.lines("training/data/down.jsonl")[0]
-            .get("steps")
-            .is_some()
-    );
+    assert!(read_jsonl(&env.output("down"))[0].get("steps").is_some());
 }
 
 #[test]
 fn pipeline_errors_and_panics_become_error_records_with_their_steps() {
-    let env = Env::new(MockConfig::new());
+    let env = echo_repo(MockConfig::new());
     env.write(
         "inputs/prompts.txt",
         "one\nFAIL please\ntwo\nPANIC now\nthree\nfour\n",
     );
-    env.run::<Echo>(full()).unwrap();
-    let samples = env.lines("training/data/echo.jsonl");
+    env.run::<Echo>(run_args()).unwrap();
+    let samples = read_jsonl(&env.output("echo"));
     let ids: Vec<&str> = samples.iter().map(|s| s["id"].as_str().unwrap()).collect();
     assert_eq!(
         ids,
         ["echo-0", "echo-2", "echo-4", "echo-5"],
         "one bad record never stops the run"
     );
-    let errors = env.lines("training/data/echo.errors.jsonl");
+    let errors = read_jsonl(&env.errors("echo"));
     assert_eq!(errors.len(), 2);
     let failed = &errors[0]["__ERROR__"];
     assert_eq!(failed["error"], "test_error");
@@ -513,8 +301,7 @@ fn pipeline_errors_and_panics_become_error_records_with_their_steps() {
         1,
         "steps before the panic are kept"
     );
-    let manifest: Value =
-        serde_json::from_str(&env.read("training/data/echo.manifest.json")).unwrap();
+    let manifest = env.manifest_json("echo");
     assert_eq!(
         (manifest["samples"].as_u64(), manifest["errors"].as_u64()),
         (Some(4), Some(2))
@@ -523,14 +310,14 @@ fn pipeline_errors_and_panics_become_error_records_with_their_steps() {
 
 #[test]
 fn a_failed_run_leaves_the_previous_output_and_manifest_untouched() {
-    let env = Env::new(MockConfig::new());
-    env.run::<Echo>(full()).unwrap();
+    let env = echo_repo(MockConfig::new());
+    env.run::<Echo>(run_args()).unwrap();
     let output = env.read("training/data/echo.jsonl");
     let manifest = env.read("training/data/echo.manifest.json");
 
     // The pipeline fails after its task stage.
     env.write("inputs/prompts.txt", "alpha\nABORT-RUN\n");
-    let err = env.run::<Echo>(full()).unwrap_err();
+    let err = env.run::<Echo>(run_args()).unwrap_err();
     assert!(
         err.to_string().contains("aborting after the task stage"),
         "{err}"
@@ -540,14 +327,13 @@ fn a_failed_run_leaves_the_previous_output_and_manifest_untouched() {
 
     // Most records fail (the provider is "down"): the output is not replaced by a husk.
     env.write("inputs/prompts.txt", "x\ny\nz\n");
-    env.write_models("mock-model", "");
     let dead = "[models.m]\nbase_url = \"http://127.0.0.1:9/v1\"\nconnect_timeout_secs = 0.5\n";
     env.write("models.local.toml", dead);
-    let err = env.run::<Echo>(full()).unwrap_err();
+    let err = env.run::<Echo>(run_args()).unwrap_err();
     assert!(err.to_string().contains("3 of 3 records failed"), "{err}");
     assert_eq!(env.read("training/data/echo.jsonl"), output);
     assert_eq!(env.read("training/data/echo.manifest.json"), manifest);
-    let leftovers: Vec<_> = std::fs::read_dir(env.root().join("training/data"))
+    let leftovers: Vec<_> = std::fs::read_dir(env.path("training/data"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -561,11 +347,11 @@ fn a_failed_run_leaves_the_previous_output_and_manifest_untouched() {
 
 #[test]
 fn bad_input_gets_clear_errors() {
-    let env = Env::new(MockConfig::new());
+    let env = echo_repo(MockConfig::new());
 
     // Missing file dependency.
-    std::fs::remove_file(env.root().join("inputs/prompts.txt")).unwrap();
-    let err = env.run::<Echo>(full()).unwrap_err().to_string();
+    std::fs::remove_file(env.path("inputs/prompts.txt")).unwrap();
+    let err = env.run::<Echo>(run_args()).unwrap_err().to_string();
     assert!(
         err.contains("file dependency 'prompts'")
             && err.contains("inputs/prompts.txt")
@@ -583,7 +369,7 @@ fn bad_input_gets_clear_errors() {
             env.server.base_url()
         ),
     );
-    let err = env.run::<Echo>(full()).unwrap_err().to_string();
+    let err = env.run::<Echo>(run_args()).unwrap_err().to_string();
     assert_eq!(err, "unknown model alias 'm'; known aliases: judge");
 
     // Malformed models.toml names the file and line.
@@ -591,7 +377,7 @@ fn bad_input_gets_clear_errors() {
         "models.toml",
         "[models.m]\nprovider = \"openai\"\nmodel = 3\n",
     );
-    let err = env.run::<Echo>(full()).unwrap_err().to_string();
+    let err = env.run::<Echo>(run_args()).unwrap_err().to_string();
     assert!(
         err.contains("models.toml") && err.contains("line 3"),
         "{err}"
@@ -600,15 +386,22 @@ fn bad_input_gets_clear_errors() {
         "models.toml",
         "[models.m]\nprovider = \"openai\"\nmodel = \"x\"\ntemprature = 0.3\n",
     );
-    let err = env.run::<Echo>(full()).unwrap_err().to_string();
+    let err = env.run::<Echo>(run_args()).unwrap_err().to_string();
     assert!(
         err.contains("line 4") && err.contains("temprature"),
         "{err}"
     );
 
     // A missing API key variable fails before any request, naming the variable.
-    env.write_models("mock-model", "api_key_env = \"SHAPING_TEST_UNSET_KEY\"");
-    let err = env.run::<Echo>(full()).unwrap_err().to_string();
+    env.write(
+        "models.toml",
+        &openai_model(
+            "m",
+            &env.server.base_url(),
+            "api_key_env = \"SHAPING_TEST_UNSET_KEY\"",
+        ),
+    );
+    let err = env.run::<Echo>(run_args()).unwrap_err().to_string();
     assert!(
         err.contains("SHAPING_TEST_UNSET_KEY") && err.contains("'m'"),
         "{err}"
@@ -631,11 +424,10 @@ impl Pipeline for Escaping {
 
 #[test]
 fn file_dependencies_must_stay_inside_the_repository() {
-    let env = Env::new(MockConfig::new());
+    let env = echo_repo(MockConfig::new());
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("x.txt"), "secret").unwrap();
-    std::os::unix::fs::symlink(outside.path().join("x.txt"), env.root().join("inputs/link"))
-        .unwrap();
+    std::os::unix::fs::symlink(outside.path().join("x.txt"), env.path("inputs/link")).unwrap();
     let err = describe_in::<Escaping>(env.root(), &env.crate_dir("escaping"))
         .unwrap_err()
         .to_string();
@@ -676,12 +468,12 @@ fn a_dependency_cycle_is_an_error_naming_it() {
 /// the answers the first cached).
 #[test]
 fn two_runs_of_one_pipeline_at_once_never_interleave() {
-    let env = Env::new(MockConfig::new().latency(Duration::from_millis(40)));
+    let env = echo_repo(MockConfig::new().latency(Duration::from_millis(40)));
     let prompts: String = (0..30).map(|i| format!("word {i}\n")).collect();
     env.write("inputs/prompts.txt", &prompts);
     let results: Vec<_> = std::thread::scope(|scope| {
         let runs: Vec<_> = (0..2)
-            .map(|_| scope.spawn(|| env.run::<Echo>(full())))
+            .map(|_| scope.spawn(|| env.run::<Echo>(run_args())))
             .collect();
         runs.into_iter().map(|run| run.join().unwrap()).collect()
     });
@@ -693,18 +485,17 @@ fn two_runs_of_one_pipeline_at_once_never_interleave() {
         30,
         "one run's requests: the second run waited, then answered from the cache"
     );
-    let lines = env.lines("training/data/echo.jsonl");
+    let lines = read_jsonl(&env.output("echo"));
     let ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
     let expected: Vec<String> = (0..30).map(|i| format!("echo-{i}")).collect();
     assert_eq!(ids, expected, "one complete output in input order");
-    let manifest: Value =
-        serde_json::from_str(&env.read("training/data/echo.manifest.json")).unwrap();
+    let manifest = env.manifest_json("echo");
     assert_eq!(
         manifest["run"]["cache_hits"], 30,
         "the later run replayed everything"
     );
     assert_eq!(
-        env.status_of("echo").status.to_string(),
+        status_of(&env, "echo").status.to_string(),
         "CURRENT (30 samples)",
         "the manifest describes the output on disk"
     );
@@ -715,12 +506,12 @@ fn two_runs_of_one_pipeline_at_once_never_interleave() {
 #[test]
 fn no_wait_fails_at_once_while_another_run_holds_the_lock() {
     use shaping::lock::{LockError, Wait, acquire};
-    let env = Env::new(MockConfig::new());
+    let env = echo_repo(MockConfig::new());
     let held = acquire(env.root(), "echo", Wait::No).unwrap();
     let err = env
         .run::<Echo>(RunOptions {
             wait: shaping::lock::Wait::No,
-            ..full()
+            ..run_args()
         })
         .unwrap_err();
     assert!(
@@ -733,9 +524,9 @@ fn no_wait_fails_at_once_while_another_run_holds_the_lock() {
         "the error names the holder: {err}"
     );
     assert_eq!(env.server.stats().received, 0);
-    assert!(!env.root().join("training/data/echo.jsonl").exists());
+    assert!(!env.path("training/data/echo.jsonl").exists());
     assert!(
-        !env.root().join(".shaping/cache").exists(),
+        !env.path(".shaping/cache").exists(),
         "the cache was not opened"
     );
 
@@ -745,7 +536,7 @@ fn no_wait_fails_at_once_while_another_run_holds_the_lock() {
     assert_eq!(
         env.run::<Echo>(RunOptions {
             wait: shaping::lock::Wait::No,
-            ..full()
+            ..run_args()
         })
         .unwrap(),
         ExitCode::SUCCESS
@@ -770,22 +561,11 @@ impl Pipeline for Picky {
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Vec<TrainingSample>, PipelineError> {
-        let text = self.prompts.read()?;
-        let records: Vec<Prompt> = text
-            .lines()
-            .enumerate()
-            .map(|(i, l)| Prompt {
-                id: format!("picky-{i}"),
-                prompt: l.to_owned(),
-            })
-            .collect();
+        let records = Prompt::lines(&self.prompts.read()?, Self::NAME);
         ctx.run_task(records, |t: Task, r: Prompt| async move {
             let request = model_request(vec![Message::user(r.prompt.clone())], &self.model);
             let chosen = t.best_of(request, 3).pick().await?;
-            Ok(TrainingSample::new(
-                r.id,
-                vec![Message::user(r.prompt), Message::assistant(chosen.text)],
-            ))
+            Ok(chat_sample(r.id, r.prompt, chosen.text))
         })
         .await
     }
@@ -802,7 +582,7 @@ fn best_of_keeps_a_passing_candidate_and_files_records_where_none_passes() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let calls = std::sync::Arc::new(AtomicUsize::new(0));
     let counter = std::sync::Arc::clone(&calls);
-    let env = Env::new(MockConfig::new().responder(move |chat| {
+    let env = echo_repo(MockConfig::new().responder(move |chat| {
         let prompt = chat.last_user().unwrap_or_default().to_owned();
         let n = counter.fetch_add(1, Ordering::SeqCst);
         let topic = prompt.split_whitespace().last().unwrap_or("it").to_owned();
@@ -813,23 +593,22 @@ fn best_of_keeps_a_passing_candidate_and_files_records_where_none_passes() {
             junk
         }
     }));
-    env.write("crates/picky/src/main.rs", "// picky v1\n");
     // Two of three records are junk: filtered records are quality rejections, so the run still
     // replaces the output (the error-share gate counts faults only).
     env.write(
         "inputs/picky.txt",
         "GOOD pancakes\nJUNK hotdogs\nJUNK pretzels\n",
     );
-    env.run::<Picky>(full())
+    env.run::<Picky>(run_args())
         .expect("filtered records do not fail the run");
 
-    let samples = env.lines("training/data/picky.jsonl");
+    let samples = read_jsonl(&env.output("picky"));
     assert_eq!(samples.len(), 1);
     assert_eq!(
         samples[0]["messages"][1]["content"],
         sound_reply("pancakes")
     );
-    let errors = env.lines("training/data/picky.errors.jsonl");
+    let errors = read_jsonl(&env.errors("picky"));
     assert_eq!(errors.len(), 2);
     for error in &errors {
         let e = &error["__ERROR__"];
@@ -847,8 +626,7 @@ fn best_of_keeps_a_passing_candidate_and_files_records_where_none_passes() {
             "every candidate's step kept"
         );
     }
-    let manifest: Value =
-        serde_json::from_str(&env.read("training/data/picky.manifest.json")).unwrap();
+    let manifest = env.manifest_json("picky");
     let report = &manifest["reports"]["best_of"];
     assert_eq!(report["candidates"], 9);
     assert_eq!(report["records_accepted"], 1);
@@ -859,7 +637,7 @@ fn best_of_keeps_a_passing_candidate_and_files_records_where_none_passes() {
     // A rerun judges the cached candidates again: nothing is sent, nothing changes.
     let output = env.read("training/data/picky.jsonl");
     let sent = calls.load(Ordering::SeqCst);
-    env.run::<Picky>(full()).unwrap();
+    env.run::<Picky>(run_args()).unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), sent, "candidates are cached");
     assert_eq!(env.read("training/data/picky.jsonl"), output);
 }
@@ -881,22 +659,11 @@ impl Pipeline for Rounds {
     }
 
     async fn run(&self, ctx: &Ctx) -> Result<Vec<TrainingSample>, PipelineError> {
-        let text = self.prompts.read()?;
-        let records: Vec<Prompt> = text
-            .lines()
-            .enumerate()
-            .map(|(i, l)| Prompt {
-                id: format!("rounds-{i}"),
-                prompt: l.to_owned(),
-            })
-            .collect();
+        let records = Prompt::lines(&self.prompts.read()?, Self::NAME);
         ctx.run_task(records, |t: Task, r: Prompt| async move {
             let request = model_request(vec![Message::user(r.prompt.clone())], &self.model);
             let chosen = t.best_of(request, 6).in_rounds_of(3).pick().await?;
-            Ok(TrainingSample::new(
-                r.id,
-                vec![Message::user(r.prompt), Message::assistant(chosen.text)],
-            ))
+            Ok(chat_sample(r.id, r.prompt, chosen.text))
         })
         .await
     }
@@ -907,7 +674,7 @@ fn best_of_rounds_stop_at_a_passing_round_and_when_the_provider_fails_them_all()
     use std::sync::atomic::{AtomicUsize, Ordering};
     let late_calls = std::sync::Arc::new(AtomicUsize::new(0));
     let counter = std::sync::Arc::clone(&late_calls);
-    let env = Env::new(
+    let env = echo_repo(
         MockConfig::new()
             .responder(move |chat| {
                 let prompt = chat.last_user().unwrap_or_default().to_owned();
@@ -922,14 +689,13 @@ fn best_of_rounds_stop_at_a_passing_round_and_when_the_provider_fails_them_all()
             })
             .faults(testkit::FaultPlan::none().marker("DENIED", testkit::Fault::Status(401))),
     );
-    env.write("crates/rounds/src/main.rs", "// rounds v1\n");
     env.write(
         "inputs/rounds.txt",
         "GOOD pancakes\nLATE waffles\nJUNK pretzels\nDENIED toast\n",
     );
     env.run::<Rounds>(RunOptions {
         max_error_share: 0.5,
-        ..full()
+        ..run_args()
     })
     .unwrap();
     // A passing first round ends the search; a rejected one earns a second round; six rejected
@@ -938,13 +704,13 @@ fn best_of_rounds_stop_at_a_passing_round_and_when_the_provider_fails_them_all()
     assert_eq!(env.server.prompt_count("LATE waffles"), 6);
     assert_eq!(env.server.prompt_count("JUNK pretzels"), 6);
     assert_eq!(env.server.prompt_count("DENIED toast"), 3);
-    let samples = env.lines("training/data/rounds.jsonl");
+    let samples = read_jsonl(&env.output("rounds"));
     let kept: Vec<&str> = samples
         .iter()
         .map(|s| s["messages"][1]["content"].as_str().unwrap())
         .collect();
     assert_eq!(kept, [sound_reply("pancakes"), sound_reply("waffles")]);
-    let errors = env.lines("training/data/rounds.errors.jsonl");
+    let errors = read_jsonl(&env.errors("rounds"));
     assert_eq!(errors.len(), 2);
 }
 
@@ -953,7 +719,7 @@ fn best_of_picks_a_passing_candidate_among_junk() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let calls = std::sync::Arc::new(AtomicUsize::new(0));
     let counter = std::sync::Arc::clone(&calls);
-    let env = Env::new(MockConfig::new().responder(move |chat| {
+    let env = echo_repo(MockConfig::new().responder(move |chat| {
         let prompt = chat.last_user().unwrap_or_default().to_owned();
         let topic = prompt.split_whitespace().last().unwrap_or("it").to_owned();
         // Exactly one of every three calls is sound, whichever candidate it lands on.
@@ -964,12 +730,11 @@ fn best_of_picks_a_passing_candidate_among_junk() {
                 .to_owned()
         }
     }));
-    env.write("crates/picky/src/main.rs", "// picky v1\n");
     env.write("inputs/picky.txt", "MIXED waffles\n");
-    env.run::<Picky>(full()).unwrap();
-    let samples = env.lines("training/data/picky.jsonl");
+    env.run::<Picky>(run_args()).unwrap();
+    let samples = read_jsonl(&env.output("picky"));
     assert_eq!(samples.len(), 1, "one of the three candidates passes");
     assert_eq!(samples[0]["messages"][1]["content"], sound_reply("waffles"));
     assert_eq!(samples[0]["steps"].as_array().unwrap().len(), 3);
-    assert!(!env.root().join("training/data/picky.errors.jsonl").exists());
+    assert!(!env.path("training/data/picky.errors.jsonl").exists());
 }

@@ -1,14 +1,21 @@
-//! Shared helpers of the integration tests: temporary repositories, a mock server kept serving on its own runtime, JSONL reading.
+//! Shared helpers of the integration tests: temporary repositories, a mock server kept serving on its own runtime, JSONL reading, and the test pipelines `Echo` and `Down` (`echo.rs`).
 //!
 //! Each test binary uses a subset, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod echo;
+
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use serde_json::Value;
 use shaping::Pipeline;
-use shaping::run::{RunError, RunOptions, run_in};
+use shaping::description::Description;
+use shaping::fingerprint::FileHasher;
+use shaping::graph::{Evaluated, evaluate};
+use shaping::models::ModelsConfig;
+use shaping::run::{RunError, RunOptions, describe_in, run_in};
 use testkit::{MockConfig, MockServer};
 
 /// A small identity narrative with a "Voice" section (what `voice-prompts` reads).
@@ -104,9 +111,80 @@ impl TestRepo {
         self.path(&format!("training/data/{name}.manifest.json"))
     }
 
+    /// The manifest of pipeline `name`'s default output, parsed.
+    pub fn manifest_json(&self, name: &str) -> Value {
+        let path = self.manifest(name);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{}: invalid JSON ({e})", path.display()))
+    }
+
     /// Run pipeline `P` in this repository (synchronously; never call from async code).
     pub fn run<P: Pipeline>(&self, args: RunOptions) -> Result<ExitCode, RunError> {
         run_in::<P>(self.root(), &self.crate_dir(P::NAME), args)
+    }
+
+    /// What `<binary> describe` prints for pipeline `P` in this repository.
+    pub fn describe<P: Pipeline>(&self) -> Description {
+        describe_in::<P>(self.root(), &self.crate_dir(P::NAME))
+            .unwrap_or_else(|e| panic!("describe {}: {e}", P::NAME))
+    }
+
+    /// The status of these pipelines, in dependency order (what `cargo xtask status` shows).
+    pub fn evaluate(&self, descriptions: &[Description]) -> Vec<Evaluated> {
+        let models = ModelsConfig::load(self.root()).expect("models.toml loads");
+        evaluate(
+            self.root(),
+            descriptions,
+            &models,
+            &FileHasher::for_repo(self.root()),
+        )
+        .expect("evaluate")
+    }
+}
+
+/// The evaluation of pipeline `name` among `evaluated`.
+pub fn find<'a>(evaluated: &'a [Evaluated], name: &str) -> &'a Evaluated {
+    evaluated
+        .iter()
+        .find(|e| e.name == name)
+        .unwrap_or_else(|| panic!("no pipeline {name}"))
+}
+
+/// A [`TestRepo`] whose models are served by a mock server of its own, which answers for as long
+/// as this lives. Derefs to the repository.
+pub struct ServedRepo {
+    /// Dropped first: the server shuts down while its runtime still runs.
+    pub server: MockServer,
+    pub repo: TestRepo,
+    /// The server's runtime, for `block_on` (the test thread itself stays synchronous).
+    pub runtime: tokio::runtime::Runtime,
+}
+
+impl ServedRepo {
+    /// Alias `m`: an OpenAI-compatible model on the server ([`openai_model`] with `extra` lines).
+    pub fn new(config: MockConfig, extra: &str) -> Self {
+        Self::with_models(config, |base_url| openai_model("m", base_url, extra))
+    }
+
+    /// `models.toml` made by `models` from the server's base URL.
+    pub fn with_models(config: MockConfig, models: impl FnOnce(&str) -> String) -> Self {
+        let (runtime, server) = start_server(config);
+        let repo = TestRepo::new(&models(&server.base_url()));
+        Self {
+            server,
+            repo,
+            runtime,
+        }
+    }
+}
+
+impl Deref for ServedRepo {
+    type Target = TestRepo;
+
+    fn deref(&self) -> &TestRepo {
+        &self.repo
     }
 }
 
