@@ -19,12 +19,15 @@ pub use crate::format::{PipelineErrorKind, Provenance, Step, StepError, answer_s
 /// One training example: an id and a conversation. Provenance is attached by `run_task`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainingSample {
+    /// The sample's id, written as the line's `id` (usually the input record's id).
     pub id: String,
+    /// The conversation to train on.
     pub messages: Vec<Message>,
     pub(crate) provenance: Option<Provenance>,
 }
 
 impl TrainingSample {
+    /// A sample `id` of `messages`, without provenance.
     pub fn new(id: impl Into<String>, messages: Vec<Message>) -> Self {
         Self {
             id: id.into(),
@@ -58,8 +61,12 @@ impl TrainingSample {
 /// What a task receives for one request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Response {
+    /// The reply text (`""` when the request failed).
     pub text: String,
+    /// Why generation stopped (`stop`, `length`, …); `None` when the request failed or the
+    /// provider did not say.
     pub finish_reason: Option<String>,
+    /// The request's token counts (0 when it failed).
     pub usage: Usage,
     /// Set when the request finally failed (after retries).
     pub error: Option<StepError>,
@@ -105,6 +112,7 @@ impl Response {
         }
     }
 
+    /// Whether the request got an answer (no `error`).
     pub fn is_success(&self) -> bool {
         self.error.is_none()
     }
@@ -128,9 +136,11 @@ impl Response {
     pub fn text(&self) -> &str {
         &self.text
     }
+    /// Why generation stopped (`stop`, `length`, …), if known.
     pub fn finish_reason(&self) -> Option<&str> {
         self.finish_reason.as_deref()
     }
+    /// The request's token counts.
     pub fn usage(&self) -> Usage {
         self.usage
     }
@@ -162,7 +172,9 @@ pub fn trim_to_last_sentence(text: &str) -> &str {
 /// inside tasks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineError {
+    /// What went wrong, in words (the line's `message`).
     pub message: String,
+    /// The kind of failure (the line's `error`).
     pub kind: PipelineErrorKind,
     /// Quality-gate reasons, for a record whose candidates were all rejected
     /// ([`PipelineErrorKind::Filtered`]); empty otherwise.
@@ -170,6 +182,8 @@ pub struct PipelineError {
 }
 
 impl PipelineError {
+    /// An error of `kind` (a [`PipelineErrorKind`] or its string) saying `message`, without
+    /// reasons.
     pub fn new(message: impl Into<String>, kind: impl Into<PipelineErrorKind>) -> Self {
         Self {
             message: message.into(),

@@ -83,14 +83,16 @@ pub(super) mod rfc3339 {
     use super::*;
     use serde::Serializer;
 
-    pub fn serialize<S: Serializer>(
+    /// `time` in RFC 3339 (`None` as `null`).
+    pub(crate) fn serialize<S: Serializer>(
         time: &Option<OffsetDateTime>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
         time::serde::rfc3339::option::serialize(time, serializer)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
+    /// An RFC 3339 string as its time; any other value as `None`.
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Option<OffsetDateTime>, D::Error> {
         Ok(match Value::deserialize(deserializer)? {

@@ -33,23 +33,28 @@ pub struct Message {
     /// `system`, `user` or `assistant`.
     #[serde(default, deserialize_with = "lenient::string")]
     pub role: String,
+    /// The message's text.
     #[serde(default, deserialize_with = "lenient::string")]
     pub content: String,
 }
 
 impl Message {
+    /// A message of `role` saying `content`.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
         Self {
             role: role.into(),
             content: content.into(),
         }
     }
+    /// A `system` message (the model's instructions).
     pub fn system(content: impl Into<String>) -> Self {
         Self::new("system", content)
     }
+    /// A `user` message (a prompt).
     pub fn user(content: impl Into<String>) -> Self {
         Self::new("user", content)
     }
+    /// An `assistant` message (a reply).
     pub fn assistant(content: impl Into<String>) -> Self {
         Self::new("assistant", content)
     }
@@ -79,14 +84,22 @@ pub fn last_assistant(messages: &[Message]) -> &str {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
+    /// Sampling temperature; 0 or below samples greedily on the local model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
+    /// Nucleus sampling: draw only from the most likely tokens whose probabilities add up to
+    /// this (0 to 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f32>,
+    /// The most tokens the reply may have; a reply cut there finishes with `length`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    /// Strings that end the reply where they are generated (left out of the text); empty for
+    /// none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
+    /// The sampling seed (sent to OpenAI-compatible APIs; Anthropic's API takes none). When
+    /// `None`, the local model uses a seed derived from the record and step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// A JSON schema the reply must satisfy (OpenAI `response_format`, a grammar locally).
@@ -125,8 +138,10 @@ impl Params {
 /// absent or `null` when read is 0.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
+    /// Tokens of the prompt.
     #[serde(default, deserialize_with = "lenient::null_default")]
     pub input_tokens: u64,
+    /// Tokens of the generated reply.
     #[serde(default, deserialize_with = "lenient::null_default")]
     pub output_tokens: u64,
 }
@@ -138,11 +153,14 @@ pub struct Usage {
 /// step error written as a bare value (`"error": "boom"`) reads as kind `error` with that text.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StepError {
+    /// The failure class, e.g. `rate_limited` or `server_error` (`error` for a bare value).
     pub kind: String,
+    /// What went wrong, in words (e.g. `HTTP 503`).
     pub message: String,
 }
 
 impl StepError {
+    /// An error of class `kind` saying `message`.
     pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             kind: kind.into(),
@@ -183,11 +201,13 @@ pub struct Step {
     /// The text returned (`""` for a failed request).
     #[serde(default, deserialize_with = "lenient::string")]
     pub text: String,
+    /// Whether the request got an answer (`false` when `error` is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub success: Option<bool>,
     /// `stop`, `length`, or `null`.
     #[serde(default, deserialize_with = "lenient::opt_string")]
     pub finish_reason: Option<String>,
+    /// The request's token counts (all 0 for a failed request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
     /// Why the request failed (`null` when it succeeded).
@@ -286,7 +306,9 @@ pub struct ChatLine {
     /// The record's id (a number is read as its digits).
     #[serde(deserialize_with = "lenient::id")]
     pub id: String,
+    /// The conversation: the training example itself.
     pub messages: Vec<Message>,
+    /// The annotation, written after `messages` (all fields absent in a minimal line).
     #[serde(flatten)]
     pub provenance: Provenance,
 }
@@ -440,6 +462,7 @@ impl<'de> Deserialize<'de> for PipelineErrorKind {
 /// One line of `<name>.errors.jsonl`: `{"__ERROR__": {...}}` (the key is [`super::ERROR_KEY`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorLine {
+    /// The failed record, under `__ERROR__`.
     #[serde(rename = "__ERROR__")]
     pub error: ErrorDetail,
 }
@@ -475,6 +498,7 @@ pub struct ErrorDetail {
     /// none.
     #[serde(default = "PipelineErrorKind::unnamed")]
     pub error: PipelineErrorKind,
+    /// What went wrong, in words (e.g. `none of 2 candidates passed the quality gate`).
     #[serde(default, deserialize_with = "lenient::string")]
     pub message: String,
     /// For `filtered` records: the quality-gate reasons of every rejected candidate.

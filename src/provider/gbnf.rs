@@ -14,8 +14,10 @@ use serde_json::Value;
 /// Why a JSON schema cannot be turned into a grammar.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchemaError {
+    /// Subschemas nested more than 64 levels deep.
     #[error("schema nested more than 64 levels")]
     TooDeep,
+    /// A `false` schema: no document satisfies it.
     #[error("`false` schema matches nothing")]
     FalseSchema,
     /// A schema (or subschema) that is neither an object nor a boolean.
@@ -27,37 +29,48 @@ pub enum SchemaError {
     /// `enum`, `anyOf` or `oneOf` without alternatives.
     #[error("{0} is empty")]
     Empty(&'static str),
+    /// `allOf` that is not an array of exactly one schema.
     #[error("allOf with more than one schema is not supported")]
     AllOfSeveral,
     /// A `type` that is neither a string nor a list of strings (or a list member that is not a
     /// string).
     #[error("bad type {0}")]
     BadType(String),
+    /// `type: []`.
     #[error("empty type list")]
     EmptyTypeList,
     /// A type name JSON schema does not have.
     #[error("unsupported type {0:?}")]
     UnsupportedType(String),
+    /// A `$ref` that is not a string.
     #[error("$ref must be a string")]
     RefNotString,
+    /// A `$ref` that does not start with `#` (another document or a URL); holds the reference.
     #[error("only local $refs are supported, got {0}")]
     NonLocalRef(String),
+    /// A local `$ref` whose JSON pointer names nothing in the root schema; holds the reference.
     #[error("$ref {0} does not resolve")]
     UnresolvedRef(String),
     /// `minLength`, `maxLength`, `minItems` or `maxItems` that is not a count.
     #[error("{keyword} must be a non-negative integer, got {value}")]
     NotACount {
+        /// The keyword, e.g. `maxLength`.
         keyword: &'static str,
+        /// Its value, as JSON.
         value: String,
     },
     /// `maxLength < minLength` or `maxItems < minItems`.
     #[error("{max} < {min}")]
     MaxBelowMin {
+        /// The lower bound's keyword (`minLength` or `minItems`).
         min: &'static str,
+        /// The upper bound's keyword (`maxLength` or `maxItems`).
         max: &'static str,
     },
+    /// `properties` that is not an object.
     #[error("properties must be an object")]
     PropertiesNotAnObject,
+    /// A name in `required` that `properties` does not define; holds the name.
     #[error("required property {0:?} is not in properties")]
     RequiredNotInProperties(String),
 }

@@ -12,14 +12,14 @@ use super::TestRepo;
 
 /// A record of the test pipelines (its fields are an error record's `input_data`).
 #[derive(serde::Serialize)]
-pub struct Prompt {
+pub(crate) struct Prompt {
     pub id: String,
     pub prompt: String,
 }
 
 impl Prompt {
     /// One record per line of `text`, with ids `<prefix>-0`, `<prefix>-1`, …
-    pub fn lines(text: &str, prefix: &str) -> Vec<Prompt> {
+    pub(crate) fn lines(text: &str, prefix: &str) -> Vec<Prompt> {
         text.lines()
             .enumerate()
             .map(|(i, line)| Prompt {
@@ -31,7 +31,7 @@ impl Prompt {
 }
 
 /// A sample of one exchange: `prompt` from the user, `answer` from the assistant.
-pub fn chat_sample(id: String, prompt: String, answer: String) -> TrainingSample {
+pub(crate) fn chat_sample(id: String, prompt: String, answer: String) -> TrainingSample {
     TrainingSample::new(id, vec![Message::user(prompt), Message::assistant(answer)])
 }
 
@@ -44,7 +44,7 @@ pub fn chat_sample(id: String, prompt: String, answer: String) -> TrainingSample
 /// - `PANIC`: asked, then the task panics;
 ///
 /// and a line that is exactly `ABORT-RUN` makes the whole run fail after its task stage.
-pub struct Echo {
+pub(crate) struct Echo {
     prompts: FileDep,
     model: ModelDep,
 }
@@ -103,7 +103,7 @@ impl Pipeline for Echo {
 
 /// Reads [`Echo`]'s output (file dependency `echo_output`): one sample per Echo sample (ids
 /// `down-<echo id>`) asking to "summarize" its answer. Minimal output by default.
-pub struct Down {
+pub(crate) struct Down {
     upstream: FileDep,
     model: ModelDep,
 }
@@ -147,6 +147,6 @@ impl Pipeline for Down {
 }
 
 /// The status of [`Echo`] and [`Down`] in `repo`, upstream first.
-pub fn echo_and_down(repo: &TestRepo) -> Vec<Evaluated> {
+pub(crate) fn echo_and_down(repo: &TestRepo) -> Vec<Evaluated> {
     repo.evaluate(&[repo.describe::<Echo>(), repo.describe::<Down>()])
 }

@@ -67,36 +67,58 @@ pub const DEFAULT_MAX_TOKENS: u32 = 256;
 /// Why a local model could not be obtained or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalModelError {
+    /// The model file does not exist, or the alias names no `path` (then `path` is empty).
     #[error("local model file {} not found{}", path.display(), expected_suffix(expected.as_deref()))]
     Missing {
+        /// The file asked for.
         path: PathBuf,
+        /// Its expected sha256 (hex), when configured.
         expected: Option<String>,
     },
+    /// The model file's sha256 is not the configured one.
     #[error("local model file {} has sha256 {actual}, expected {expected} (corrupt or wrong file; delete it to re-fetch)", path.display())]
     HashMismatch {
+        /// The model file.
         path: PathBuf,
+        /// The configured sha256 (hex, lowercase).
         expected: String,
+        /// The file's sha256 (hex, lowercase).
         actual: String,
     },
+    /// Reading the model file, or writing its working copy, failed.
     #[error("reading local model file {}: {source}", path.display())]
     Io {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The llama.cpp backend could not be initialised, or the inference thread could not be
+    /// spawned or died during start-up; holds what went wrong.
     #[error("llama.cpp backend: {0}")]
     Backend(String),
+    /// llama.cpp could not load the file as a model, or could not create its context.
     #[error("loading local model {}{}: {message}", path.display(), expected_suffix(expected.as_deref()))]
     Load {
+        /// The model file (its re-encoded working copy when that is what failed to load).
         path: PathBuf,
+        /// The configured sha256 (hex); `None` when none is configured or for a working copy.
         expected: Option<String>,
+        /// llama.cpp's error (for a file that does not load, with a hint what to do).
         message: String,
     },
+    /// The default model ([`DEFAULT_MODEL_FILE`]) was missing and fetching it failed; holds
+    /// the fetch error.
     #[error("fetching the default model: {0}")]
     Fetch(String),
+    /// Writing the `requantize` working copy of a model failed.
     #[error("re-encoding local model {} as {format}: {message}", source_path.display())]
     Requantize {
+        /// The configured model file being re-encoded.
         source_path: PathBuf,
+        /// The format asked for.
         format: Requantize,
+        /// What failed (llama.cpp's status code, or a path containing a NUL byte).
         message: String,
     },
     /// A request's `json_schema` the grammar compiler rejects.

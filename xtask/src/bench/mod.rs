@@ -37,7 +37,7 @@ use driver::{BaselineRun, MockBehaviour, build_binaries, run_baseline, run_scena
 
 /// Which scenario(s) to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ScenarioChoice {
+pub(crate) enum ScenarioChoice {
     /// 500 ms latency, 512 in flight: throughput must reach the in-flight ÷ latency bound.
     Latency,
     /// 20,000 requests at 500±450 ms: throughput must reach 95 % of in-flight ÷ mean latency.
@@ -61,7 +61,7 @@ pub enum ScenarioChoice {
 
 /// Workloads of the local-model scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LocalWorkload {
+pub(crate) enum LocalWorkload {
     /// Generated tok/s, 8/16/32 concurrent vs one at a time.
     Batching,
     /// Voice-prompts-like (shared system prompt, best-of-n candidates): prefix sharing on vs off.
@@ -72,7 +72,7 @@ pub enum LocalWorkload {
 
 /// Response cache setting of the runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CacheChoice {
+pub(crate) enum CacheChoice {
     /// With the durable response cache (what a real run does).
     On,
     /// `--no-cache`: the dispatcher alone.
@@ -83,7 +83,7 @@ pub enum CacheChoice {
 
 /// Flags of `cargo xtask bench`.
 #[derive(Debug, Clone, Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     #[arg(long, value_enum, default_value = "all")]
     pub scenario: ScenarioChoice,
     #[arg(long, value_enum, default_value = "both")]
@@ -262,7 +262,7 @@ struct Verdict {
 }
 
 /// Entry point of `cargo xtask bench`.
-pub fn bench_cmd(args: BenchArgs, root: &Path) -> Result<()> {
+pub(crate) fn bench_cmd(args: BenchArgs, root: &Path) -> Result<()> {
     let root = root.to_owned();
     let target = target_dir(&root)?;
     let mut failures = Vec::new();

@@ -2,7 +2,7 @@
 
 /// A repository whose cargo workspace has no pipelines (an empty `models.toml`, nothing to
 /// build): commands that need no pipeline run at once.
-pub fn empty_repo() -> tempfile::TempDir {
+pub(crate) fn empty_repo() -> tempfile::TempDir {
     let temp = tempfile::tempdir().unwrap();
     let root = temp.path();
     std::fs::write(
