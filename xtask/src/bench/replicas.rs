@@ -3,7 +3,7 @@
 //! Each mock answers after 200 ms and serves at most 64 requests at once (`--max-in-flight`,
 //! like vLLM's `--max-num-seqs`: more would queue), so one server delivers at most 320 req/s
 //! and four 1,280. Three runs of `bench-pipeline` (built like `cargo xtask run` builds
-//! pipelines), each in a fresh repository with the response cache on:
+//! pipelines), each in a fresh repository with the response cache on (`--cache off`: without):
 //!
 //! 1. one server through `base_url`, `max_concurrency = 64`, N/4 records;
 //! 2. four servers through `base_urls`, `max_concurrency = 64` each, N records: the same ideal
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use super::BenchArgs;
+use super::{BenchArgs, CacheChoice};
 
 /// Replicas of the set.
 const SERVERS: usize = 4;
@@ -222,7 +222,11 @@ fn run(
     let log = std::fs::File::create(&log_path).context("creating the run log")?;
     let cpu_before = children_cpu();
     let started = Instant::now();
-    let mut child = Command::new(pipeline)
+    let mut command = Command::new(pipeline);
+    if args.cache == CacheChoice::Off {
+        command.arg("--no-cache");
+    }
+    let mut child = command
         .arg("--quiet")
         .env("SHAPING_ROOT", &repo)
         .env("SHAPING_BENCH_RECORDS", records.to_string())
