@@ -216,10 +216,11 @@ pub struct Dispatcher {
     cancel: watch::Sender<bool>,
 }
 
-/// Build the provider of a spec (reads API keys from the environment now, so a missing key
-/// fails before any request).
-pub fn make_provider(spec: &ModelSpec) -> Result<Arc<dyn Provider>, DispatchError> {
-    crate::provider::build(spec.provider_config()?).map_err(|e| DispatchError::Provider {
+/// Build the provider of a spec for one of `share` processes using it (reads API keys from the
+/// environment now, so a missing key fails before any request).
+pub fn make_provider(spec: &ModelSpec, share: u32) -> Result<Arc<dyn Provider>, DispatchError> {
+    let config = spec.provider_config()?.with_budget_share(share);
+    crate::provider::build(config).map_err(|e| DispatchError::Provider {
         alias: spec.alias.clone(),
         message: e.to_string(),
     })
@@ -255,7 +256,7 @@ impl Dispatcher {
         if let Some(lane) = self.lanes.lock().expect("lanes lock").get(&key) {
             return Ok(Arc::clone(lane));
         }
-        let provider = make_provider(spec)?;
+        let provider = make_provider(spec, self.options.budget_share)?;
         let lane = Arc::new(Lane::new(spec, provider, self.options.budget_share));
         Ok(Arc::clone(
             self.lanes

@@ -3,7 +3,9 @@
 //! The local file overrides the shared one field by field, so a developer can point an alias at
 //! their own endpoint without touching what is committed. Fingerprints hold only what changes
 //! outputs (provider, model id, endpoint, default parameters, model file hash) — never secrets,
-//! never limits.
+//! never limits. A replica set (`base_urls`) has the endpoint [`REPLICA_SET_ENDPOINT`] in its
+//! fingerprint, whatever its members: they serve the same weights, so which one answered, and
+//! adding or removing one, changes no output.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,12 +18,18 @@ pub use crate::model_fetch::model_cache_dir;
 use crate::provider::Params;
 use crate::provider::local::LocalModelConfig;
 pub use crate::provider::local::Requantize;
+use crate::provider::replicas::{HealthPolicy, ReplicaSetConfig, Wire};
 use crate::provider::{HttpConfig, ProviderConfig};
 
 /// The shared model configuration at the repository root (committed).
 pub const MODELS_FILE: &str = "models.toml";
 /// Per-machine overrides of [`MODELS_FILE`], field by field (git-ignored).
 pub const LOCAL_MODELS_FILE: &str = "models.local.toml";
+
+/// The fingerprint's `endpoint` of every replica set (`base_urls`): not the URLs, so that the
+/// replica that answered, and adding or removing replicas, leave outputs CURRENT and cached
+/// answers valid.
+pub const REPLICA_SET_ENDPOINT: &str = "replicas";
 
 /// Errors reading or resolving model configuration.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +112,8 @@ struct ModelEntry {
     provider: Option<ProviderKind>,
     model: Option<String>,
     base_url: Option<String>,
+    base_urls: Option<Vec<String>>,
+    endpoint_concurrency: Option<BTreeMap<String, usize>>,
     api_key_env: Option<String>,
     path: Option<String>,
     sha256: Option<String>,
@@ -125,10 +135,19 @@ impl ModelEntry {
         macro_rules! take {
             ($($field:ident),*) => { $( if local.$field.is_some() { self.$field = local.$field; } )* };
         }
+        // The endpoint is replaced as a whole, whichever form each file uses; per-endpoint caps
+        // belong to the list they name.
+        if local.base_url.is_some() || local.base_urls.is_some() {
+            self.base_url = None;
+            self.base_urls = None;
+            self.endpoint_concurrency = None;
+        }
         take!(
             provider,
             model,
             base_url,
+            base_urls,
+            endpoint_concurrency,
             api_key_env,
             path,
             sha256,
@@ -166,9 +185,12 @@ pub struct ModelSpec {
     pub provider: ProviderKind,
     /// Model id sent to the provider (or a label for local models).
     pub model: String,
-    /// The API's base URL (defaults: `https://api.openai.com/v1`, `https://api.anthropic.com`);
-    /// None for local models.
+    /// The one endpoint of an HTTP provider (`base_url`, or the provider's public API); `None`
+    /// for local models and for a replica set.
     pub base_url: Option<String>,
+    /// A replica set's endpoints (`base_urls`), each with its own cap, in the order written;
+    /// empty otherwise.
+    pub replicas: Vec<Replica>,
     /// Name of the environment variable holding the key (the key itself is never stored).
     pub api_key_env: Option<String>,
     /// Local model file (absolute) and its expected sha256.
@@ -179,7 +201,8 @@ pub struct ModelSpec {
     pub requantize: Requantize,
     /// Local models: the context window of each sequence, in tokens (default 2048).
     pub context_size: u32,
-    /// Requests in flight at once on this model's lane (default 32; 8 for local models).
+    /// Requests in flight at most through the alias's lane: `max_concurrency`, or for a replica
+    /// set the sum of its endpoints' caps.
     pub max_concurrency: usize,
     /// Requests per minute the provider allows; None for no limit.
     pub rpm: Option<u32>,
@@ -199,14 +222,36 @@ pub struct ModelSpec {
     pub params: Params,
 }
 
+/// One endpoint of a replica set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    /// Its base URL, as written in `base_urls`.
+    pub url: String,
+    /// Requests in flight at most at this endpoint: `endpoint_concurrency` for it, or the
+    /// alias's `max_concurrency`.
+    pub max_concurrency: usize,
+}
+
 impl ModelSpec {
     /// The key used to share one lane between aliases that reach the same endpoint and model.
+    /// A replica set's key names its endpoints in sorted order, so it does not depend on the
+    /// order they are written in (nor, like the fingerprint, on which one answers).
     pub fn lane_key(&self) -> String {
         match self.provider {
             ProviderKind::LlamaCpp => format!(
                 "llama-cpp:{}",
                 self.path.as_deref().unwrap_or(Path::new("")).display()
             ),
+            _ if !self.replicas.is_empty() => {
+                let mut urls: Vec<&str> = self.replicas.iter().map(|r| r.url.as_str()).collect();
+                urls.sort_unstable();
+                format!(
+                    "{}:{REPLICA_SET_ENDPOINT}[{}]:{}",
+                    self.provider,
+                    urls.join(","),
+                    self.model
+                )
+            }
             _ => format!(
                 "{}:{}:{}",
                 self.provider,
@@ -226,6 +271,7 @@ impl ModelSpec {
                     format => format!("{file} requantized to {format}"),
                 }
             }
+            _ if !self.replicas.is_empty() => REPLICA_SET_ENDPOINT.to_owned(),
             _ => self.base_url.clone().unwrap_or_default(),
         };
         ModelFingerprint {
@@ -262,6 +308,30 @@ impl ModelSpec {
                 max_concurrency: self.max_concurrency,
             })
         };
+        let wire = match self.provider {
+            ProviderKind::OpenAi => Some(Wire::OpenAi),
+            ProviderKind::Anthropic => Some(Wire::Anthropic),
+            ProviderKind::LlamaCpp => None,
+        };
+        if let Some(wire) = wire
+            && !self.replicas.is_empty()
+        {
+            let template = http()?;
+            return Ok(ProviderConfig::Replicas(ReplicaSetConfig {
+                alias: self.alias.clone(),
+                wire,
+                endpoints: self
+                    .replicas
+                    .iter()
+                    .map(|replica| HttpConfig {
+                        base_url: Some(replica.url.clone()),
+                        max_concurrency: replica.max_concurrency,
+                        ..template.clone()
+                    })
+                    .collect(),
+                health: HealthPolicy::default(),
+            }));
+        }
         Ok(match self.provider {
             ProviderKind::OpenAi => ProviderConfig::OpenAi(http()?),
             ProviderKind::Anthropic => ProviderConfig::Anthropic(http()?),
@@ -431,7 +501,14 @@ fn resolve_entry(alias: &str, entry: ModelEntry, path: &Path) -> Result<ModelSpe
             .unwrap_or_default(),
         (None, None) => return Err(invalid("missing field `model` (the provider's model id)")),
     };
+    let replica_urls = match provider {
+        // Like `path` for hosted models: a hosted alias switched to a local file in
+        // models.local.toml keeps the shared file's endpoints harmlessly.
+        ProviderKind::LlamaCpp => Vec::new(),
+        _ => replica_urls(&entry, &invalid)?,
+    };
     let base_url = match provider {
+        _ if !replica_urls.is_empty() => None,
         ProviderKind::OpenAi => Some(
             entry
                 .base_url
@@ -455,9 +532,10 @@ fn resolve_entry(alias: &str, entry: ModelEntry, path: &Path) -> Result<ModelSpe
         // An OpenAI-compatible local server often needs no key: only require one when named or on api.openai.com.
         ProviderKind::OpenAi => entry.api_key_env.clone().or_else(|| {
             base_url
-                .as_deref()
-                .filter(|u| u.contains("api.openai.com"))
-                .map(|_| "OPENAI_API_KEY".to_owned())
+                .iter()
+                .chain(&replica_urls)
+                .any(|u| u.contains("api.openai.com"))
+                .then(|| "OPENAI_API_KEY".to_owned())
         }),
     };
     if let Some(var) = &api_key_env
@@ -484,6 +562,17 @@ fn resolve_entry(alias: &str, entry: ModelEntry, path: &Path) -> Result<ModelSpe
     if max_concurrency == 0 {
         return Err(invalid("`max_concurrency` must be at least 1"));
     }
+    let replicas = replicas(
+        replica_urls,
+        entry.endpoint_concurrency.as_ref(),
+        max_concurrency,
+        &invalid,
+    )?;
+    let max_concurrency = if replicas.is_empty() {
+        max_concurrency
+    } else {
+        replicas.iter().map(|r| r.max_concurrency).sum()
+    };
     if entry.context_size == Some(0) {
         return Err(invalid(
             "`context_size` (the context window, in tokens) must be at least 1",
@@ -499,6 +588,7 @@ fn resolve_entry(alias: &str, entry: ModelEntry, path: &Path) -> Result<ModelSpe
         provider,
         model,
         base_url,
+        replicas,
         api_key_env,
         path: model_path,
         sha256: entry.sha256.map(|s| s.to_ascii_lowercase()),
@@ -519,6 +609,92 @@ fn resolve_entry(alias: &str, entry: ModelEntry, path: &Path) -> Result<ModelSpe
         price_output_per_mtok: entry.price_output_per_mtok,
         params: entry.params.unwrap_or_default(),
     })
+}
+
+/// The endpoints of `base_urls`, checked: `Ok(empty)` when the alias has `base_url` (or
+/// neither).
+fn replica_urls(
+    entry: &ModelEntry,
+    invalid: &dyn Fn(&str) -> ModelsError,
+) -> Result<Vec<String>, ModelsError> {
+    let Some(urls) = &entry.base_urls else {
+        if entry.endpoint_concurrency.is_some() {
+            return Err(invalid(
+                "`endpoint_concurrency` sets caps of `base_urls` endpoints; with one endpoint, set `max_concurrency`",
+            ));
+        }
+        return Ok(Vec::new());
+    };
+    if entry.base_url.is_some() {
+        return Err(invalid(
+            "set either `base_url` (one endpoint) or `base_urls` (replicas), not both",
+        ));
+    }
+    if urls.is_empty() {
+        return Err(invalid(
+            "`base_urls` is empty: list the endpoints (for one, `base_url` will do)",
+        ));
+    }
+    let mut seen = Vec::with_capacity(urls.len());
+    for url in urls {
+        if !is_http_url(url) {
+            return Err(invalid(&format!(
+                "`base_urls` entry {url:?} is not an http(s) URL (like \"http://gpu-1:8000/v1\")"
+            )));
+        }
+        let key = url.trim_end_matches('/');
+        if seen.contains(&key) {
+            return Err(invalid(&format!("`base_urls` lists {url:?} twice")));
+        }
+        seen.push(key);
+    }
+    Ok(urls.clone())
+}
+
+/// `http://host…` or `https://host…` with a host and no whitespace.
+fn is_http_url(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    !host.is_empty() && !host.starts_with(':') && !url.contains(char::is_whitespace)
+}
+
+/// Each endpoint with its cap: its `endpoint_concurrency` entry, or `default`. Every entry
+/// must name an endpoint of the list (trailing slashes aside).
+fn replicas(
+    urls: Vec<String>,
+    overrides: Option<&BTreeMap<String, usize>>,
+    default: usize,
+    invalid: &dyn Fn(&str) -> ModelsError,
+) -> Result<Vec<Replica>, ModelsError> {
+    let overrides = overrides.cloned().unwrap_or_default();
+    let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+    for (url, cap) in &overrides {
+        if !urls.iter().any(|u| same(u, url)) {
+            return Err(invalid(&format!(
+                "`endpoint_concurrency` names {url:?}, which is not in `base_urls`"
+            )));
+        }
+        if *cap == 0 {
+            return Err(invalid(&format!(
+                "`endpoint_concurrency` for {url:?} must be at least 1"
+            )));
+        }
+    }
+    Ok(urls
+        .into_iter()
+        .map(|url| Replica {
+            max_concurrency: overrides
+                .iter()
+                .find(|(u, _)| same(u, &url))
+                .map_or(default, |(_, cap)| *cap),
+            url,
+        })
+        .collect())
 }
 
 #[cfg(test)]

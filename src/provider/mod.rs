@@ -10,6 +10,7 @@ pub mod gbnf;
 pub mod llama_cpp;
 pub mod local;
 pub mod openai;
+pub mod replicas;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -61,6 +62,19 @@ pub enum ProviderConfig {
     Anthropic(HttpConfig),
     /// A GGUF file run in process (needs the `local-model` feature).
     LlamaCpp(local::LocalModelConfig),
+    /// Several endpoints serving the same model (`base_urls`).
+    Replicas(replicas::ReplicaSetConfig),
+}
+
+impl ProviderConfig {
+    /// The configuration one of `share` processes using the same model gets: a replica set's
+    /// per-endpoint caps are divided (the lane divides its own cap and rates).
+    pub fn with_budget_share(self, share: u32) -> Self {
+        match self {
+            Self::Replicas(set) => Self::Replicas(set.with_budget_share(share)),
+            other => other,
+        }
+    }
 }
 
 /// Why a provider could not be built.
@@ -79,6 +93,9 @@ pub fn build(config: ProviderConfig) -> Result<Arc<dyn Provider>, BuildError> {
             Arc::new(anthropic::AnthropicProvider::new(&http).map_err(|e| error(&e))?)
         }
         ProviderConfig::LlamaCpp(local) => build_local(&local)?,
+        ProviderConfig::Replicas(set) => {
+            Arc::new(replicas::ReplicaProvider::new(&set).map_err(|e| error(&e))?)
+        }
     })
 }
 

@@ -95,6 +95,11 @@ pub struct MockConfig {
     pub tpm: Option<u32>,
     /// Sliding window used for `rpm`/`tpm` enforcement (default 1 s).
     pub rate_window: Duration,
+    /// Requests served at once, like an inference server's batch size (vLLM's
+    /// `--max-num-seqs`): more wait in a queue, in arrival order, before their latency starts.
+    /// They count as in flight (`Stats::max_in_flight` is what the client sent at once).
+    /// `None` = no limit.
+    pub max_in_flight: Option<usize>,
     /// Reply generator (default [`default_reply`]).
     pub responder: Responder,
     /// Fault injection plan (can be replaced at runtime with `MockServer::set_fault_plan`).
@@ -117,6 +122,7 @@ impl Default for MockConfig {
             rpm: None,
             tpm: None,
             rate_window: Duration::from_secs(1),
+            max_in_flight: None,
             responder: Arc::new(default_reply),
             faults: FaultPlan::default(),
             record_requests: true,
@@ -137,6 +143,7 @@ impl fmt::Debug for MockConfig {
             .field("rpm", &self.rpm)
             .field("tpm", &self.tpm)
             .field("rate_window", &self.rate_window)
+            .field("max_in_flight", &self.max_in_flight)
             .field("faults", &self.faults)
             .field("record_requests", &self.record_requests)
             .field("seed", &self.seed)
@@ -193,6 +200,12 @@ impl MockConfig {
         self.rate_window = d;
         self
     }
+    /// Serve at most `n` requests at once; later ones wait (like vLLM's `--max-num-seqs`).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = Some(n.max(1));
+        self
+    }
+
     /// Generate replies with `f`.
     pub fn responder(mut self, f: impl Fn(&ChatView) -> String + Send + Sync + 'static) -> Self {
         self.responder = Arc::new(f);

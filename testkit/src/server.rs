@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 
@@ -59,6 +59,8 @@ struct Shared {
     faults: Mutex<FaultEngine>,
     limiter: Mutex<Limiter>,
     rng: Mutex<StdRng>,
+    /// `MockConfig::max_in_flight` slots (requests beyond them queue).
+    slots: Option<Semaphore>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     open_conns: AtomicUsize,
@@ -98,6 +100,7 @@ impl MockServer {
             faults: Mutex::new(FaultEngine::new(plan)),
             limiter: Mutex::new(Limiter::new(config.rpm, config.tpm, config.rate_window)),
             rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
+            slots: config.max_in_flight.map(|n| Semaphore::new(n.max(1))),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             open_conns: AtomicUsize::new(0),
@@ -585,6 +588,11 @@ async fn handle(
     let raw: Option<Value> = serde_json::from_slice(&body).ok();
     let view = raw.map(|r| parse_view(api, r));
     let idx = record_arrival(&shared, &parts, api, view.as_ref());
+    // Queue for a slot when the server serves a limited number at once.
+    let _slot = match &shared.slots {
+        Some(slots) => slots.acquire().await.ok(),
+        None => None,
+    };
     let fault = lock(&shared.faults).decide(view.as_ref().and_then(|v| v.last_user()));
     if let Some(f) = &fault {
         {

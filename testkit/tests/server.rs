@@ -579,6 +579,38 @@ async fn concurrency_counter_and_latency() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_queues_the_rest() {
+    let s = MockServer::start(
+        MockConfig::new()
+            .latency(Duration::from_millis(100))
+            .max_in_flight(4),
+    )
+    .await;
+    let c = client();
+    let t0 = Instant::now();
+    let hs: Vec<_> = (0..12)
+        .map(|i| {
+            let (c, url) = (c.clone(), format!("{}/chat/completions", s.base_url()));
+            tokio::spawn(async move {
+                post(&c, url, &oai_body("m", &format!("q{i}")), &[])
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    for h in hs {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    let el = t0.elapsed();
+    // Three rounds of four; the queued requests still count as in flight.
+    assert!(el >= Duration::from_millis(300), "{el:?}");
+    assert!(s.max_in_flight() > 4, "{}", s.max_in_flight());
+    assert_eq!(s.stats().successes, 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_per_second_and_jitter_add_time() {
     let s = MockServer::start(
         MockConfig::new()

@@ -34,6 +34,10 @@ struct Args {
     /// Tokens per minute (enforced over a sliding 1 s window as tpm/60).
     #[arg(long)]
     tpm: Option<u32>,
+    /// Requests served at once (an inference server's batch size): more wait in a queue before
+    /// their latency starts.
+    #[arg(long)]
+    max_in_flight: Option<usize>,
     /// Probability of an injected 429 per request.
     #[arg(long, default_value_t = 0.0)]
     fault_rate_429: f64,
@@ -154,6 +158,7 @@ fn build_config(a: &Args) -> Result<MockConfig, String> {
     cfg.tokens_per_second = a.tokens_per_second;
     cfg.rpm = a.rpm;
     cfg.tpm = a.tpm;
+    cfg.max_in_flight = a.max_in_flight.map(|n| n.max(1));
     cfg.api_key = a.api_key.clone();
     cfg.models = a.models.clone();
     Ok(cfg)

@@ -21,6 +21,7 @@ mod latency;
 mod local;
 mod overhead;
 mod rate;
+mod replicas;
 mod scale;
 mod stragglers;
 
@@ -56,6 +57,9 @@ pub(crate) enum ScenarioChoice {
     /// The embedded model: generated tok/s with 8, 16 and 32 concurrent requests vs one at a
     /// time, and with prompt KV sharing on vs off on a voice-prompts-like workload.
     Local,
+    /// One alias over 4 replicas (`base_urls`, 64 each): ≥ 3.8× one server's throughput, and
+    /// every record answered exactly once when a replica is killed mid-run.
+    Replicas,
     All,
 }
 
@@ -272,6 +276,12 @@ pub(crate) fn bench_cmd(args: BenchArgs, root: &Path) -> Result<()> {
     }
     if matches!(args.scenario, ScenarioChoice::Local | ScenarioChoice::All) {
         local::run_local_scenario(&args, &root, &target, &mut failures)?;
+    }
+    if matches!(
+        args.scenario,
+        ScenarioChoice::Replicas | ScenarioChoice::All
+    ) {
+        replicas::run_replicas_scenario(&args, &root, &target, &mut failures)?;
     }
     if failures.is_empty() {
         println!("\nall targets met");
