@@ -70,6 +70,29 @@ impl Pipeline for Probe {
 shaping::pipeline_main!(Probe);
 "#;
 
+/// The `[profile.*]` tables of this repository's Cargo.toml, copied rather than restated: a
+/// profile that differs by one setting makes cargo rebuild every dependency for the test
+/// repositories (it once cost this test five minutes in CI).
+fn profiles_of_this_repo() -> String {
+    let text = std::fs::read_to_string(this_repo().join("Cargo.toml")).unwrap();
+    let mut profiles = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            inside = line.starts_with("[profile.");
+        }
+        if inside && !line.starts_with('#') {
+            profiles.push_str(line);
+            profiles.push('\n');
+        }
+    }
+    assert!(
+        profiles.contains("[profile.dev"),
+        "no dev profile in Cargo.toml"
+    );
+    profiles
+}
+
 /// Write a tiny repository at `dir`: workspace, lock file and cargo config of this repository,
 /// a model alias (never called), the `probe` crate with `marker` in its code, and `words`.
 fn write_repo(dir: &Path, marker: &str, words: &str) {
@@ -81,7 +104,10 @@ fn write_repo(dir: &Path, marker: &str, words: &str) {
     // The same profiles as this workspace, so the library's dependencies are shared, not rebuilt.
     write(
         "Cargo.toml",
-        "[workspace]\nmembers = [\"pipelines/*\"]\nresolver = \"3\"\n\n[profile.dev.package.\"*\"]\nopt-level = 1\n\n[profile.dev.package.shaping]\nopt-level = 1\n",
+        &format!(
+            "[workspace]\nmembers = [\"pipelines/*\"]\nresolver = \"3\"\n\n{}",
+            profiles_of_this_repo()
+        ),
     );
     write(
         "Cargo.lock",
