@@ -1,5 +1,6 @@
 //! Shared driver of the dispatcher scenarios: the `mock-llm` server child and its behaviour, one run of `bench-pipeline` (or of the bare baseline client) in a temporary repository, and the child's CPU time and peak RSS from `wait4`.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use super::{BenchArgs, Goal, Measured, Scenario, cargo_build, faults};
+use super::{BenchArgs, Goal, Measured, Scenario, cargo_build};
 
 /// What the mock server does with each request.
 #[derive(Debug, Clone, Default)]
@@ -21,6 +22,8 @@ pub(super) struct MockBehaviour {
     pub(super) rpm: Option<u32>,
     pub(super) stragglers: Option<Stragglers>,
     pub(super) faults: Option<FaultMix>,
+    /// Requests the server serves at once (more queue, like vLLM's `--max-num-seqs`).
+    pub(super) max_in_flight: Option<usize>,
 }
 
 /// A share of requests answered correctly but very late.
@@ -95,15 +98,15 @@ pub(super) fn build_binaries(args: &BenchArgs, root: &Path, target: &Path) -> Re
 }
 
 /// The mock server child: its stdin (closing it makes the server print stats and exit) and stdout.
-struct Server {
+pub(super) struct Server {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
-    base_url: String,
+    pub(super) base_url: String,
 }
 
 impl Server {
-    fn start(bin: &Path, mock: &MockBehaviour, threads: usize) -> Result<Self> {
+    pub(super) fn start(bin: &Path, mock: &MockBehaviour, threads: usize) -> Result<Self> {
         let mut cmd = Command::new(bin);
         let jitter = mock.jitter_ms.min(mock.latency_ms);
         cmd.arg("--latency-ms")
@@ -118,6 +121,9 @@ impl Server {
             .stderr(Stdio::inherit());
         if let Some(rpm) = mock.rpm {
             cmd.arg("--rpm").arg(rpm.to_string());
+        }
+        if let Some(n) = mock.max_in_flight {
+            cmd.arg("--max-in-flight").arg(n.to_string());
         }
         if let Some(stragglers) = mock.stragglers {
             cmd.arg("--straggler-rate")
@@ -157,7 +163,7 @@ impl Server {
     }
 
     /// Stop the server and return its final stats line.
-    fn finish(mut self) -> Result<Value> {
+    pub(super) fn finish(mut self) -> Result<Value> {
         drop(self.stdin.take());
         let mut line = String::new();
         self.stdout
@@ -165,6 +171,14 @@ impl Server {
             .context("reading mock-llm stats")?;
         let _ = self.child.wait();
         serde_json::from_str(line.trim()).with_context(|| format!("mock-llm stats line {line:?}"))
+    }
+
+    /// SIGKILL: no stats, connections cut, the port closed.
+    pub(super) fn kill(mut self) -> Result<()> {
+        drop(self.stdin.take());
+        self.child.kill().context("killing mock-llm")?;
+        let _ = self.child.wait();
+        Ok(())
     }
 }
 
@@ -274,9 +288,7 @@ pub(super) fn run_scenario(
     let run = &manifest["run"];
     let number = |v: &Value| v.as_u64().unwrap_or(0);
     let replies = match scenario.goal {
-        Goal::FaultFree { .. } => Some(faults::read_replies(
-            &repo.join("training/data/bench.jsonl"),
-        )?),
+        Goal::FaultFree { .. } => Some(read_replies(&repo.join("training/data/bench.jsonl"))?),
         _ => None,
     };
     let measured = Measured {
@@ -366,4 +378,26 @@ fn wait_with_rusage(child: Child) -> Result<(std::process::ExitStatus, ChildUsag
             max_rss_kib: usage.ru_maxrss as u64,
         },
     ))
+}
+
+/// Every sample of an output: id → (lines carrying it, assistant text).
+pub(super) fn read_replies(path: &Path) -> Result<BTreeMap<String, (u32, String)>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut replies: BTreeMap<String, (u32, String)> = BTreeMap::new();
+    for (n, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        let sample: Value = serde_json::from_str(&line)
+            .with_context(|| format!("{} line {}: not JSON", path.display(), n + 1))?;
+        let id = sample["id"].as_str().unwrap_or_default().to_owned();
+        let text = sample["messages"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["role"] == "assistant"))
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let entry = replies.entry(id).or_default();
+        entry.0 += 1;
+        entry.1 = text;
+    }
+    Ok(replies)
 }

@@ -1,11 +1,7 @@
 //! The faults scenario (`--scenario faults`): 5 % HTTP 500s, 2 % cut mid-body, 1 % malformed JSON, 1 % hanging past the timeout; every record must be answered once, with the reply the same run without faults got, within 1.5× its wall time.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-
-use anyhow::{Context, Result};
-use serde_json::Value;
+use std::io::Write;
 
 use super::driver::{FaultMix, MockBehaviour};
 use super::{BenchArgs, Goal, Measured, Reference, Scenario, Verdict};
@@ -39,28 +35,6 @@ pub(super) fn scenario(args: &BenchArgs) -> Scenario {
         timeout_secs: args.faults_timeout_secs,
         goal: Goal::FaultFree { max_ratio: 1.5 },
     }
-}
-
-/// Every sample of an output: id → (lines carrying it, assistant text).
-pub(super) fn read_replies(path: &Path) -> Result<BTreeMap<String, (u32, String)>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut replies: BTreeMap<String, (u32, String)> = BTreeMap::new();
-    for (n, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
-        let sample: Value = serde_json::from_str(&line)
-            .with_context(|| format!("{} line {}: not JSON", path.display(), n + 1))?;
-        let id = sample["id"].as_str().unwrap_or_default().to_owned();
-        let text = sample["messages"]
-            .as_array()
-            .and_then(|m| m.iter().find(|m| m["role"] == "assistant"))
-            .and_then(|m| m["content"].as_str())
-            .unwrap_or_default()
-            .to_owned();
-        let entry = replies.entry(id).or_default();
-        entry.0 += 1;
-        entry.1 = text;
-    }
-    Ok(replies)
 }
 
 /// Why the faults run's output is not exactly the fault-free run's, if it is not: every record

@@ -13,15 +13,25 @@
 //!    be answered exactly once, with run 2's reply, and no record may fail.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use super::{BenchArgs, CacheChoice};
+use super::driver::{MockBehaviour, Server, read_replies};
+use super::{BenchArgs, CacheChoice, cargo_build};
+
+/// Every replica: [`LATENCY_MS`] per answer, at most [`CAP`] served at once.
+fn mock_behaviour() -> MockBehaviour {
+    MockBehaviour {
+        latency_ms: LATENCY_MS,
+        max_in_flight: Some(CAP),
+        ..MockBehaviour::default()
+    }
+}
 
 /// Replicas of the set.
 const SERVERS: usize = 4;
@@ -38,71 +48,6 @@ const SPEEDUP_TARGET: f64 = 3.8;
 const KILL_AT: f64 = 0.4;
 /// The replica the kill run kills (0-based).
 const KILLED: usize = 1;
-
-/// One `mock-llm` child.
-struct Mock {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-    base_url: String,
-}
-
-impl Mock {
-    fn start(bin: &Path) -> Result<Self> {
-        let mut child = Command::new(bin)
-            .args(["--latency-ms", &LATENCY_MS.to_string()])
-            .args(["--max-in-flight", &CAP.to_string()])
-            .args(["--threads", "1", "--exit-on-stdin-eof"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let stdin = child.stdin.take();
-        let mut stdout = BufReader::new(child.stdout.take().context("mock-llm stdout")?);
-        let mut line = String::new();
-        stdout.read_line(&mut line).context("reading mock-llm")?;
-        let Some(base_url) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("unexpected first line from mock-llm: {line:?}");
-        };
-        Ok(Self {
-            base_url: base_url.to_owned(),
-            child,
-            stdin,
-            stdout,
-        })
-    }
-
-    /// Stop the server and return its final stats line.
-    fn finish(mut self) -> Result<Value> {
-        drop(self.stdin.take());
-        let mut line = String::new();
-        self.stdout
-            .read_line(&mut line)
-            .context("reading mock-llm stats")?;
-        let _ = self.child.wait();
-        serde_json::from_str(line.trim()).with_context(|| format!("mock-llm stats line {line:?}"))
-    }
-
-    /// SIGKILL: no stats, connections cut, the port closed.
-    fn kill(mut self) -> Result<()> {
-        drop(self.stdin.take());
-        self.child.kill().context("killing mock-llm")?;
-        let _ = self.child.wait();
-        Ok(())
-    }
-}
-
-impl Drop for Mock {
-    fn drop(&mut self) {
-        if self.stdin.is_some() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// What one run of `bench-pipeline` did.
 struct Run {
@@ -141,8 +86,8 @@ pub(super) fn run_replicas_scenario(
     failures: &mut Vec<String>,
 ) -> Result<()> {
     if !args.no_build {
-        build(root, &["-p", "shaping-bench", "--bin", "bench-pipeline"])?;
-        build(root, &["--release", "-p", "testkit", "--bin", "mock-llm"])?;
+        cargo_build(root, &["-p", "shaping-bench", "--bin", "bench-pipeline"])?;
+        cargo_build(root, &["--release", "-p", "testkit", "--bin", "mock-llm"])?;
     }
     let pipeline = target.join("debug").join("bench-pipeline");
     let server = target.join("release").join("mock-llm");
@@ -169,20 +114,6 @@ pub(super) fn run_replicas_scenario(
 
     let misses = report(&one, &four, &killed, kill_after);
     failures.extend(misses.into_iter().map(|m| format!("replicas: {m}")));
-    Ok(())
-}
-
-/// `cargo build --quiet ARGS` in the workspace.
-fn build(root: &Path, args: &[&str]) -> Result<()> {
-    let status = shaping::repo::cargo_command()
-        .current_dir(root)
-        .args(["build", "--quiet"])
-        .args(args)
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build {} failed", args.join(" "));
-    }
     Ok(())
 }
 
@@ -214,7 +145,7 @@ fn run(
 ) -> Result<Run> {
     let repo = temp_repo()?;
     let mut mocks = (0..servers)
-        .map(|_| Mock::start(server).map(Some))
+        .map(|_| Server::start(server, &mock_behaviour(), 1).map(Some))
         .collect::<Result<Vec<_>>>()?;
     let urls: Vec<String> = mocks.iter().flatten().map(|m| m.base_url.clone()).collect();
     std::fs::write(repo.join("models.toml"), models_toml(&urls)).context("writing models.toml")?;
@@ -257,7 +188,7 @@ fn run(
     let cpu = children_cpu().saturating_sub(cpu_before);
     let servers: Vec<Option<Value>> = mocks
         .into_iter()
-        .map(|m| m.map(Mock::finish).transpose())
+        .map(|m| m.map(Server::finish).transpose())
         .collect::<Result<_>>()?;
     if !status.success() {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -317,29 +248,6 @@ fn wait_until(child: &mut Child, deadline: Instant) -> Result<Option<ExitStatus>
         }
         std::thread::sleep((deadline - now).min(Duration::from_millis(10)));
     }
-}
-
-/// Every sample of an output: id → (lines carrying it, assistant text).
-fn read_replies(path: &Path) -> Result<BTreeMap<String, (u32, String)>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut replies: BTreeMap<String, (u32, String)> = BTreeMap::new();
-    for (n, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
-        let sample: Value = serde_json::from_str(&line)
-            .with_context(|| format!("{} line {}: not JSON", path.display(), n + 1))?;
-        let text = sample["messages"]
-            .as_array()
-            .and_then(|m| m.iter().find(|m| m["role"] == "assistant"))
-            .and_then(|m| m["content"].as_str())
-            .unwrap_or_default()
-            .to_owned();
-        let entry = replies
-            .entry(sample["id"].as_str().unwrap_or_default().to_owned())
-            .or_default();
-        entry.0 += 1;
-        entry.1 = text;
-    }
-    Ok(replies)
 }
 
 /// Why `got` is not every record exactly once with `expected`'s reply, if it is not.
