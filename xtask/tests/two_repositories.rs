@@ -334,21 +334,24 @@ fn every_command_acts_on_the_repository_it_was_started_in() {
     assert_quiet_on_closed_stdout(&c, &probe_binary(), &["describe"]);
 }
 
-/// Start `program ARGS` in `cwd` with its stdout a pipe whose reading end is closed at once: it
-/// must exit with status 141 (as after SIGPIPE) and print no panic or backtrace.
+/// Start `program ARGS` in `cwd` with its stdout a pipe whose reading end is already closed: it
+/// must exit with status 141 (as after SIGPIPE) and print no panic or backtrace. (Closing the
+/// reading end after the start would race: a fast child fills the pipe's buffer first and
+/// exits 0.)
 fn assert_quiet_on_closed_stdout(cwd: &Path, program: &Path, args: &[&str]) {
-    let mut child = Command::new(program)
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let child = Command::new(program)
         .args(args)
         .current_dir(cwd)
         .env("CARGO_TARGET_DIR", shared_target())
         .env("CARGO_NET_OFFLINE", "true")
         .env_remove("SHAPING_ROOT")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(writer)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
