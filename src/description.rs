@@ -16,6 +16,10 @@ pub struct Description {
     /// Whether the output carries provenance by default
     /// (`Pipeline::ANNOTATED`).
     pub annotated: bool,
+    /// What its samples are (`Pipeline::Sample`'s kind): `chat` or `preference`. Absent in
+    /// descriptions of older builds, which only made chat samples.
+    #[serde(default)]
+    pub kind: crate::format::SampleKind,
     /// The input files it declared, in declaration order.
     pub files: Vec<DeclaredFile>,
     /// The model aliases it declared (keys of `models.toml`), in declaration order.

@@ -39,7 +39,8 @@ pub use pipeline::best_of::{self, BestOf, Chosen};
 pub use pipeline::{Ctx, Declare, FileDep, ModelDep, Pipeline, Task, model_request};
 pub use provider::{Message, Params};
 pub use sample::{
-    PipelineError, PipelineErrorKind, Response, TrainingSample, trim_to_last_sentence,
+    PipelineError, PipelineErrorKind, PreferenceSample, Response, Sample, SampleKind,
+    TrainingSample, trim_to_last_sentence,
 };
 
 /// Re-exported so pipeline crates need no direct dependency for the common pieces.

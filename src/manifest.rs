@@ -96,6 +96,10 @@ pub struct Manifest {
     pub limit: Option<u64>,
     /// Whether the samples carry provenance (steps, model, timings).
     pub annotated: bool,
+    /// What the samples are: `chat` (conversations) or `preference` (pairs). Manifests of
+    /// older versions have none, and held chat samples.
+    #[serde(default)]
+    pub kind: crate::format::SampleKind,
     /// Lines in the output: one sample each.
     pub samples: u64,
     /// Lines in the errors file beside the output (`__ERROR__` records).

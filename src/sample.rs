@@ -10,11 +10,52 @@
 
 use time::OffsetDateTime;
 
+use std::collections::BTreeMap;
+
 use crate::cache::CachedReply;
-use crate::format::{ChatLine, ErrorLine, Message, Params, Usage};
+use crate::format::{ChatLine, ErrorLine, Message, Params, PreferenceLine, SampleLine, Usage};
 
 /// The line types a run's samples and errors are written as, defined with the line formats.
-pub use crate::format::{PipelineErrorKind, Provenance, Step, StepError, answer_span};
+pub use crate::format::{
+    PipelineErrorKind, Provenance, SampleKind, ShapeError, Step, StepError, answer_span,
+};
+
+/// What a pipeline's output holds: [`TrainingSample`] (conversations) or [`PreferenceSample`]
+/// (pairs). A pipeline names its kind with `type Sample` ([`crate::Pipeline::Sample`]); the run
+/// records [`Sample::KIND`] in the description and the manifest, and checks every sample's
+/// shape ([`Sample::check`]) before writing it.
+pub trait Sample: Send + 'static + sealed::Sealed {
+    /// The kind written to the description and manifest.
+    const KIND: SampleKind;
+    /// The sample's id.
+    fn id(&self) -> &str;
+    /// Whether the sample keeps the shape trainers need (see [`crate::format::check_conversation`]).
+    fn check(&self) -> Result<(), ShapeError>;
+    /// The steps `run_task` recorded for it (empty for one made outside a task).
+    fn steps(&self) -> &[Step];
+    /// Attaches the record's input and steps (done by `run_task`).
+    #[doc(hidden)]
+    fn attach(&mut self, provenance: Provenance);
+    /// The line written for it: annotated with its provenance, or minimal.
+    fn into_line(self, annotate: bool) -> SampleLine;
+}
+
+mod sealed {
+    /// Only the library's sample kinds are samples: readers, checks and exports know each one.
+    pub trait Sealed {}
+    impl Sealed for super::TrainingSample {}
+    impl Sealed for super::PreferenceSample {}
+}
+
+/// The provenance written for a sample: its own when annotated (an empty one for a sample made
+/// outside a task), none when minimal.
+fn provenance_for(provenance: Option<Provenance>, annotate: bool) -> Provenance {
+    if annotate {
+        provenance.unwrap_or_else(|| Provenance::new(serde_json::Value::Null, Vec::new()))
+    } else {
+        Provenance::default()
+    }
+}
 
 /// One training example: an id and a conversation. Provenance is attached by `run_task`.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,17 +85,103 @@ impl TrainingSample {
     /// The line written for this sample: annotated (`--annotate`) with its provenance (a sample
     /// made outside `run_task` has no input or steps), else minimal.
     pub fn into_line(self, annotate: bool) -> ChatLine {
-        let provenance = if annotate {
-            self.provenance
-                .unwrap_or_else(|| Provenance::new(serde_json::Value::Null, Vec::new()))
-        } else {
-            Provenance::default()
-        };
         ChatLine {
             id: self.id,
             messages: self.messages,
-            provenance,
+            provenance: provenance_for(self.provenance, annotate),
         }
+    }
+}
+
+impl Sample for TrainingSample {
+    const KIND: SampleKind = SampleKind::Chat;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn check(&self) -> Result<(), ShapeError> {
+        crate::format::check_conversation(&self.messages)
+    }
+    fn steps(&self) -> &[Step] {
+        TrainingSample::steps(self)
+    }
+    fn attach(&mut self, provenance: Provenance) {
+        self.provenance = Some(provenance);
+    }
+    fn into_line(self, annotate: bool) -> SampleLine {
+        SampleLine::Chat(TrainingSample::into_line(self, annotate))
+    }
+}
+
+/// One preference pair: the same `prompt` answered twice, `chosen` preferred over `rejected`
+/// (written in TRL's conversational preference format, see [`PreferenceLine`]). Provenance is
+/// attached by `run_task`: every step of both answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreferenceSample {
+    /// The sample's id, written as the line's `id`.
+    pub id: String,
+    /// The conversation both answers reply to: optional system message, ending on a user turn.
+    pub prompt: Vec<Message>,
+    /// The answer to prefer (an assistant message).
+    pub chosen: Message,
+    /// The answer not to prefer (an assistant message).
+    pub rejected: Message,
+    /// Optional scores (e.g. voice markers of each answer), written as `scores`.
+    pub scores: BTreeMap<String, f64>,
+    pub(crate) provenance: Option<Provenance>,
+}
+
+impl PreferenceSample {
+    /// A pair `id`: `prompt` answered by `chosen` (preferred) and `rejected`, the answers'
+    /// texts made assistant messages.
+    pub fn new(
+        id: impl Into<String>,
+        prompt: Vec<Message>,
+        chosen: impl Into<String>,
+        rejected: impl Into<String>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            prompt,
+            chosen: Message::assistant(chosen),
+            rejected: Message::assistant(rejected),
+            scores: BTreeMap::new(),
+            provenance: None,
+        }
+    }
+    /// Adds a score (kept in key order).
+    pub fn score(mut self, name: impl Into<String>, value: f64) -> Self {
+        self.scores.insert(name.into(), value);
+        self
+    }
+    /// The line written for this pair: annotated with its provenance, else minimal.
+    pub fn into_line(self, annotate: bool) -> PreferenceLine {
+        PreferenceLine {
+            id: self.id,
+            prompt: self.prompt,
+            chosen: vec![self.chosen],
+            rejected: vec![self.rejected],
+            scores: (!self.scores.is_empty()).then_some(self.scores),
+            provenance: provenance_for(self.provenance, annotate),
+        }
+    }
+}
+
+impl Sample for PreferenceSample {
+    const KIND: SampleKind = SampleKind::Preference;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn check(&self) -> Result<(), ShapeError> {
+        PreferenceSample::into_line(self.clone(), false).check()
+    }
+    fn steps(&self) -> &[Step] {
+        self.provenance.as_ref().map_or(&[], Provenance::steps)
+    }
+    fn attach(&mut self, provenance: Provenance) {
+        self.provenance = Some(provenance);
+    }
+    fn into_line(self, annotate: bool) -> SampleLine {
+        SampleLine::Preference(PreferenceSample::into_line(self, annotate))
     }
 }
 

@@ -59,6 +59,8 @@ struct Collected {
 
 impl Pipeline for Collected {
     const NAME: &'static str = "collected";
+
+    type Sample = TrainingSample;
     fn declare(deps: &mut Declare) -> Self {
         Self {
             model: deps.model("m"),
@@ -77,6 +79,8 @@ struct Streamed {
 
 impl Pipeline for Streamed {
     const NAME: &'static str = "streamed";
+
+    type Sample = TrainingSample;
     fn declare(deps: &mut Declare) -> Self {
         Self {
             model: deps.model("m"),

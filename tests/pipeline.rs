@@ -412,6 +412,8 @@ fn bad_input_gets_clear_errors() {
 struct Escaping;
 impl Pipeline for Escaping {
     const NAME: &'static str = "escaping";
+
+    type Sample = TrainingSample;
     fn declare(deps: &mut Declare) -> Self {
         deps.file("outside", "../secrets.txt");
         deps.file("linked", "inputs/link");
@@ -448,6 +450,7 @@ fn a_dependency_cycle_is_an_error_naming_it() {
         crate_dir: PathBuf::from("/nonexistent"),
         output: format!("training/data/{name}.jsonl"),
         annotated: true,
+        kind: shaping::SampleKind::Chat,
         files: vec![shaping::description::DeclaredFile {
             name: "in".into(),
             path: format!("training/data/{reads}.jsonl"),
@@ -553,6 +556,8 @@ struct Picky {
 impl Pipeline for Picky {
     const NAME: &'static str = "picky";
 
+    type Sample = TrainingSample;
+
     fn declare(deps: &mut Declare) -> Self {
         Self {
             prompts: deps.file("prompts", "inputs/picky.txt"),
@@ -650,6 +655,8 @@ struct Rounds {
 
 impl Pipeline for Rounds {
     const NAME: &'static str = "rounds";
+
+    type Sample = TrainingSample;
 
     fn declare(deps: &mut Declare) -> Self {
         Self {

@@ -36,6 +36,8 @@ fn record_count() -> Result<u64, PipelineError> {
 impl Pipeline for Bench {
     const NAME: &'static str = "bench";
 
+    type Sample = TrainingSample;
+
     fn declare(deps: &mut Declare) -> Self {
         Self {
             model: deps.model("bench"),

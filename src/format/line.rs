@@ -372,6 +372,75 @@ impl ChatLine {
     }
 }
 
+/// One line of a preference dataset: a prompt (the conversation so far, ending on the user's
+/// turn) answered twice, `chosen` the answer to prefer and `rejected` the other, each a list of
+/// one assistant message (TRL's conversational preference format, read by TRL, axolotl and
+/// OpenRLHF); optional `scores`; then in the annotated form its [`Provenance`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreferenceLine {
+    /// The record's id (a number is read as its digits).
+    #[serde(deserialize_with = "lenient::id")]
+    pub id: String,
+    /// The conversation both answers reply to (optional system message, ends on a user turn).
+    pub prompt: Vec<Message>,
+    /// The preferred answer: one assistant message.
+    pub chosen: Vec<Message>,
+    /// The answer not to prefer: one assistant message.
+    pub rejected: Vec<Message>,
+    /// Scores the pipeline gave (e.g. `chosen_voice`, `rejected_voice`); left out when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores: Option<std::collections::BTreeMap<String, f64>>,
+    /// The annotation, written after the pair (all fields absent in a minimal line).
+    #[serde(flatten)]
+    pub provenance: Provenance,
+}
+
+impl PreferenceLine {
+    /// A minimal line: `prompt` answered by `chosen` and `rejected`, without scores.
+    pub fn minimal(
+        id: impl Into<String>,
+        prompt: Vec<Message>,
+        chosen: Message,
+        rejected: Message,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            prompt,
+            chosen: vec![chosen],
+            rejected: vec![rejected],
+            scores: None,
+            provenance: Provenance::default(),
+        }
+    }
+    /// The last user message of the prompt, or `""`.
+    pub fn question(&self) -> &str {
+        self.prompt
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map_or("", |m| m.content.as_str())
+    }
+    /// The prompt's system message, if any.
+    pub fn system(&self) -> Option<&str> {
+        self.prompt
+            .iter()
+            .find(|m| m.role == "system")
+            .map(|m| m.content.as_str())
+    }
+    /// The chosen answer's text (its last assistant message), or `""`.
+    pub fn chosen_text(&self) -> &str {
+        last_assistant(&self.chosen)
+    }
+    /// The rejected answer's text (its last assistant message), or `""`.
+    pub fn rejected_text(&self) -> &str {
+        last_assistant(&self.rejected)
+    }
+    /// The steps (empty for a minimal line).
+    pub fn steps(&self) -> &[Step] {
+        self.provenance.steps()
+    }
+}
+
 /// What kind of failure ended a record: the `error` field of its `__ERROR__` line.
 ///
 /// Each kind is written as the string shown on it; a pipeline may name kinds of its own
@@ -389,6 +458,9 @@ pub enum PipelineErrorKind {
     Interrupted,
     /// `output_error`: the record could not be written.
     Output,
+    /// `invalid_sample`: the sample the task made breaks the shape rules of its kind (an empty
+    /// turn, roles out of turn, no final answer, chosen equal to rejected).
+    InvalidSample,
     /// `unexpected_error`: any other error, e.g. one converted by `?`.
     Unexpected,
     /// A kind named by the pipeline itself.
@@ -397,12 +469,13 @@ pub enum PipelineErrorKind {
 
 impl PipelineErrorKind {
     /// The kinds the library writes, with their strings.
-    const NAMED: [(PipelineErrorKind, &'static str); 6] = [
+    const NAMED: [(PipelineErrorKind, &'static str); 7] = [
         (Self::Api, "api_error"),
         (Self::Parse, "parse_error"),
         (Self::Filtered, "filtered"),
         (Self::Interrupted, "interrupted"),
         (Self::Output, "output_error"),
+        (Self::InvalidSample, "invalid_sample"),
         (Self::Unexpected, "unexpected_error"),
     ];
 
@@ -632,6 +705,29 @@ mod tests {
     }
 
     #[test]
+    fn a_preference_line_round_trips() {
+        let mut pair = PreferenceLine::minimal(
+            "p-1",
+            vec![Message::system("You are Dee."), Message::user("Pie?")],
+            Message::assistant("Cherry, hon."),
+            Message::assistant("Pie is a baked dish."),
+        );
+        assert_eq!(
+            round_trip(&pair),
+            r#"{"id":"p-1","prompt":[{"role":"system","content":"You are Dee."},{"role":"user","content":"Pie?"}],"chosen":[{"role":"assistant","content":"Cherry, hon."}],"rejected":[{"role":"assistant","content":"Pie is a baked dish."}]}"#
+        );
+        pair.scores = Some([("chosen_voice".to_owned(), 2.0)].into());
+        pair.provenance = Provenance::new(serde_json::json!({"id": "p-1"}), vec![answered_step()]);
+        let line = round_trip(&pair);
+        assert!(
+            line.contains(r#""rejected":[{"role":"assistant","content":"Pie is a baked dish."}],"scores":{"chosen_voice":2.0},"input_data":{"id":"p-1"},"steps":[{"#),
+            "{line}"
+        );
+        assert_eq!(pair.question(), "Pie?");
+        assert_eq!(pair.system(), Some("You are Dee."));
+    }
+
+    #[test]
     fn an_error_line_round_trips() {
         let line = ErrorLine::new(
             PipelineErrorKind::Filtered,
@@ -832,7 +928,7 @@ mod tests {
                     serde_json::to_string(&read)
                 } else {
                     samples += 1;
-                    let read: ChatLine = serde_json::from_str(line)
+                    let read: super::super::SampleLine = serde_json::from_str(line)
                         .unwrap_or_else(|e| panic!("{}:{}: {e}", path.display(), n + 1));
                     serde_json::to_string(&read)
                 }

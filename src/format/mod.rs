@@ -4,12 +4,14 @@
 //! of the library, and the plain data types a line holds (messages, parameters, usage) are
 //! defined here and re-exported where they are used (`provider`, `sample`).
 
+mod kind;
 mod lenient;
 mod line;
 
+pub use kind::{SampleKind, SampleLine, ShapeError, check_conversation};
 pub use line::{
-    ChatLine, ErrorDetail, ErrorLine, Message, Params, PipelineErrorKind, Provenance, Step,
-    StepError, Usage, answer_span, first_user, last_assistant,
+    ChatLine, ErrorDetail, ErrorLine, Message, Params, PipelineErrorKind, PreferenceLine,
+    Provenance, Step, StepError, Usage, answer_span, first_user, last_assistant,
 };
 
 use std::path::{Path, PathBuf};

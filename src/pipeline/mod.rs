@@ -23,7 +23,7 @@ use crate::dispatch::{Dispatcher, Lane};
 use crate::format::ErrorLine;
 use crate::models::{ModelFingerprint, ModelSpec};
 use crate::provider::{ChatRequest, Message, Params};
-use crate::sample::{PipelineError, PipelineErrorKind, Provenance, Response, Step, TrainingSample};
+use crate::sample::{PipelineError, PipelineErrorKind, Provenance, Response, Sample, Step};
 
 /// A data-generating pipeline. Implement it in a crate under `pipelines/` and hand it to
 /// [`crate::run_main`] (or the [`crate::pipeline_main!`] macro) from `main`.
@@ -32,6 +32,10 @@ pub trait Pipeline: Sized + Send + Sync + 'static {
     const NAME: &'static str;
     /// Whether output carries provenance by default (`--annotate` / `--no-annotate` override).
     const ANNOTATED: bool = true;
+    /// What the output holds: [`crate::TrainingSample`] (conversations, single- or multi-turn)
+    /// or [`crate::PreferenceSample`] (preference pairs). Its [`Sample::KIND`] is recorded in
+    /// the description and the manifest, and checks, review and export read the output as it.
+    type Sample: Sample;
 
     /// Declare dependencies; keep the returned handles in `Self`.
     fn declare(deps: &mut Declare) -> Self;
@@ -43,7 +47,7 @@ pub trait Pipeline: Sized + Send + Sync + 'static {
 
     /// Produce the samples. Samples written by [`Ctx::stream_task`] are already in the output;
     /// the returned ones are appended after them.
-    fn run(&self, ctx: &Ctx) -> impl Future<Output = Result<Vec<TrainingSample>, PipelineError>>;
+    fn run(&self, ctx: &Ctx) -> impl Future<Output = Result<Vec<Self::Sample>, PipelineError>>;
 }
 
 /// Errors of dependency handles.
@@ -239,7 +243,9 @@ pub(crate) struct BoundModel {
 /// says where each line belongs in its file (see [`output_place`]), and the sink restores that
 /// order when it commits.
 pub(crate) trait SampleSink: Send {
-    fn sample(&mut self, place: u64, sample: TrainingSample) -> Result<(), PipelineError>;
+    /// Whether lines are written annotated (with provenance).
+    fn annotates(&self) -> bool;
+    fn sample(&mut self, place: u64, line: crate::format::SampleLine) -> Result<(), PipelineError>;
     fn error(&mut self, place: u64, record: ErrorLine) -> Result<(), PipelineError>;
 }
 
@@ -356,15 +362,16 @@ impl Ctx {
     /// Records run unordered (a slow record never holds back the next ones); the samples are
     /// sorted back into input order at the end. Failed records go to the errors file (in input
     /// order). With `--limit N` only the first N records run.
-    pub async fn run_task<R, F, Fut>(
+    pub async fn run_task<R, S, F, Fut>(
         &self,
         records: impl IntoIterator<Item = R>,
         task: F,
-    ) -> Result<Vec<TrainingSample>, PipelineError>
+    ) -> Result<Vec<S>, PipelineError>
     where
         R: Serialize,
+        S: Sample,
         F: Fn(Task, R) -> Fut,
-        Fut: Future<Output = Result<TrainingSample, PipelineError>>,
+        Fut: Future<Output = Result<S, PipelineError>>,
     {
         let mut samples = Vec::new();
         self.drive(records, task, |place, sample| {
@@ -380,36 +387,40 @@ impl Ctx {
     /// finishes instead of collecting them; the output file is put in input order when it is
     /// committed. Memory stays bounded for any number of records (the writer keeps a small
     /// index, not the samples). Returns the number of samples written.
-    pub async fn stream_task<R, F, Fut>(
+    pub async fn stream_task<R, S, F, Fut>(
         &self,
         records: impl IntoIterator<Item = R>,
         task: F,
     ) -> Result<u64, PipelineError>
     where
         R: Serialize,
+        S: Sample,
         F: Fn(Task, R) -> Fut,
-        Fut: Future<Output = Result<TrainingSample, PipelineError>>,
+        Fut: Future<Output = Result<S, PipelineError>>,
     {
         let inner = Arc::clone(&self.inner);
         let mut written = 0;
         self.drive(records, task, |place, sample| {
             written += 1;
-            inner.sink.lock().expect("sink lock").sample(place, sample)
+            let mut sink = inner.sink.lock().expect("sink lock");
+            let line = sample.into_line(sink.annotates());
+            sink.sample(place, line)
         })
         .await?;
         Ok(written)
     }
 
-    async fn drive<R, F, Fut>(
+    async fn drive<R, S, F, Fut>(
         &self,
         records: impl IntoIterator<Item = R>,
         task: F,
-        mut on_sample: impl FnMut(u64, TrainingSample) -> Result<(), PipelineError>,
+        mut on_sample: impl FnMut(u64, S) -> Result<(), PipelineError>,
     ) -> Result<(), PipelineError>
     where
         R: Serialize,
+        S: Sample,
         F: Fn(Task, R) -> Fut,
-        Fut: Future<Output = Result<TrainingSample, PipelineError>>,
+        Fut: Future<Output = Result<S, PipelineError>>,
     {
         let inner = &self.inner;
         let records = records.into_iter().take(inner.limit.unwrap_or(usize::MAX));
@@ -449,10 +460,24 @@ impl Ctx {
                 ));
             }
             let steps = handle.take_steps();
+            // A sample that breaks its kind's shape rules is the record's error, not a line.
+            let outcome = outcome.map(|result| {
+                result.and_then(|sample| match sample.check() {
+                    Ok(()) => Ok(sample),
+                    Err(shape) => Err(PipelineError::new(
+                        format!(
+                            "sample '{}' is not a valid {} sample: {shape}",
+                            sample.id(),
+                            S::KIND
+                        ),
+                        PipelineErrorKind::InvalidSample,
+                    )),
+                })
+            });
             let failure = match outcome {
                 Ok(Ok(mut sample)) => {
                     // Timed by its answers (cached ones keep their times): replays are identical.
-                    sample.provenance = Some(Provenance::new(input, steps));
+                    sample.attach(Provenance::new(input, steps));
                     inner.records_done.fetch_add(1, Ordering::Relaxed);
                     inner.progress.record_done(false);
                     on_sample(place, sample)?;

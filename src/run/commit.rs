@@ -90,6 +90,7 @@ pub(crate) fn commit<P: Pipeline>(
         models,
         limit: options.limit.map(|l| l as u64),
         annotated: prepared.annotate,
+        kind: <P::Sample as crate::sample::Sample>::KIND,
         samples: samples_written,
         errors: errors_written,
         output_sha256,

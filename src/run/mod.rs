@@ -23,7 +23,7 @@ use crate::models::ModelFingerprint;
 use crate::pipeline::{
     AFTER_ALL_RECORDS, BoundModel, Ctx, CtxInner, Declare, Pipeline, SampleSink,
 };
-use crate::sample::{PipelineError, TrainingSample};
+use crate::sample::{PipelineError, PipelineErrorKind, Sample};
 
 pub use prepare::git_commit;
 
@@ -179,6 +179,7 @@ pub fn describe_in<P: Pipeline>(root: &Path, crate_dir: &Path) -> Result<Descrip
         crate_dir: crate_dir.to_owned(),
         output: default_output(P::NAME),
         annotated: P::ANNOTATED,
+        kind: <P::Sample as Sample>::KIND,
         files: declare
             .files
             .iter()
@@ -333,7 +334,7 @@ async fn execute<P: Pipeline>(
         );
         return Ok(None);
     };
-    let mut samples: Vec<TrainingSample> = result.map_err(|error| RunError::Pipeline {
+    let mut samples: Vec<P::Sample> = result.map_err(|error| RunError::Pipeline {
         pipeline: P::NAME.to_owned(),
         error,
     })?;
@@ -343,13 +344,35 @@ async fn execute<P: Pipeline>(
     drop(ctx);
     let writers = {
         let mut sink = sink.lock().expect("sink lock");
-        // Samples returned at the end of `run` go after every record written during it.
+        // Samples returned at the end of `run` go after every record written during it; one
+        // that breaks its kind's shape rules becomes an error line, as in a task.
         for sample in samples {
-            sink.sample(AFTER_ALL_RECORDS, sample)
-                .map_err(|error| RunError::Pipeline {
-                    pipeline: P::NAME.to_owned(),
-                    error,
-                })?;
+            let written = match sample.check() {
+                Ok(()) => {
+                    let line = sample.into_line(sink.annotates());
+                    sink.sample(AFTER_ALL_RECORDS, line)
+                }
+                Err(shape) => {
+                    inner.records_failed.fetch_add(1, Ordering::Relaxed);
+                    let error = PipelineError::new(
+                        format!(
+                            "sample '{}' is not a valid {} sample: {shape}",
+                            sample.id(),
+                            P::Sample::KIND
+                        ),
+                        PipelineErrorKind::InvalidSample,
+                    );
+                    let steps = sample.steps().to_vec();
+                    sink.error(
+                        AFTER_ALL_RECORDS,
+                        error.into_line(serde_json::Value::Null, steps),
+                    )
+                }
+            };
+            written.map_err(|error| RunError::Pipeline {
+                pipeline: P::NAME.to_owned(),
+                error,
+            })?;
         }
         sink.take().expect("the sink is taken once, here")
     };

@@ -3,9 +3,10 @@
 use std::path::Path;
 
 use crate::format::ErrorLine;
+use crate::format::SampleLine;
 use crate::output::{JsonlWriter, OutputError};
 use crate::pipeline::SampleSink;
-use crate::sample::{PipelineError, PipelineErrorKind, TrainingSample};
+use crate::sample::{PipelineError, PipelineErrorKind};
 
 /// The two temporary files of a run, committed (or dropped) together at the end.
 pub(crate) struct Writers {
@@ -51,8 +52,11 @@ impl FileSink {
 }
 
 impl SampleSink for FileSink {
-    fn sample(&mut self, place: u64, sample: TrainingSample) -> Result<(), PipelineError> {
-        let line = sample.into_line(self.annotate);
+    fn annotates(&self) -> bool {
+        self.annotate
+    }
+
+    fn sample(&mut self, place: u64, line: SampleLine) -> Result<(), PipelineError> {
         self.writers()?
             .output
             .at(place)

@@ -52,6 +52,8 @@ pub(crate) struct Echo {
 impl Pipeline for Echo {
     const NAME: &'static str = "echo";
 
+    type Sample = TrainingSample;
+
     fn declare(deps: &mut Declare) -> Self {
         Self {
             prompts: deps.file("prompts", "inputs/prompts.txt"),
@@ -110,6 +112,8 @@ pub(crate) struct Down {
 
 impl Pipeline for Down {
     const NAME: &'static str = "down";
+
+    type Sample = TrainingSample;
     const ANNOTATED: bool = false;
 
     fn declare(deps: &mut Declare) -> Self {

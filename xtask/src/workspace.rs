@@ -414,6 +414,8 @@ struct Record {
 impl Pipeline for {Type} {
     const NAME: &'static str = "{name}";
 
+    type Sample = TrainingSample;
+
     fn declare(deps: &mut Declare) -> Self {
         // Declare inputs with deps.file("name", "path/in/repo") so edits make the output STALE.
         Self { model: deps.model("{alias}") }

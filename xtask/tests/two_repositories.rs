@@ -48,6 +48,8 @@ struct Probe {
 impl Pipeline for Probe {
     const NAME: &'static str = "probe";
 
+    type Sample = TrainingSample;
+
     fn declare(deps: &mut Declare) -> Self {
         Self { words: deps.file("words", "inputs/words.txt") }
     }

@@ -86,6 +86,8 @@ struct FactQuestion {
 impl Pipeline for IdentityAugmentation {
     const NAME: &'static str = "identity-augmentation";
 
+    type Sample = TrainingSample;
+
     fn declare(deps: &mut Declare) -> Self {
         // best_of judges candidates with the voice's markers and contradictions: edits to it
         // change which candidate is kept.

@@ -37,6 +37,8 @@ const MIX_SEED: u64 = 2016;
 impl Pipeline for MixedPrompts {
     const NAME: &'static str = "mixed-prompts";
 
+    type Sample = TrainingSample;
+
     fn declare(deps: &mut Declare) -> Self {
         // best_of judges candidates with the voice's markers and contradictions: edits to it
         // change which candidate is kept.

@@ -30,6 +30,8 @@ struct Prompt {
 impl Pipeline for VoicePrompts {
     const NAME: &'static str = "voice-prompts";
 
+    type Sample = TrainingSample;
+
     fn declare(deps: &mut Declare) -> Self {
         // best_of judges candidates with the voice's markers and contradictions: edits to it
         // change which candidate is kept.
