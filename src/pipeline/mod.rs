@@ -544,6 +544,13 @@ impl Task {
         futures::future::join_all(pending).await
     }
 
+    /// The quality gate's per-sample detectors of this run (the pipeline's quality config and
+    /// `identity/voice.toml`): the checks `cargo xtask check` applies, for a pipeline's own
+    /// judgements (e.g. comparing the two answers of a preference pair).
+    pub fn detectors(&self) -> &crate::quality::Detectors {
+        &self.state.ctx.detectors
+    }
+
     /// The run this task belongs to.
     pub(crate) fn ctx(&self) -> &CtxInner {
         &self.state.ctx

@@ -1,0 +1,141 @@
+//! voice-dpo: preference pairs that teach Dee's voice: chosen is voice-prompts' in-character answer (persona prompt, best of up to eight), rejected is the same model answering the bare question with no persona.
+//!
+//! The prompt of each pair is the customer's question alone, with no system prompt: trained on
+//! these pairs, the model should prefer Dee's answer without being told to be Dee (the recipe of
+//! Open Character Training's DPO stage). Chosen answers are read from the committed
+//! `voice-prompts` output, so this pipeline is downstream of it in the build graph and only pays
+//! for the rejected answers.
+
+use std::path::Path;
+
+use serde::Serialize;
+use shaping::format::ChatLine;
+use shaping::quality::Turn;
+use shaping::{
+    Ctx, Declare, FileDep, Message, ModelDep, Pipeline, PipelineError, PreferenceSample, Task,
+    model_request,
+};
+
+/// Reply budget of the rejected answer: the same as voice-prompts' chosen ones.
+const MAX_TOKENS: u32 = 90;
+
+/// Rejected candidates per question, asked one at a time until one makes a valid pair (differs
+/// from chosen and shows fewer voice markers).
+const REJECTED_CANDIDATES: u32 = 3;
+
+struct VoiceDpo {
+    chosen: FileDep,
+    base: ModelDep,
+}
+
+/// One question with its chosen answer. The cache key of the rejected answer hashes this
+/// record, so a changed chosen answer asks for a new rejected one.
+#[derive(Debug, Serialize)]
+struct Question {
+    id: String,
+    prompt: String,
+    chosen: String,
+}
+
+impl Pipeline for VoiceDpo {
+    const NAME: &'static str = "voice-dpo";
+
+    type Sample = PreferenceSample;
+
+    fn declare(deps: &mut Declare) -> Self {
+        // The pair rules count the voice's markers: edits to it change which pairs are kept.
+        deps.file("voice", shaping::quality::VOICE_FILE);
+        Self {
+            chosen: deps.file("chosen", "training/data/voice-prompts.jsonl"),
+            // The base behaviour: the identity's model with no persona prompt.
+            base: deps.model("dee"),
+        }
+    }
+
+    async fn run(&self, ctx: &Ctx) -> Result<Vec<PreferenceSample>, PipelineError> {
+        let questions = read_questions(self.chosen.path())?;
+        ctx.run_task(questions, |t: Task, question: Question| async move {
+            let prompt = vec![Message::user(question.prompt.clone())];
+            let chosen_markers = markers(&t, &question.prompt, &question.chosen);
+            let mut reasons = Vec::new();
+            for _ in 0..REJECTED_CANDIDATES {
+                let request = model_request(prompt.clone(), &self.base).max_tokens(MAX_TOKENS);
+                let response = t.request(request).await;
+                let rejected = shaping::trim_to_last_sentence(response.ok_text()?).to_owned();
+                let rejected_markers = markers(&t, &question.prompt, &rejected);
+                match pair_problem(&question.chosen, chosen_markers, &rejected, rejected_markers)
+                {
+                    Some(problem) => reasons.push(problem),
+                    None => {
+                        return Ok(PreferenceSample::new(
+                            question.id,
+                            prompt,
+                            question.chosen,
+                            rejected,
+                        )
+                        .score("chosen_voice_markers", chosen_markers as f64)
+                        .score("rejected_voice_markers", rejected_markers as f64));
+                    }
+                }
+            }
+            Err(PipelineError::filtered(
+                format!("no rejected answer of {REJECTED_CANDIDATES} made a valid pair"),
+                reasons,
+            ))
+        })
+        .await
+    }
+}
+
+/// The distinct voice markers `reply` shows, as the quality gate counts them.
+fn markers(t: &Task, prompt: &str, reply: &str) -> usize {
+    let turn = Turn {
+        prompt,
+        reply,
+        finish_reason: None,
+    };
+    t.detectors().judge(&turn).markers.len()
+}
+
+/// Why `rejected` cannot be paired with `chosen`, in the gate's words; `None` when it can.
+fn pair_problem(
+    chosen: &str,
+    chosen_markers: usize,
+    rejected: &str,
+    rejected_markers: usize,
+) -> Option<String> {
+    let normalise = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+    if rejected.trim().is_empty() {
+        Some("empty: the rejected answer has no text".to_owned())
+    } else if normalise(chosen) == normalise(rejected) {
+        Some("pair: rejected is the same text as chosen".to_owned())
+    } else if rejected_markers > chosen_markers {
+        Some(format!(
+            "pair: rejected shows more voice markers ({rejected_markers}) than chosen ({chosen_markers})"
+        ))
+    } else {
+        None
+    }
+}
+
+/// The questions and chosen answers of voice-prompts' output, one per line, in its order.
+fn read_questions(path: &Path) -> Result<Vec<Question>, PipelineError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| PipelineError::unexpected(format!("{}: {e}", path.display())))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(n, line)| {
+            let sample: ChatLine = serde_json::from_str(line).map_err(|e| {
+                PipelineError::unexpected(format!("{}:{}: {e}", path.display(), n + 1))
+            })?;
+            Ok(Question {
+                id: format!("dpo-{}", sample.id),
+                prompt: sample.prompt().to_owned(),
+                chosen: sample.response().to_owned(),
+            })
+        })
+        .collect()
+}
+
+shaping::pipeline_main!(VoiceDpo);
