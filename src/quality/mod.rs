@@ -37,12 +37,16 @@ pub use checks::{
 };
 pub use config::{Contradiction, Loosening, QualityConfig, VOICE_FILE, Voice};
 pub use detect::{Detectors, Finding, Reason, Turn, Verdict};
-pub use read::{JsonlReader, read_chat_records, read_errors, read_records};
+pub use read::{
+    JsonlReader, read_any_samples, read_chat_records, read_errors, read_records, read_samples,
+};
 pub use report::{REPORT_SAMPLE_CAP, render_report};
 pub use review::{REVIEW_TEXT_CHARS, ReviewSample, ReviewSnapshot, review_sample};
-pub use stats::{Bucket, DatasetStats, LengthStats, StatsBuilder, TokenTotals};
+pub use stats::{
+    Bucket, DatasetStats, LengthStats, PairStats, StatsBuilder, TokenTotals, TurnStats,
+};
 pub use terminal::{sample, sample_records};
-pub use text::{Sample, SampleStep, errors_path_for};
+pub use text::{Answers, Sample, SampleStep, errors_path_for};
 
 use std::path::PathBuf;
 
