@@ -418,10 +418,9 @@ impl<'a> Checker<'a> {
             }
         }
         if self.has_markers {
-            // A sample without a reply counts as one reply without a marker.
-            self.replies += facts.replies.max(1);
+            self.replies += facts.replies;
             self.with_marker += facts.replies_with_marker;
-            if facts.replies_with_marker < facts.replies.max(1) {
+            if facts.replies_with_marker < facts.replies {
                 self.without_marker.hit(id);
             }
         }

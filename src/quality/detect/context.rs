@@ -215,6 +215,11 @@ impl Detectors {
             exchanges: Some(turns.len() as u64),
             ..SampleFacts::default()
         };
+        if turns.is_empty() {
+            // No answer at all: an empty reply to the last user turn, as before kinds.
+            findings.extend(self.judge_in_conversation(messages, "", None).findings);
+            facts.replies = 1;
+        }
         let steps = record.steps();
         for &at in &turns {
             let reply = messages[at].content.as_str();
@@ -464,6 +469,14 @@ mod tests {
         assert_eq!(
             detectors.judge_record(&empty).reasons(),
             ["empty: the reply has no text"]
+        );
+        let unanswered = chat(vec![Message::user("Hi there, hon?")]);
+        assert_eq!(
+            detectors.judge_record(&unanswered).reasons(),
+            [
+                "shape: the conversation ends on a user turn; the last turn must be the assistant's",
+                "empty: the reply has no text"
+            ]
         );
     }
 }
