@@ -1555,7 +1555,11 @@ fn a_conversation_ending_on_a_user_turn_fails_naming_it() {
     assert_eq!(failed(&report, "shape"), ["open", "tool"]);
     assert_eq!(report.reason_counts.get("shape"), Some(&2));
     // Single-turn chat data lists no shape check until a line breaks its shape.
-    assert!(run(&Fixture::new("plain", &good(25)), &config()).get("shape").is_none());
+    assert!(
+        run(&Fixture::new("plain", &good(25)), &config())
+            .get("shape")
+            .is_none()
+    );
 }
 
 #[test]
@@ -1661,7 +1665,11 @@ fn stats_of_turns_and_pair_margins() {
     };
     let fixture = Fixture::new(
         "turns",
-        &[exchanges("one", 1), exchanges("two", 2), exchanges("three", 3)],
+        &[
+            exchanges("one", 1),
+            exchanges("two", 2),
+            exchanges("three", 3),
+        ],
     );
     let (stats, report) =
         quality::analyze(&fixture.path, &QualityConfig::lenient(), &Voice::default()).unwrap();
@@ -1686,7 +1694,12 @@ fn stats_of_turns_and_pair_margins() {
         "margins",
         &[
             // chosen 2 markers, 5 words; rejected 0, 2.
-            pair("a", "Did the Cubs win?", "Oh hon, the Cubs won.", "They won."),
+            pair(
+                "a",
+                "Did the Cubs win?",
+                "Oh hon, the Cubs won.",
+                "They won.",
+            ),
             // chosen 1 marker, 2 words; rejected 2, 6.
             pair(
                 "b",
@@ -1750,7 +1763,9 @@ fn a_file_mixing_kinds_fails_the_odd_samples() {
     let (report, verdicts) = verdicts_of(&fixture, &config());
     assert_eq!(
         verdicts["odd"].reasons(),
-        ["shape: a preference pair in a chat dataset (the first sample is chat; one kind per file)"]
+        [
+            "shape: a preference pair in a chat dataset (the first sample is chat; one kind per file)"
+        ]
     );
     assert_eq!(failed(&report, "shape"), ["odd"]);
     // Chat files from elsewhere (`check --file`) may hold pairs too, ids or not.
@@ -1777,13 +1792,24 @@ fn review_and_report_render_turns_and_pairs() {
     assert_eq!(sample.response, None);
     assert_eq!(sample.system.as_deref(), Some("You are Margaret."));
     assert_eq!(sample.turns.len(), 4);
-    assert!(sample.turns[0].starts_with("[user] p") && sample.turns[1].starts_with("[assistant] Oh hon"));
+    assert!(
+        sample.turns[0].starts_with("[user] p")
+            && sample.turns[1].starts_with("[assistant] Oh hon")
+    );
     assert!(sample.turns[3].starts_with("[assistant] The menu"));
     let text = serde_json::to_string(&snapshot).unwrap();
     assert!(!text.contains("\"chosen\""));
     let (stats, report) = quality::analyze(&fixture.path, &config(), &Voice::default()).unwrap();
-    let html = render_report("convos", &stats, &report, all_samples(&fixture.path, &config()));
-    assert!(html.contains("<div class=\"role\">assistant · turn 5</div>"), "turns are numbered");
+    let html = render_report(
+        "convos",
+        &stats,
+        &report,
+        all_samples(&fixture.path, &config()),
+    );
+    assert!(
+        html.contains("<div class=\"role\">assistant · turn 5</div>"),
+        "turns are numbered"
+    );
     assert!(html.contains("Exchanges"));
 
     // Pairs: the prompt, then chosen and rejected.
@@ -1792,20 +1818,37 @@ fn review_and_report_render_turns_and_pairs() {
     let sample = &snapshot.samples[0];
     assert!(sample.prompt.as_deref().unwrap().starts_with('p'));
     assert!(sample.chosen.as_deref().unwrap().starts_with("Oh hon"));
-    assert!(sample.rejected.as_deref().unwrap().starts_with("The Cubs might"));
+    assert!(
+        sample
+            .rejected
+            .as_deref()
+            .unwrap()
+            .starts_with("The Cubs might")
+    );
     assert_eq!(sample.response, None);
     assert!(sample.turns.is_empty());
     let (stats, report) = quality::analyze(&fixture.path, &config(), &Voice::default()).unwrap();
-    let html = render_report("pairs", &stats, &report, all_samples(&fixture.path, &config()));
+    let html = render_report(
+        "pairs",
+        &stats,
+        &report,
+        all_samples(&fixture.path, &config()),
+    );
     assert_eq!(html.matches("<div class=\"pair\">").count(), 3);
-    assert!(html.contains("<div class=\"answer chosen\"><div class=\"msg assistant\"><div class=\"role\">chosen</div>"));
+    assert!(html.contains(
+        "<div class=\"answer chosen\"><div class=\"msg assistant\"><div class=\"role\">chosen</div>"
+    ));
     assert!(html.contains("<div class=\"role\">rejected</div>"));
     assert!(html.contains("Pair margins"));
 
     // And in the terminal.
     let text = quality::sample(&fixture.path, 3, 1, false).unwrap();
     assert_eq!(text.matches("  chosen: Oh hon").count(), 3, "{text}");
-    assert_eq!(text.matches("  rejected: The Cubs might").count(), 3, "{text}");
+    assert_eq!(
+        text.matches("  rejected: The Cubs might").count(),
+        3,
+        "{text}"
+    );
     let text = quality::sample(&Fixture::new("c", &good_convos(2)).path, 2, 1, false).unwrap();
     assert_eq!(text.matches("  assistant: ").count(), 4, "{text}");
 }

@@ -266,8 +266,7 @@ fn analyze_lines(
     for item in lines {
         let (line, record) = item?;
         let mut judged = detectors.judge_line(&record);
-        if let Some(finding) = kind_mismatch(*dataset_kind.get_or_insert(record.kind()), &record)
-        {
+        if let Some(finding) = kind_mismatch(*dataset_kind.get_or_insert(record.kind()), &record) {
             judged.verdict.findings.insert(0, finding);
         }
         stats.add_sample(&record, &judged.facts);

@@ -427,7 +427,6 @@ impl Detectors {
         }
         verdict
     }
-
 }
 
 /// Whether `text` ends at the end of a sentence: its last character, after closing quotes,

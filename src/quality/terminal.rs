@@ -77,8 +77,8 @@ fn render_one(out: &mut String, index: usize, sample: &Sample, full: bool) {
             if full { None } else { Some(PROMPT_CHARS) },
         );
     }
-    let several = sample.exchanges() > 1
-        || sample.messages.iter().filter(|m| m.role == "user").count() > 1;
+    let several =
+        sample.exchanges() > 1 || sample.messages.iter().filter(|m| m.role == "user").count() > 1;
     if full || several {
         // The whole conversation, turn by turn (shortened unless `full`).
         let limit = |chars| if full { None } else { Some(chars) };

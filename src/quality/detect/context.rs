@@ -197,7 +197,8 @@ impl Detectors {
         let messages = &record.messages;
         let mut findings = Vec::new();
         if let Err(error) = record.check() {
-            let empty_reply = matches!(&error, ShapeError::EmptyTurn { role, .. } if role == "assistant");
+            let empty_reply =
+                matches!(&error, ShapeError::EmptyTurn { role, .. } if role == "assistant");
             if !empty_reply {
                 findings.push(Finding::new(Reason::Shape, error.to_string()));
             }
@@ -360,13 +361,18 @@ mod tests {
         let verdict = detectors.judge_record(&record);
         assert!(!verdict.passed());
         assert!(
-            verdict
-                .reasons()
-                .contains(&"turn 3: degeneration: sentence 'I'm gonna grab the hot dog.' ×9".into()),
+            verdict.reasons().contains(
+                &"turn 3: degeneration: sentence 'I'm gonna grab the hot dog.' ×9".into()
+            ),
             "{:?}",
             verdict.reasons()
         );
-        assert!(verdict.findings.iter().all(|f| f.at.as_deref() == Some("turn 3")));
+        assert!(
+            verdict
+                .findings
+                .iter()
+                .all(|f| f.at.as_deref() == Some("turn 3"))
+        );
     }
 
     #[test]
@@ -395,9 +401,8 @@ mod tests {
             Some("stop"),
         );
         assert!(
-            leak.reasons()
-                .iter()
-                .any(|r| r.starts_with("role_confusion: copies 16 words in a row from the system message")),
+            leak.reasons().iter().any(|r| r
+                .starts_with("role_confusion: copies 16 words in a row from the system message")),
             "{:?}",
             leak.reasons()
         );
@@ -406,12 +411,18 @@ mod tests {
     #[test]
     fn pair_rules() {
         let detectors = dee();
-        assert_eq!(detectors.check_pair(GOOD, "Get some sleep and arrive early."), vec![]);
+        assert_eq!(
+            detectors.check_pair(GOOD, "Get some sleep and arrive early."),
+            vec![]
+        );
         let same = detectors.check_pair(GOOD, &format!("  {}", GOOD.to_uppercase()));
         assert_eq!(same.len(), 1);
         assert_eq!(same[0].reason, Reason::SameAnswers);
         let empty = detectors.check_pair(GOOD, " ");
-        assert_eq!(empty[0].to_string(), "rejected: empty: the reply has no text");
+        assert_eq!(
+            empty[0].to_string(),
+            "rejected: empty: the reply has no text"
+        );
         let voiced = detectors.check_pair(
             "Get some sleep, hon, and arrive early to the interview.",
             GOOD,
@@ -433,7 +444,10 @@ mod tests {
         );
         let verdict = detectors.judge_sample(&SampleLine::Preference(pair));
         assert!(
-            verdict.reasons().iter().any(|r| r.starts_with("chosen: refusal:")),
+            verdict
+                .reasons()
+                .iter()
+                .any(|r| r.starts_with("chosen: refusal:")),
             "{:?}",
             verdict.reasons()
         );
@@ -447,7 +461,10 @@ mod tests {
         let judged = detectors.judge_line(&SampleLine::Preference(pair));
         assert!(judged.verdict.passed(), "{:?}", judged.verdict.reasons());
         assert_eq!(
-            judged.facts.pair.map(|p| (p.chosen_markers, p.rejected_markers)),
+            judged
+                .facts
+                .pair
+                .map(|p| (p.chosen_markers, p.rejected_markers)),
             Some((2, 0))
         );
     }
@@ -465,7 +482,10 @@ mod tests {
             verdict.reasons(),
             ["shape: the conversation ends on a user turn; the last turn must be the assistant's"]
         );
-        let empty = chat(vec![Message::user("Hi there, hon?"), Message::assistant(" ")]);
+        let empty = chat(vec![
+            Message::user("Hi there, hon?"),
+            Message::assistant(" "),
+        ]);
         assert_eq!(
             detectors.judge_record(&empty).reasons(),
             ["empty: the reply has no text"]
