@@ -1,5 +1,6 @@
 //! Per-sample detectors: deterministic, model-free rules that judge one prompt/reply pair and say
-//! why it fails in words a person understands at a glance.
+//! why it fails in words a person understands at a glance (`context.rs` judges a reply within
+//! a conversation, a preference pair, and whole sample lines of either kind).
 //!
 //! [`Detectors`] is compiled once from a [`Voice`] and a [`QualityConfig`] and then judges any
 //! number of [`Turn`]s (it is `Send + Sync`, so pipelines can share it across tasks). A
