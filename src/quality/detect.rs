@@ -159,7 +159,7 @@ impl Finding {
     }
 
     /// The same finding, said of one part of the sample (`turn 4`, `chosen`, `rejected`).
-    fn at(mut self, at: impl Into<String>) -> Self {
+    fn within(mut self, at: impl Into<String>) -> Self {
         self.at = Some(at.into());
         self
     }

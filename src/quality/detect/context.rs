@@ -61,7 +61,7 @@ impl Detectors {
     /// its word trigrams, or more than ten words in a row) is an echo naming that turn. With a
     /// context of one user message this is exactly [`Detectors::judge`].
     ///
-    /// Findings carry no [`Finding::at`]: the caller knows which turn it judged.
+    /// Findings carry no place ([`Finding::at`] is `None`): the caller knows which turn it judged.
     pub fn judge_in_conversation(
         &self,
         context: &[Message],
@@ -118,7 +118,7 @@ impl Detectors {
     pub fn check_pair(&self, chosen: &str, rejected: &str) -> Vec<Finding> {
         let rejected_normalized = normalize(rejected);
         if rejected_normalized.is_empty() {
-            return vec![Finding::new(Reason::Empty, "the reply has no text").at("rejected")];
+            return vec![Finding::new(Reason::Empty, "the reply has no text").within("rejected")];
         }
         let chosen_normalized = normalize(chosen);
         if chosen_normalized == rejected_normalized {
@@ -242,7 +242,7 @@ impl Detectors {
             }
             for finding in verdict.findings {
                 findings.push(if several {
-                    finding.at(format!("turn {}", at + 1))
+                    finding.within(format!("turn {}", at + 1))
                 } else {
                     finding
                 });
