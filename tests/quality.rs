@@ -1060,8 +1060,9 @@ fn review_snapshot_has_no_paths_and_truncates() {
     assert_eq!(snapshot.dataset, "snap");
     assert_eq!(snapshot.samples.len(), 6);
     let long = snapshot.samples.iter().find(|s| s.id == "long").unwrap();
-    assert!(long.response.chars().count() <= quality::REVIEW_TEXT_CHARS + 1);
-    assert!(long.response.ends_with('…'));
+    let response = long.response.as_deref().unwrap();
+    assert!(response.chars().count() <= quality::REVIEW_TEXT_CHARS + 1);
+    assert!(response.ends_with('…'));
     let text = serde_json::to_string(&snapshot).unwrap();
     assert!(!text.contains(&fixture.root().display().to_string()));
     assert_eq!(
@@ -1389,4 +1390,465 @@ fn calibration() {
         "junk rejected below 90%"
     );
     assert!(share(good_rejected, good) <= 0.1, "good rejected above 10%");
+}
+
+// ---- Sample kinds: multi-turn conversations and preference pairs ----
+
+/// A conversation: an optional system message, then `(user, assistant)` exchanges.
+fn convo(id: &str, system: bool, exchanges: &[(&str, &str)]) -> Value {
+    let mut messages = Vec::new();
+    if system {
+        messages.push(json!({"role": "system", "content": "You are Margaret."}));
+    }
+    for (user, assistant) in exchanges {
+        messages.push(json!({"role": "user", "content": user}));
+        messages.push(json!({"role": "assistant", "content": assistant}));
+    }
+    json!({"id": id, "messages": messages})
+}
+
+/// `n` conversations of two exchanges (with a system message) that pass every check.
+fn good_convos(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            convo(
+                &format!("c{i:03}"),
+                true,
+                &[
+                    (
+                        &format!("p{i}a p{i}b Cubs game tonight?"),
+                        &format!("Oh hon, the Cubs play game number {i} tonight, and I'll pour you a coffee at the diner before the first pitch."),
+                    ),
+                    (
+                        &format!("p{i}c what about the diner menu?"),
+                        &format!("The menu has pierogi on Fridays, hon, and pancakes every morning; the Cubs fans order the meatloaf special number {i}."),
+                    ),
+                ],
+            )
+        })
+        .collect()
+}
+
+/// A preference pair answering one user message.
+fn pair(id: &str, prompt: &str, chosen: &str, rejected: &str) -> Value {
+    json!({"id": id, "prompt": [{"role": "user", "content": prompt}],
+           "chosen": [{"role": "assistant", "content": chosen}],
+           "rejected": [{"role": "assistant", "content": rejected}]})
+}
+
+/// `n` pairs that pass every check: `chosen` in voice (two markers), `rejected` plainer (one).
+fn good_pairs(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            pair(
+                &format!("d{i:03}"),
+                &format!("p{i}a p{i}b p{i}c Cubs"),
+                &format!("Oh hon, the Cubs will win game number {i} this year, and I'll pour you a coffee at the diner to celebrate."),
+                &format!("The Cubs might win game {i}. Coffee is sold in most places in town all year round."),
+            )
+        })
+        .collect()
+}
+
+/// Every sample's verdict, by id.
+fn verdicts_of(
+    fixture: &Fixture,
+    config: &QualityConfig,
+) -> (CheckReport, std::collections::BTreeMap<String, Verdict>) {
+    let mut verdicts = std::collections::BTreeMap::new();
+    let (_, report) = quality::analyze_each(&fixture.path, config, &Voice::default(), |s| {
+        verdicts.insert(s.id.clone(), s.verdict.clone());
+    })
+    .unwrap();
+    (report, verdicts)
+}
+
+#[test]
+fn a_multi_turn_sample_fails_on_the_turn_named() {
+    let mut lines = good_convos(25);
+    lines.push(convo(
+        "loop3",
+        true,
+        &[
+            (
+                "What hot dog do you grab at the game?",
+                &"I'm gonna grab the hot dog. ".repeat(9),
+            ),
+            (
+                "And what about the diner menu?",
+                "The menu has pierogi on Fridays, hon, and pancakes every morning; the Cubs fans all order the meatloaf.",
+            ),
+        ],
+    ));
+    let fixture = Fixture::new("convos", &lines);
+    let (report, verdicts) = verdicts_of(&fixture, &config());
+    assert!(
+        verdicts.values().filter(|v| v.passed()).count() == 25,
+        "{verdicts:#?}"
+    );
+    // Turn 3 (system, user, assistant) fails; the sample fails with it, the turn named.
+    assert_eq!(
+        verdicts["loop3"].reasons(),
+        ["turn 3: degeneration: sentence 'I'm gonna grab the hot dog.' ×9"]
+    );
+    assert_eq!(verdicts["loop3"].findings[0].at.as_deref(), Some("turn 3"));
+    assert_eq!(failed(&report, "degeneration"), ["loop3"]);
+    // The shape check is listed for multi-turn data, and passes.
+    passed(&report, "shape");
+    // Markers are counted per reply: 51 of 52 replies show one.
+    let markers = report.get("voice_markers").unwrap();
+    assert!(
+        markers.message.starts_with("51 of 52 responses"),
+        "{markers:?}"
+    );
+
+    // A reply that repeats an earlier turn of its conversation is an echo, named by turn.
+    let reply = "Oh hon, the Cubs play game number one tonight, and I'll pour you a coffee at the diner before the first pitch.";
+    let fixture = Fixture::new(
+        "again",
+        &[convo(
+            "again",
+            false,
+            &[
+                ("Cubs game tonight?", reply),
+                ("Anything else about the Cubs tonight?", reply),
+            ],
+        )],
+    );
+    let (_, verdicts) = verdicts_of(&fixture, &QualityConfig::lenient());
+    assert_eq!(
+        verdicts["again"].reasons(),
+        ["turn 4: echo: says again the reply of turn 2, word for word"]
+    );
+}
+
+#[test]
+fn a_conversation_ending_on_a_user_turn_fails_naming_it() {
+    let mut lines = good_convos(25);
+    let mut open = convo(
+        "open",
+        false,
+        &[(
+            "p99a Cubs game tonight?",
+            "Oh hon, the Cubs play tonight, and I'll pour you a coffee at the diner before the first pitch, like always.",
+        )],
+    );
+    open["messages"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"role": "user", "content": "And tomorrow?"}));
+    lines.push(open);
+    lines.push(json!({"id": "tool", "messages": [
+        {"role": "user", "content": "Cubs game tonight?"},
+        {"role": "tool", "content": "{}"},
+        {"role": "assistant", "content": "Oh hon, the Cubs play tonight, and I'll pour you a coffee at the diner before the first pitch."}]}));
+    let fixture = Fixture::new("shapes", &lines);
+    let (report, verdicts) = verdicts_of(&fixture, &config());
+    assert_eq!(
+        verdicts["open"].reasons(),
+        ["shape: the conversation ends on a user turn; the last turn must be the assistant's"]
+    );
+    assert_eq!(
+        verdicts["tool"].reasons()[0],
+        "shape: turn 2 has the unknown role 'tool' (expected system, user or assistant)"
+    );
+    assert_eq!(failed(&report, "shape"), ["open", "tool"]);
+    assert_eq!(report.reason_counts.get("shape"), Some(&2));
+    // Single-turn chat data lists no shape check until a line breaks its shape.
+    assert!(
+        run(&Fixture::new("plain", &good(25)), &config())
+            .get("shape")
+            .is_none()
+    );
+}
+
+#[test]
+fn a_pair_whose_chosen_fails_is_filtered() {
+    let mut lines = good_pairs(25);
+    lines.push(pair(
+        "bad-chosen",
+        "Will the Cubs win today?",
+        "As an AI language model, I think the Cubs will win today, hon, and the diner is a fine place to watch.",
+        "The Cubs might win today.",
+    ));
+    let fixture = Fixture::new("pairs", &lines);
+    let (report, verdicts) = verdicts_of(&fixture, &config());
+    assert_eq!(verdicts.values().filter(|v| v.passed()).count(), 25);
+    let reasons = verdicts["bad-chosen"].reasons();
+    assert!(
+        reasons.iter().any(|r| r.starts_with("chosen: refusal: ")),
+        "{reasons:?}"
+    );
+    assert!(
+        verdicts["bad-chosen"]
+            .findings
+            .iter()
+            .all(|f| f.at.as_deref() == Some("chosen"))
+    );
+    assert_eq!(failed(&report, "refusals"), ["bad-chosen"]);
+    // The pair checks are listed for pairs, and pass here.
+    for name in ["shape", "same_answers", "rejected_voice"] {
+        passed(&report, name);
+    }
+    // The off-voice rejected answers (one marker, no "hon") are not judged for voice.
+    passed(&report, "voice_markers");
+}
+
+#[test]
+fn a_pair_whose_rejected_is_chosen_again_is_filtered() {
+    let mut lines = good_pairs(25);
+    let chosen = "Oh hon, the Cubs will win it all this year, and I'll pour you a coffee at the diner to celebrate it.";
+    lines.push(pair(
+        "same",
+        "Will the Cubs win it all?",
+        chosen,
+        &format!("  {}", chosen.to_uppercase().replace(' ', "  ")),
+    ));
+    lines.push(pair("blank", "Will the Cubs win it all?", chosen, " "));
+    let fixture = Fixture::new("same", &lines);
+    let (report, verdicts) = verdicts_of(&fixture, &config());
+    assert_eq!(
+        verdicts["same"].reasons(),
+        ["same_answers: rejected is the chosen answer again (whitespace and case aside)"]
+    );
+    assert_eq!(
+        verdicts["blank"].reasons(),
+        ["rejected: empty: the reply has no text"]
+    );
+    assert_eq!(failed(&report, "same_answers"), ["same"]);
+    assert_eq!(failed(&report, "empty_responses"), ["blank"]);
+    assert_eq!(report.reason_counts.get("same_answers"), Some(&1));
+}
+
+#[test]
+fn a_pair_whose_rejected_shows_more_voice_is_filtered() {
+    let mut lines = good_pairs(25);
+    lines.push(pair(
+        "voiced",
+        "Will the Cubs win today?",
+        "The Cubs will win today, I think, and the diner will be full of fans wanting coffee and pie after the game.",
+        "Oh hon, the Cubs will win today, and I'll pour you a coffee.",
+    ));
+    let fixture = Fixture::new("voiced", &lines);
+    let (report, verdicts) = verdicts_of(&fixture, &config());
+    assert_eq!(
+        verdicts["voiced"].reasons(),
+        ["rejected_voice: rejected shows 2 voice markers (Cubs, hon), chosen 1 (Cubs)"]
+    );
+    assert_eq!(failed(&report, "rejected_voice"), ["voiced"]);
+    assert_eq!(report.reason_counts.get("rejected_voice"), Some(&1));
+
+    // The same rules for a pipeline, without a file.
+    let detectors = Detectors::new(&Voice::default(), &config()).unwrap();
+    assert!(
+        detectors
+            .check_pair("Oh hon, the Cubs won.", "They won.")
+            .is_empty()
+    );
+    assert_eq!(
+        detectors.check_pair("They won.", "Oh hon, the Cubs won.")[0].reason,
+        Reason::RejectedVoice
+    );
+}
+
+#[test]
+fn stats_of_turns_and_pair_margins() {
+    let exchanges = |id: &str, n: usize| {
+        let turns: Vec<(String, String)> = (0..n)
+            .map(|k| (format!("question {k}?"), format!("answer {k}, hon.")))
+            .collect();
+        let turns: Vec<(&str, &str)> = turns
+            .iter()
+            .map(|(q, a)| (q.as_str(), a.as_str()))
+            .collect();
+        convo(id, false, &turns)
+    };
+    let fixture = Fixture::new(
+        "turns",
+        &[
+            exchanges("one", 1),
+            exchanges("two", 2),
+            exchanges("three", 3),
+        ],
+    );
+    let (stats, report) =
+        quality::analyze(&fixture.path, &QualityConfig::lenient(), &Voice::default()).unwrap();
+    let turns = stats.turns.clone().expect("turn stats");
+    assert_eq!(
+        (turns.conversations, turns.min, turns.mean, turns.max),
+        (3, 1, 2.0, 3)
+    );
+    assert_eq!(stats.multi_turn, 2);
+    assert_eq!(report.turns, stats.turns, "the manifest's checks keep them");
+    assert!(stats.pairs.is_none());
+    // Single-turn data has no turn stats (and its snapshots do not change).
+    let (single, _) = quality::analyze(
+        &Fixture::new("single", &good(3)).path,
+        &QualityConfig::lenient(),
+        &Voice::default(),
+    )
+    .unwrap();
+    assert!(single.turns.is_none() && single.pairs.is_none());
+
+    let fixture = Fixture::new(
+        "margins",
+        &[
+            // chosen 2 markers, 5 words; rejected 0, 2.
+            pair(
+                "a",
+                "Did the Cubs win?",
+                "Oh hon, the Cubs won.",
+                "They won.",
+            ),
+            // chosen 1 marker, 2 words; rejected 2, 6.
+            pair(
+                "b",
+                "Did the Cubs win?",
+                "Sure hon.",
+                "The Cubs, hon, they won today.",
+            ),
+        ],
+    );
+    let config = QualityConfig::lenient().voice_markers(["Cubs", "hon"]);
+    let (stats, report) = quality::analyze(&fixture.path, &config, &Voice::default()).unwrap();
+    let pairs = stats.pairs.clone().expect("pair stats");
+    assert_eq!(pairs.pairs, 2);
+    assert_eq!(pairs.marker_margin, 0.5);
+    assert_eq!(pairs.word_margin, -0.5);
+    assert_eq!(pairs.chosen_more_markers, 0.5);
+    assert!(stats.turns.is_none());
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["pairs"]["marker_margin"], json!(0.5));
+    assert_eq!(json["reason_counts"]["rejected_voice"], json!(1));
+}
+
+#[test]
+fn a_pair_missing_rejected_is_an_error_naming_file_line_and_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prefs.jsonl");
+    let broken = json!({"id": "p-9", "prompt": [{"role": "user", "content": "Cubs?"}],
+                        "chosen": [{"role": "assistant", "content": "Cubs, hon."}]});
+    write_lines(
+        &path,
+        &[pair("p-1", "Cubs?", "Cubs, hon.", "The Cubs."), broken],
+    );
+    let error = quality::check(&path, &config(), &Voice::default()).unwrap_err();
+    assert!(
+        matches!(error, QualityError::Invalid { line: 2, .. }),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    assert!(
+        text.contains("prefs.jsonl:2: record 'p-9': missing field `rejected`"),
+        "{text}"
+    );
+    let text = quality::analyze_chat_file(&path, &config(), &Voice::default(), |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("prefs.jsonl:2: record 'p-9'"), "{text}");
+    let text = review_sample(&path, 3).unwrap_err().to_string();
+    assert!(text.contains("prefs.jsonl:2: record 'p-9'"), "{text}");
+}
+
+#[test]
+fn a_file_mixing_kinds_fails_the_odd_samples() {
+    let mut lines = good(25);
+    lines.push(pair(
+        "odd",
+        "Will the Cubs win?",
+        "Oh hon, the Cubs will win it all this year, and I'll pour you a coffee at the diner to celebrate it.",
+        "The Cubs might win.",
+    ));
+    let fixture = Fixture::new("mixed", &lines);
+    let (report, verdicts) = verdicts_of(&fixture, &config());
+    assert_eq!(
+        verdicts["odd"].reasons(),
+        [
+            "shape: a preference pair in a chat dataset (the first sample is chat; one kind per file)"
+        ]
+    );
+    assert_eq!(failed(&report, "shape"), ["odd"]);
+    // Chat files from elsewhere (`check --file`) may hold pairs too, ids or not.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dpo.jsonl");
+    let mut no_id = pair("x", "Cubs?", "Cubs, hon.", "The Cubs.");
+    no_id.as_object_mut().unwrap().remove("id");
+    write_lines(&path, &[no_id]);
+    let mut ids = Vec::new();
+    quality::analyze_chat_file(&path, &QualityConfig::lenient(), &Voice::default(), |s| {
+        ids.push(s.id.clone())
+    })
+    .unwrap();
+    assert_eq!(ids, ["line-1"]);
+}
+
+#[test]
+fn review_and_report_render_turns_and_pairs() {
+    // Conversations of several exchanges: turn by turn.
+    let fixture = Fixture::new("convos", &good_convos(3));
+    let snapshot = ReviewSnapshot::build(&fixture.path, &config(), &Voice::default(), 3).unwrap();
+    let sample = &snapshot.samples[0];
+    assert_eq!(sample.prompt, None);
+    assert_eq!(sample.response, None);
+    assert_eq!(sample.system.as_deref(), Some("You are Margaret."));
+    assert_eq!(sample.turns.len(), 4);
+    assert!(
+        sample.turns[0].starts_with("[user] p")
+            && sample.turns[1].starts_with("[assistant] Oh hon")
+    );
+    assert!(sample.turns[3].starts_with("[assistant] The menu"));
+    let text = serde_json::to_string(&snapshot).unwrap();
+    assert!(!text.contains("\"chosen\""));
+    let (stats, report) = quality::analyze(&fixture.path, &config(), &Voice::default()).unwrap();
+    let html = render_report(
+        "convos",
+        &stats,
+        &report,
+        all_samples(&fixture.path, &config()),
+    );
+    assert!(
+        html.contains("<div class=\"role\">assistant · turn 5</div>"),
+        "turns are numbered"
+    );
+    assert!(html.contains("Exchanges"));
+
+    // Pairs: the prompt, then chosen and rejected.
+    let fixture = Fixture::new("pairs", &good_pairs(3));
+    let snapshot = ReviewSnapshot::build(&fixture.path, &config(), &Voice::default(), 3).unwrap();
+    let sample = &snapshot.samples[0];
+    assert!(sample.prompt.as_deref().unwrap().starts_with('p'));
+    assert!(sample.chosen.as_deref().unwrap().starts_with("Oh hon"));
+    assert!(
+        sample
+            .rejected
+            .as_deref()
+            .unwrap()
+            .starts_with("The Cubs might")
+    );
+    assert_eq!(sample.response, None);
+    assert!(sample.turns.is_empty());
+    let (stats, report) = quality::analyze(&fixture.path, &config(), &Voice::default()).unwrap();
+    let html = render_report(
+        "pairs",
+        &stats,
+        &report,
+        all_samples(&fixture.path, &config()),
+    );
+    assert_eq!(html.matches("<div class=\"pair\">").count(), 3);
+    assert!(html.contains(
+        "<div class=\"answer chosen\"><div class=\"msg assistant\"><div class=\"role\">chosen</div>"
+    ));
+    assert!(html.contains("<div class=\"role\">rejected</div>"));
+    assert!(html.contains("Pair margins"));
+
+    // And in the terminal.
+    let text = quality::sample(&fixture.path, 3, 1, false).unwrap();
+    assert_eq!(text.matches("  chosen: Oh hon").count(), 3, "{text}");
+    assert_eq!(
+        text.matches("  rejected: The Cubs might").count(),
+        3,
+        "{text}"
+    );
+    let text = quality::sample(&Fixture::new("c", &good_convos(2)).path, 2, 1, false).unwrap();
+    assert_eq!(text.matches("  assistant: ").count(), 4, "{text}");
 }

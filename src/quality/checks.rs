@@ -1,9 +1,19 @@
 //! The checks of the quality gate: [`check`] and [`analyze`] produce a [`CheckReport`].
 //!
-//! Every sample is judged by the [`Detectors`]; the dataset checks are counts or shares of those
-//! per-sample findings (one check per [`Reason`]) plus the set-level checks: volume, duplicate ids
-//! and responses, voice-marker share, source mix and prompt diversity. [`training_set_check`]
-//! judges all datasets together.
+//! Every sample is judged by the [`Detectors`] (a conversation turn by turn, a pair on `chosen`
+//! and by the pair rules); the dataset checks are counts or shares of those per-sample findings
+//! (one check per [`Reason`]) plus the set-level checks: volume, duplicate ids and responses,
+//! voice-marker share, source mix and prompt diversity. [`training_set_check`] judges all
+//! datasets together.
+//!
+//! Shares are over samples, whatever their kind, except the voice-marker share, which is over
+//! replies: every assistant turn of a conversation, `chosen` of a pair (a conversation of
+//! several exchanges counts each of its replies; a single exchange, as before, one). Duplicate
+//! responses compare the assistant text (all assistant turns of a conversation, `chosen` of a
+//! pair); prompt diversity the first user message. The `shape` check is listed for datasets of
+//! several exchanges or of pairs, and for any dataset with a sample that breaks its shape;
+//! `same_answers` and `rejected_voice` for datasets of pairs. Their limit is 0 and not part of
+//! the quality config: a pipeline filters such samples, and a trainer cannot use them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -14,11 +24,11 @@ use sha2::{Digest, Sha256};
 
 use super::Result;
 use super::config::{Loosening, QualityConfig, Voice, show_value};
-use super::detect::{Detectors, Reason, Verdict};
-use super::read::{JsonlReader, read_chat_records, read_errors, read_records};
-use super::stats::{DatasetStats, StatsBuilder};
+use super::detect::{Detectors, Finding, Reason, SampleFacts, Verdict};
+use super::read::{JsonlReader, read_any_samples, read_errors, read_samples};
+use super::stats::{DatasetStats, PairStats, StatsBuilder, TurnStats};
 use super::text::{Sample, errors_path_for, fnv1a, normalize, source_of, words};
-use crate::format::ChatLine;
+use crate::format::{SampleKind, SampleLine, first_user};
 
 /// Most example ids a check names.
 const MAX_EXAMPLES: usize = 5;
@@ -46,6 +56,13 @@ pub struct CheckReport {
     /// Thresholds looser than their defaults, with their reasons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loosened: Vec<Loosening>,
+    /// Exchanges per conversation, when some conversation has more than one (the dataset
+    /// stats' [`DatasetStats::turns`], kept here so that manifests record them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turns: Option<TurnStats>,
+    /// Margins between `chosen` and `rejected` of the pairs ([`DatasetStats::pairs`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairs: Option<PairStats>,
 }
 
 impl CheckReport {
@@ -84,8 +101,9 @@ impl fmt::Display for Comparison {
 pub struct CheckResult {
     /// Stable name: `volume`, `empty_responses`, `error_text`, `truncated`, `duplicate_ids`,
     /// `duplicate_responses`, `refusals`, `degeneration`, `contradiction`, `role_confusion`,
-    /// `echo`, `relevance`, `surface_garbage`, `voice_markers`, `response_length`,
-    /// `source_share`, `prompt_diversity` (and `training_set` from [`training_set_check`]).
+    /// `echo`, `relevance`, `surface_garbage`, (where they apply) `shape`, `same_answers`,
+    /// `rejected_voice`, then `voice_markers`, `response_length`, `source_share`,
+    /// `prompt_diversity` (and `training_set` from [`training_set_check`]).
     pub name: String,
     /// Whether the value is on the passing side of the threshold (or the check was skipped).
     pub passed: bool,
@@ -170,6 +188,15 @@ pub fn advice(name: &str) -> &'static str {
         "surface_garbage" => {
             "replies shout, act out stage directions, break quotes or switch language: tell the model to answer in plain prose, and filter such replies"
         }
+        "shape" => {
+            "samples trainers cannot read as their kind (roles out of order, no final answer, a pair without a question, kinds mixed in one file): fix the pipeline's sample construction, or drop those lines"
+        }
+        "same_answers" => {
+            "pairs whose rejected answer is the chosen one teach nothing: generate the rejected answer differently (another prompt or model), and filter such pairs (Detectors::check_pair)"
+        }
+        "rejected_voice" => {
+            "pairs whose rejected answer sounds more like the identity than the chosen one teach the opposite of the voice: swap or drop them (Detectors::check_pair)"
+        }
         "voice_markers" => {
             "responses do not sound like the identity: strengthen the voice in the system prompt, or review identity/voice.toml markers"
         }
@@ -201,28 +228,32 @@ pub fn analyze(
 }
 
 /// [`analyze`], calling `on_sample` with each sample's verdict (in file order) as it is judged.
+///
+/// Lines of either kind are read ([`SampleLine`]); the dataset's kind is its first sample's,
+/// and a sample of the other kind fails with a `shape` finding.
 pub fn analyze_each(
     path: &Path,
     config: &QualityConfig,
     voice: &Voice,
     on_sample: impl FnMut(&SampleVerdict),
 ) -> Result<(DatasetStats, CheckReport)> {
-    analyze_lines(read_records(path)?, path, config, voice, on_sample)
+    analyze_lines(read_samples(path)?, path, config, voice, on_sample)
 }
 
-/// [`analyze_each`] for any chat JSONL: lines need only `messages` (a missing `id` becomes
-/// `line-<n>`); a line that is not a chat record is an error naming the line.
+/// [`analyze_each`] for any JSONL of conversations (`messages`) or preference pairs (`prompt`,
+/// `chosen`, `rejected`): a missing `id` becomes `line-<n>`; a line that is neither is an error
+/// naming the file and line.
 pub fn analyze_chat_file(
     path: &Path,
     config: &QualityConfig,
     voice: &Voice,
     on_sample: impl FnMut(&SampleVerdict),
 ) -> Result<(DatasetStats, CheckReport)> {
-    analyze_lines(read_chat_records(path)?, path, config, voice, on_sample)
+    analyze_lines(read_any_samples(path)?, path, config, voice, on_sample)
 }
 
 fn analyze_lines(
-    lines: JsonlReader<ChatLine>,
+    lines: JsonlReader<SampleLine>,
     path: &Path,
     config: &QualityConfig,
     voice: &Voice,
@@ -231,15 +262,19 @@ fn analyze_lines(
     let detectors = Detectors::new(voice, config)?;
     let mut stats = StatsBuilder::new();
     let mut checks = Checker::new(config, &detectors);
+    let mut dataset_kind = None;
     for item in lines {
         let (line, record) = item?;
-        stats.add(&record);
-        let verdict = detectors.judge_record(&record);
-        checks.add(&record, &verdict);
+        let mut judged = detectors.judge_line(&record);
+        if let Some(finding) = kind_mismatch(*dataset_kind.get_or_insert(record.kind()), &record) {
+            judged.verdict.findings.insert(0, finding);
+        }
+        stats.add_sample(&record, &judged.facts);
+        checks.add(&record, &judged.verdict, &judged.facts);
         on_sample(&SampleVerdict {
             line,
-            id: record.id,
-            verdict,
+            id: record.id().to_owned(),
+            verdict: judged.verdict,
         });
     }
     let errors = errors_path_for(path);
@@ -252,6 +287,24 @@ fn analyze_lines(
     let stats = stats.finish();
     let report = checks.finish(&stats);
     Ok((stats, report))
+}
+
+/// A `shape` finding for a sample whose kind is not the dataset's (its first sample's).
+fn kind_mismatch(dataset: SampleKind, sample: &SampleLine) -> Option<Finding> {
+    let kind = sample.kind();
+    (kind != dataset).then(|| {
+        let what = match kind {
+            SampleKind::Chat => "a conversation",
+            SampleKind::Preference => "a preference pair",
+        };
+        Finding {
+            reason: Reason::Shape,
+            detail: format!(
+                "{what} in a {dataset} dataset (the first sample is {dataset}; one kind per file)"
+            ),
+            at: None,
+        }
+    })
 }
 
 /// The training-set check: all datasets together (`samples` over `datasets` files) must have at
@@ -294,8 +347,11 @@ struct Checker<'a> {
     by_reason: HashMap<Reason, Hits>,
     duplicate_ids: Hits,
     duplicate_responses: Hits,
+    replies: u64,
     with_marker: u64,
     without_marker: Hits,
+    pairs: u64,
+    several_exchanges: bool,
     seen_ids: HashSet<String>,
     seen_responses: HashSet<[u8; 16]>,
     seen_prompts: HashSet<u64>,
@@ -315,8 +371,11 @@ impl<'a> Checker<'a> {
             by_reason: HashMap::new(),
             duplicate_ids: Hits::default(),
             duplicate_responses: Hits::default(),
+            replies: 0,
             with_marker: 0,
             without_marker: Hits::default(),
+            pairs: 0,
+            several_exchanges: false,
             seen_ids: HashSet::new(),
             seen_responses: HashSet::new(),
             seen_prompts: HashSet::new(),
@@ -327,10 +386,14 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn add(&mut self, record: &ChatLine, verdict: &Verdict) {
-        let id = record.id.as_str();
+    fn add(&mut self, record: &SampleLine, verdict: &Verdict, facts: &SampleFacts) {
+        let id = record.id();
         self.samples += 1;
-        if !self.seen_ids.insert(record.id.clone()) {
+        if facts.pair.is_some() {
+            self.pairs += 1;
+        }
+        self.several_exchanges |= facts.exchanges.is_some_and(|n| n > 1);
+        if !self.seen_ids.insert(id.to_owned()) {
             self.duplicate_ids.hit(id);
         }
         if !verdict.passed() {
@@ -344,7 +407,7 @@ impl<'a> Checker<'a> {
             }
         }
 
-        let normalized = normalize(record.response());
+        let normalized = normalize(&facts.assistant_text);
         if !normalized.is_empty() {
             let digest = Sha256::digest(normalized.as_bytes());
             let mut key = [0u8; 16];
@@ -354,14 +417,18 @@ impl<'a> Checker<'a> {
             }
         }
         if self.has_markers {
-            if verdict.markers.is_empty() {
+            self.replies += facts.replies;
+            self.with_marker += facts.replies_with_marker;
+            if facts.replies_with_marker < facts.replies {
                 self.without_marker.hit(id);
-            } else {
-                self.with_marker += 1;
             }
         }
 
-        let prompt_words: Vec<String> = words(record.prompt()).collect();
+        let (messages, provenance) = match record {
+            SampleLine::Chat(line) => (&line.messages, &line.provenance),
+            SampleLine::Preference(pair) => (&pair.prompt, &pair.provenance),
+        };
+        let prompt_words: Vec<String> = words(first_user(messages)).collect();
         if !self.seen_prompts.insert(fnv1a(
             &prompt_words.iter().map(String::as_str).collect::<Vec<_>>(),
         )) {
@@ -372,7 +439,10 @@ impl<'a> Checker<'a> {
             self.bigrams.insert(fnv1a(&[&pair[0], &pair[1]]));
         }
 
-        let examples = self.source_examples.entry(source_of(record)).or_default();
+        let examples = self
+            .source_examples
+            .entry(source_of(provenance))
+            .or_default();
         if examples.len() < MAX_EXAMPLES {
             examples.push(id.to_owned());
         }
@@ -473,6 +543,28 @@ impl<'a> Checker<'a> {
                 "responses with surface garbage (shouting, stage directions, broken quotes, mojibake, wrong language)",
             ),
         ];
+        if self.pairs > 0 || self.several_exchanges || self.hits(Reason::Shape).count > 0 {
+            checks.push(count_check(
+                "shape",
+                self.hits(Reason::Shape),
+                0,
+                "samples that break their kind's shape (roles, final answer, one kind per file)",
+            ));
+        }
+        if self.pairs > 0 {
+            checks.push(count_check(
+                "same_answers",
+                self.hits(Reason::SameAnswers),
+                0,
+                "pairs whose rejected answer is the chosen one",
+            ));
+            checks.push(count_check(
+                "rejected_voice",
+                self.hits(Reason::RejectedVoice),
+                0,
+                "pairs whose rejected answer shows more voice markers than the chosen one",
+            ));
+        }
 
         checks.push(if !self.has_markers {
             skipped(
@@ -482,14 +574,15 @@ impl<'a> Checker<'a> {
                 "no voice markers declared (pipeline quality config or identity/voice.toml)",
             )
         } else {
-            let share = ratio(self.with_marker, n);
+            let share = ratio(self.with_marker, self.replies);
             at_least(
                 "voice_markers",
                 share,
                 c.min_marker_share,
                 format!(
-                    "{} of {n} responses ({}) show an identity marker",
+                    "{} of {} responses ({}) show an identity marker",
                     self.with_marker,
+                    self.replies,
                     percent(share)
                 ),
                 self.without_marker.ids.clone(),
@@ -559,6 +652,8 @@ impl<'a> Checker<'a> {
             failing_samples: self.failing,
             reason_counts,
             loosened: c.loosenings(),
+            turns: stats.turns.clone(),
+            pairs: stats.pairs.clone(),
         }
     }
 
@@ -689,6 +784,9 @@ fn show_threshold(threshold: f64, name: &str) -> String {
             | "role_confusion"
             | "echo"
             | "surface_garbage"
+            | "shape"
+            | "same_answers"
+            | "rejected_voice"
     );
     if is_count {
         show_value(threshold)
@@ -734,17 +832,24 @@ fn skipped(name: &str, comparison: Comparison, threshold: f64, why: &str) -> Che
     }
 }
 
-/// Each sample of the dataset at `path` prepared for display, with its verdict: the input of
-/// [`render_report`](super::render_report). Lines are read lazily; a malformed one is an error
-/// naming the line.
+/// Each sample of the dataset at `path` (either kind) prepared for display, with its verdict:
+/// the input of [`render_report`](super::render_report). Lines are read lazily; a malformed one
+/// is an error naming the line. A sample of another kind than the first is flagged as in
+/// [`analyze_each`].
 pub fn judged_samples<'a>(
     path: &Path,
     detectors: &'a Detectors,
 ) -> Result<impl Iterator<Item = Result<(Sample, Verdict)>> + 'a> {
-    Ok(read_records(path)?.map(move |item| {
+    let mut dataset_kind = None;
+    Ok(read_samples(path)?.map(move |item| {
         item.map(|(line, record)| {
-            let verdict = detectors.judge_record(&record);
-            (Sample::from_record(line, record), verdict)
+            let mut verdict = detectors.judge_sample(&record);
+            if let Some(finding) =
+                kind_mismatch(*dataset_kind.get_or_insert(record.kind()), &record)
+            {
+                verdict.findings.insert(0, finding);
+            }
+            (Sample::from_line(line, record), verdict)
         })
     }))
 }

@@ -1,11 +1,13 @@
 //! Per-sample detectors: deterministic, model-free rules that judge one prompt/reply pair and say
-//! why it fails in words a person understands at a glance.
+//! why it fails in words a person understands at a glance (`context.rs` judges a reply within
+//! a conversation, a preference pair, and whole sample lines of either kind).
 //!
 //! [`Detectors`] is compiled once from a [`Voice`] and a [`QualityConfig`] and then judges any
 //! number of [`Turn`]s (it is `Send + Sync`, so pipelines can share it across tasks). A
 //! [`Verdict`] lists its [`Finding`]s (`"degeneration: sentence 'Go.' ×9"`) and the voice markers
 //! the reply shows. The dataset checks ([`super::analyze`]) count these findings per [`Reason`].
 
+mod context;
 mod language;
 mod persona;
 mod repetition;
@@ -14,6 +16,7 @@ mod words;
 
 use std::fmt;
 
+pub(crate) use context::SampleFacts;
 pub(crate) use persona::check_pattern;
 
 use serde::{Deserialize, Serialize};
@@ -53,11 +56,20 @@ pub enum Reason {
     Relevance,
     /// Shouting, stage directions, unbalanced quotes, mojibake, another language than the prompt's.
     SurfaceGarbage,
+    /// The line breaks its kind's shape rules ([`crate::format::ShapeError`]: roles out of
+    /// order, a conversation ending on a user turn, a pair without a question), or its kind is
+    /// not the dataset's (a pair among conversations).
+    Shape,
+    /// A pair whose `rejected` is its `chosen` (whitespace and case aside): nothing to learn.
+    SameAnswers,
+    /// A pair whose `rejected` shows more of the identity's voice markers than its `chosen`:
+    /// the preference points away from the voice.
+    RejectedVoice,
 }
 
 impl Reason {
     /// Every reason, in report order.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Empty,
         Reason::ErrorText,
         Reason::Truncated,
@@ -69,6 +81,9 @@ impl Reason {
         Reason::Echo,
         Reason::Relevance,
         Reason::SurfaceGarbage,
+        Reason::Shape,
+        Reason::SameAnswers,
+        Reason::RejectedVoice,
     ];
 
     /// The snake_case name (`role_confusion`).
@@ -85,6 +100,9 @@ impl Reason {
             Reason::Echo => "echo",
             Reason::Relevance => "relevance",
             Reason::SurfaceGarbage => "surface_garbage",
+            Reason::Shape => "shape",
+            Reason::SameAnswers => "same_answers",
+            Reason::RejectedVoice => "rejected_voice",
         }
     }
 
@@ -102,6 +120,9 @@ impl Reason {
             Reason::Echo => "echo",
             Reason::Relevance => "relevance",
             Reason::SurfaceGarbage => "surface_garbage",
+            Reason::Shape => "shape",
+            Reason::SameAnswers => "same_answers",
+            Reason::RejectedVoice => "rejected_voice",
         }
     }
 }
@@ -112,13 +133,20 @@ impl fmt::Display for Reason {
     }
 }
 
-/// One problem of one sample. `Display`: `"<reason>: <detail>"`.
+/// One problem of one sample. `Display`: `"<reason>: <detail>"`, or `"<at>: <reason>: <detail>"`
+/// when the finding is about one part of the sample (`turn 4: degeneration: …`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
     /// Which detector found it.
     pub reason: Reason,
     /// What exactly, e.g. `sentence 'I'm gonna grab the hot dog.' ×9`.
     pub detail: String,
+    /// Which part of the sample: `turn 4` (the message's position from 1, system message
+    /// included, as [`crate::format::ShapeError`] counts) in a conversation of several
+    /// exchanges, `chosen` or `rejected` in a pair; `None` for a single exchange and for what
+    /// concerns the sample as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
 }
 
 impl Finding {
@@ -126,12 +154,30 @@ impl Finding {
         Self {
             reason,
             detail: detail.into(),
+            at: None,
+        }
+    }
+
+    /// The same finding, said of one part of the sample (`turn 4`, `chosen`, `rejected`).
+    fn within(mut self, at: impl Into<String>) -> Self {
+        self.at = Some(at.into());
+        self
+    }
+
+    /// The detail, prefixed with the part of the sample when there is one (`turn 4: …`).
+    pub fn located_detail(&self) -> String {
+        match &self.at {
+            Some(at) => format!("{at}: {}", self.detail),
+            None => self.detail.clone(),
         }
     }
 }
 
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(at) = &self.at {
+            write!(f, "{at}: ")?;
+        }
         write!(f, "{}: {}", self.reason, self.detail)
     }
 }
@@ -254,17 +300,27 @@ impl Detectors {
         !self.markers.is_empty()
     }
 
+    /// The voice markers `text` shows (as declared, in declaration order): what
+    /// [`Verdict::markers`] holds for a reply, and what the pair rules compare
+    /// ([`Detectors::check_pair`]).
+    pub fn markers(&self, text: &str) -> Vec<String> {
+        self.markers_of_normalized(&normalize(text))
+    }
+
+    fn markers_of_normalized(&self, normalized: &str) -> Vec<String> {
+        self.markers
+            .iter()
+            .filter(|(_, phrases)| phrases.find(normalized).is_some())
+            .map(|(marker, _)| marker.clone())
+            .collect()
+    }
+
     /// Judge one turn.
     pub fn judge(&self, turn: &Turn<'_>) -> Verdict {
         let mut findings = Vec::new();
         let reply = turn.reply;
         let normalized = normalize(reply);
-        let markers = self
-            .markers
-            .iter()
-            .filter(|(_, phrases)| phrases.find(&normalized).is_some())
-            .map(|(marker, _)| marker.clone())
-            .collect();
+        let markers = self.markers_of_normalized(&normalized);
         if normalized.is_empty() {
             findings.push(Finding::new(Reason::Empty, "the reply has no text"));
             return Verdict { findings, markers };
@@ -371,11 +427,6 @@ impl Detectors {
             verdict.findings.push(Finding::new(Reason::Echo, detail));
         }
         verdict
-    }
-
-    /// Judge a dataset record (see [`Turn::of_record`]).
-    pub fn judge_record(&self, record: &ChatLine) -> Verdict {
-        self.judge(&Turn::of_record(record))
     }
 }
 

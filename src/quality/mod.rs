@@ -3,9 +3,13 @@
 //! A dataset is `training/data/<name>.jsonl` (one sample per line) with failed records beside it in
 //! `<name>.errors.jsonl`. Everything here reads those files in one streaming pass:
 //!
-//! - [`Detectors`] judge one sample ([`Turn`] → [`Verdict`]): degeneration, contradiction, role
+//! - [`Detectors`] judge one reply ([`Turn`] → [`Verdict`]): degeneration, contradiction, role
 //!   confusion, echo, relevance, surface garbage, and empty, error text, truncation, refusal,
-//!   length. Pipelines use them for best-of-n filtering.
+//!   length. Pipelines use them for best-of-n filtering. A sample of either kind
+//!   ([`crate::format::SampleLine`]) is judged by [`Detectors::judge_sample`]: a conversation
+//!   turn by turn ([`Detectors::judge_in_conversation`], findings naming the turn), a preference
+//!   pair on `chosen` plus the pair rules ([`Detectors::judge_pair`], [`Detectors::check_pair`]),
+//!   both with their shape rules.
 //! - [`analyze`] computes [`DatasetStats`] and runs the checks of a [`QualityConfig`] into a
 //!   [`CheckReport`]: counts and shares of per-sample findings plus the set-level checks;
 //!   [`analyze_each`] also hands out every [`SampleVerdict`], [`analyze_chat_file`] reads any chat
@@ -37,12 +41,16 @@ pub use checks::{
 };
 pub use config::{Contradiction, Loosening, QualityConfig, VOICE_FILE, Voice};
 pub use detect::{Detectors, Finding, Reason, Turn, Verdict};
-pub use read::{JsonlReader, read_chat_records, read_errors, read_records};
+pub use read::{
+    JsonlReader, read_any_samples, read_chat_records, read_errors, read_records, read_samples,
+};
 pub use report::{REPORT_SAMPLE_CAP, render_report};
 pub use review::{REVIEW_TEXT_CHARS, ReviewSample, ReviewSnapshot, review_sample};
-pub use stats::{Bucket, DatasetStats, LengthStats, StatsBuilder, TokenTotals};
+pub use stats::{
+    Bucket, DatasetStats, LengthStats, PairStats, StatsBuilder, TokenTotals, TurnStats,
+};
 pub use terminal::{sample, sample_records};
-pub use text::{Sample, SampleStep, errors_path_for};
+pub use text::{Answers, Sample, SampleStep, errors_path_for};
 
 use std::path::PathBuf;
 

@@ -1,10 +1,14 @@
 //! Streaming readers for dataset lines (`<name>.jsonl`) and error lines (`<name>.errors.jsonl`).
 //!
-//! Lines are read through the writer's own types, [`crate::format::ChatLine`] and
-//! [`crate::format::ErrorLine`], which say what is lenient (a `content` that is not a string is
-//! kept as its JSON text, an id may be a number, unknown fields are ignored) and what is strict:
-//! every line must be a JSON object with an `id` and a `messages` array. Any failure names the
-//! file and line.
+//! Lines are read through the writer's own types, [`crate::format::SampleLine`] (a
+//! conversation, [`crate::format::ChatLine`], or a preference pair,
+//! [`crate::format::PreferenceLine`]) and [`crate::format::ErrorLine`], which say what is lenient
+//! (a `content` that is not a string is kept as its JSON text, an id may be a number, unknown
+//! fields are ignored) and what is strict: every line must be a JSON object with an `id` and a
+//! `messages` array, or `prompt`, `chosen` and `rejected`. Any failure names the file and line
+//! (and the record, when it has an id: `x.jsonl:3: record 'p-7': missing field `rejected``).
+//! Shape rules (roles in order, a final answer) are not the readers' business: the detectors
+//! report them per sample.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -15,11 +19,36 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{QualityError, Result};
-use crate::format::{ChatLine, ErrorDetail, ErrorLine};
+use crate::format::{ChatLine, ErrorDetail, ErrorLine, SampleLine};
 
 /// Read dataset lines one at a time: `(line number, record)`. Blank lines are skipped.
 pub fn read_records(path: &Path) -> Result<JsonlReader<ChatLine>> {
     JsonlReader::open(path, |value, _| serde_json::from_value(value))
+}
+
+/// Read dataset lines of either kind one at a time: `(line number, sample)`. Blank lines are
+/// skipped.
+pub fn read_samples(path: &Path) -> Result<JsonlReader<SampleLine>> {
+    JsonlReader::open(path, |value, _| serde_json::from_value(value))
+}
+
+/// Read any JSONL of samples (conversations or preference pairs) one line at a time: like
+/// [`read_samples`], but a line without an `id` gets `line-<n>` (data from elsewhere often has
+/// none).
+pub fn read_any_samples(path: &Path) -> Result<JsonlReader<SampleLine>> {
+    JsonlReader::open(path, |mut value, line| {
+        with_line_id(&mut value, line);
+        serde_json::from_value(value)
+    })
+}
+
+/// Gives a line without an `id` the id `line-<n>`.
+fn with_line_id(value: &mut Value, line: u64) {
+    if let Value::Object(map) = value
+        && !map.contains_key("id")
+    {
+        map.insert("id".to_owned(), Value::String(format!("line-{line}")));
+    }
 }
 
 /// Read any chat JSONL one line at a time: like [`read_records`], but a line without an `id` gets
@@ -27,11 +56,7 @@ pub fn read_records(path: &Path) -> Result<JsonlReader<ChatLine>> {
 /// a `messages` array; anything else is an error naming the line.
 pub fn read_chat_records(path: &Path) -> Result<JsonlReader<ChatLine>> {
     JsonlReader::open(path, |mut value, line| {
-        if let Value::Object(map) = &mut value
-            && !map.contains_key("id")
-        {
-            map.insert("id".to_owned(), Value::String(format!("line-{line}")));
-        }
+        with_line_id(&mut value, line);
         serde_json::from_value(value)
     })
 }

@@ -49,7 +49,7 @@ where
             let (count, list) = by_reason.entry(finding.reason).or_default();
             *count += 1;
             if list.len() < REASON_LIST_CAP {
-                list.push((sample.id.clone(), finding.detail.clone()));
+                list.push((sample.id.clone(), finding.located_detail()));
             }
         }
         let extra = listed.len().saturating_sub(REPORT_SAMPLE_CAP);
@@ -101,7 +101,7 @@ where
     chart_card(
         &mut page,
         "Response length",
-        "characters of the last assistant message",
+        "characters of the last assistant message (a pair's chosen)",
         &length_chart(stats, false),
     );
     chart_card(
@@ -245,6 +245,27 @@ fn summary_cards(page: &mut String, stats: &DatasetStats) {
         fmt_int(stats.sources.len() as u64),
         format!("{} categories", stats.categories.len()),
     );
+    if let Some(turns) = &stats.turns {
+        card(
+            "Exchanges",
+            format!("{} / {} / {}", turns.min, turns.mean, turns.max),
+            format!(
+                "min / mean / max per conversation · {} conversations",
+                fmt_int(turns.conversations)
+            ),
+        );
+    }
+    if let Some(pairs) = &stats.pairs {
+        card(
+            "Pair margins",
+            format!("{:+} / {:+}", pairs.marker_margin, pairs.word_margin),
+            format!(
+                "chosen − rejected: voice markers / words · chosen ahead in markers in {:.1}% of {} pairs",
+                pairs.chosen_more_markers * 100.0,
+                fmt_int(pairs.pairs)
+            ),
+        );
+    }
     if stats.steps > 0 {
         card(
             "Steps",
@@ -340,6 +361,9 @@ fn show_value(check: &CheckResult, x: f64) -> String {
             | "role_confusion"
             | "echo"
             | "surface_garbage"
+            | "shape"
+            | "same_answers"
+            | "rejected_voice"
     ) {
         fmt_int(x as u64)
     } else if check.name == "prompt_diversity" {
@@ -592,19 +616,26 @@ fn samples_section(page: &mut String, listed: &[(Sample, Verdict)], total: usize
                 PREVIEW_CHARS
             ))
         );
-        for message in &sample.messages {
-            let role = match message.role.as_str() {
-                "system" | "user" | "assistant" => message.role.as_str(),
-                _ => "other",
+        // A conversation turn by turn; in one of several exchanges each turn is numbered as the
+        // findings name it (`turn 4`).
+        let numbered = sample.pair.is_none() && sample.exchanges() > 1;
+        for (index, message) in sample.messages.iter().enumerate() {
+            let label = if numbered {
+                format!("{} · turn {}", message.role, index + 1)
+            } else {
+                message.role.clone()
             };
-            let _ = write!(
-                page,
-                "<div class=\"msg {role}\"><div class=\"role\">{label}</div><div class=\"bubble\">{text}</div></div>",
-                label = esc(&message.role),
-                text = esc(&message.content)
-            );
+            message_html(page, &message.role, &label, &message.content);
         }
         page.push_str("</div>");
+        // A pair: the two answers side by side.
+        if let Some(pair) = &sample.pair {
+            page.push_str("<div class=\"pair\"><div class=\"answer chosen\">");
+            message_html(page, "assistant", "chosen", &pair.chosen);
+            page.push_str("</div><div class=\"answer rejected\">");
+            message_html(page, "assistant", "rejected", &pair.rejected);
+            page.push_str("</div></div>");
+        }
         if !sample.steps.is_empty() {
             let _ = write!(
                 page,
@@ -662,6 +693,20 @@ fn samples_section(page: &mut String, listed: &[(Sample, Verdict)], total: usize
     }
     page.push_str(
         "</div><p id=\"no-match\" class=\"empty\" hidden>No sample matches.</p></section>\n",
+    );
+}
+
+/// One message bubble: `role` picks its style, `label` is shown above it.
+fn message_html(page: &mut String, role: &str, label: &str, text: &str) {
+    let role = match role {
+        "system" | "user" | "assistant" => role,
+        _ => "other",
+    };
+    let _ = write!(
+        page,
+        "<div class=\"msg {role}\"><div class=\"role\">{label}</div><div class=\"bubble\">{text}</div></div>",
+        label = esc(label),
+        text = esc(text)
     );
 }
 
@@ -825,6 +870,9 @@ details.sample[open]>summary::before{transform:rotate(90deg)}
 .bubble{padding:9px 13px;border-radius:14px;white-space:pre-wrap;overflow-wrap:anywhere}
 .msg.user{align-self:flex-end;align-items:flex-end}.msg.user .bubble{background:var(--user);border-bottom-right-radius:4px}
 .msg.assistant{align-self:flex-start}.msg.assistant .bubble{background:var(--assistant);border-bottom-left-radius:4px}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:12px;padding:4px 14px 8px}
+.pair .msg{max-width:100%}.pair .answer.chosen .role{color:var(--pass)}.pair .answer.rejected .role{color:var(--fail)}
+.pair .answer.rejected .bubble{background:var(--skip-bg)}
 .msg.system,.msg.other{align-self:center;max-width:92%;align-items:center}.msg.system .bubble,.msg.other .bubble{background:var(--system);font-size:13px;border-radius:8px}
 details.steps{margin:8px 14px;font-size:13px}
 details.steps>summary{cursor:pointer;color:var(--accent)}
@@ -846,6 +894,7 @@ table.checks td:nth-child(3){grid-column:1/-1}
 table.checks td.num{text-align:left;color:var(--muted);font-size:13px}
 table.checks td.num::before{content:attr(data-label) " "}
 table.checks td.examples{grid-column:1/-1;max-width:none}
+.pair{grid-template-columns:1fr}
 .stat .value{font-size:19px}
 .msg{max-width:94%}
 }

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::checks::{CheckReport, analyze};
 use super::config::{QualityConfig, Voice};
-use super::read::read_records;
+use super::read::read_samples;
 use super::stats::DatasetStats;
 use super::text::{Sample, truncate_chars};
 use super::{QualityError, Result, dataset_name};
@@ -48,15 +48,15 @@ pub fn review_sample(path: &Path, n: usize) -> Result<Vec<Sample>> {
     }
     // A max-heap of the n smallest keys seen so far.
     let mut heap: BinaryHeap<Entry> = BinaryHeap::with_capacity(n + 1);
-    for item in read_records(path)? {
+    for item in read_samples(path)? {
         let (line, record) = item?;
-        let key = (id_hash(&record.id), line);
+        let key = (id_hash(record.id()), line);
         if heap.len() == n && heap.peek().is_some_and(|top| top.key <= key) {
             continue;
         }
         heap.push(Entry {
             key,
-            sample: Box::new(Sample::from_record(line, record)),
+            sample: Box::new(Sample::from_line(line, record)),
         });
         if heap.len() > n {
             heap.pop();
@@ -89,7 +89,10 @@ pub struct ReviewSnapshot {
     pub samples: Vec<ReviewSample>,
 }
 
-/// One sample in a [`ReviewSnapshot`].
+/// One sample in a [`ReviewSnapshot`]: a single exchange as `prompt` and `response`; a
+/// conversation of several exchanges turn by turn (`turns`: `[user] …`, `[assistant] …`); a
+/// pair as its prompt (`prompt`, or `turns` when the prompt has several turns), then `chosen`
+/// and `rejected`. Each text is truncated to [`REVIEW_TEXT_CHARS`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReviewSample {
     /// The sample's id.
@@ -105,14 +108,47 @@ pub struct ReviewSample {
     /// The system message, truncated to a third of [`REVIEW_TEXT_CHARS`]; None without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
-    /// The first user message, truncated to [`REVIEW_TEXT_CHARS`].
-    pub prompt: String,
-    /// The last assistant message, truncated to [`REVIEW_TEXT_CHARS`].
-    pub response: String,
+    /// The user message of a single exchange (or of a pair's one-turn prompt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The conversation turn by turn, each `[role] text`, system message aside: a
+    /// conversation of several exchanges, or a pair's prompt of several turns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub turns: Vec<String>,
+    /// The assistant message of a single exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+    /// A pair's preferred answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen: Option<String>,
+    /// A pair's other answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
 }
 
 impl ReviewSample {
     fn new(sample: &Sample) -> Self {
+        let text = |t: &str| truncate_chars(t, REVIEW_TEXT_CHARS);
+        let dialogue: Vec<_> = sample
+            .messages
+            .iter()
+            .filter(|m| m.role != "system")
+            .collect();
+        // One user turn (and, for a conversation, its answer): the plain form.
+        let single = match &sample.pair {
+            Some(_) => dialogue.len() == 1,
+            None => sample.exchanges() <= 1 && dialogue.len() <= 2,
+        };
+        let (prompt, turns, response) = if single {
+            let response = sample.pair.is_none().then(|| text(sample.response()));
+            (Some(text(sample.prompt())), Vec::new(), response)
+        } else {
+            let turns = dialogue
+                .iter()
+                .map(|m| format!("[{}] {}", m.role, text(&m.content)))
+                .collect();
+            (None, turns, None)
+        };
         Self {
             id: sample.id.clone(),
             source: sample.source.clone(),
@@ -123,8 +159,11 @@ impl ReviewSample {
                 .iter()
                 .find(|m| m.role == "system")
                 .map(|m| truncate_chars(&m.content, REVIEW_TEXT_CHARS / 3)),
-            prompt: truncate_chars(sample.prompt(), REVIEW_TEXT_CHARS),
-            response: truncate_chars(sample.response(), REVIEW_TEXT_CHARS),
+            prompt,
+            turns,
+            response,
+            chosen: sample.pair.as_ref().map(|p| text(&p.chosen)),
+            rejected: sample.pair.as_ref().map(|p| text(&p.rejected)),
         }
     }
 }

@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::text::{model_name, source_of};
-use crate::format::{ChatLine, ErrorDetail};
+use super::detect::SampleFacts;
+use super::text::{input_text, model_name, source_of};
+use crate::format::{ChatLine, ErrorDetail, Message, Provenance, SampleLine, first_user};
 
 /// Counts and distributions of one dataset and its errors file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -16,11 +17,18 @@ pub struct DatasetStats {
     pub annotated: u64,
     /// Samples with a system message.
     pub with_system: u64,
-    /// Samples with more than one user message.
+    /// Samples with more than one user message (for pairs: in the prompt).
     pub multi_turn: u64,
+    /// Exchanges (assistant turns) per conversation; present only when some conversation has
+    /// more than one, so single-turn data says nothing new.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turns: Option<TurnStats>,
+    /// Margins between `chosen` and `rejected` of preference pairs; absent without pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairs: Option<PairStats>,
     /// Length of the prompt (first user message), in characters.
     pub prompt_chars: LengthStats,
-    /// Length of the response (last assistant message), in characters.
+    /// Length of the response (last assistant message; a pair's `chosen`), in characters.
     pub response_chars: LengthStats,
     /// Samples per `input_data.source` (`unknown` when absent).
     pub sources: BTreeMap<String, u64>,
@@ -42,6 +50,34 @@ pub struct DatasetStats {
     pub errors: u64,
     /// Error lines per error type.
     pub error_types: BTreeMap<String, u64>,
+}
+
+/// Exchanges (assistant turns) per conversation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TurnStats {
+    /// Conversations counted.
+    pub conversations: u64,
+    /// Fewest exchanges of a conversation.
+    pub min: u64,
+    /// Mean exchanges per conversation (2 decimals).
+    pub mean: f64,
+    /// Most exchanges of a conversation.
+    pub max: u64,
+}
+
+/// How the two answers of preference pairs differ: means of `chosen` − `rejected`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PairStats {
+    /// Pairs counted.
+    pub pairs: u64,
+    /// Mean of (voice markers `chosen` shows − those `rejected` shows), 2 decimals: the voice
+    /// the preference teaches.
+    pub marker_margin: f64,
+    /// Mean of (words of `chosen` − words of `rejected`), 1 decimal: a large margin teaches
+    /// length rather than voice.
+    pub word_margin: f64,
+    /// Share of pairs whose `chosen` shows more voice markers than `rejected` (4 decimals).
+    pub chosen_more_markers: f64,
 }
 
 /// Summary of a length distribution.
@@ -90,6 +126,15 @@ pub struct StatsBuilder {
     stats: DatasetStats,
     prompt_lengths: Vec<u32>,
     response_lengths: Vec<u32>,
+    /// Conversations, their exchanges (sum, min, max), and whether one had several.
+    conversations: u64,
+    exchanges: (u64, u64, u64),
+    several_exchanges: bool,
+    /// Pairs, and the sums of their marker and word margins, and pairs with chosen ahead.
+    pairs: u64,
+    marker_margin: i64,
+    word_margin: i64,
+    chosen_ahead: u64,
 }
 
 impl StatsBuilder {
@@ -100,24 +145,74 @@ impl StatsBuilder {
 
     /// Count one dataset record.
     pub fn add(&mut self, record: &ChatLine) {
+        self.add_line(
+            &record.messages,
+            record.response(),
+            &record.provenance,
+            record.is_annotated(),
+        );
+    }
+
+    /// Count one sample line of either kind, with what judging it found (exchanges, pair margins).
+    pub(crate) fn add_sample(&mut self, sample: &SampleLine, facts: &SampleFacts) {
+        match sample {
+            SampleLine::Chat(record) => self.add(record),
+            SampleLine::Preference(pair) => self.add_line(
+                &pair.prompt,
+                pair.chosen_text(),
+                &pair.provenance,
+                pair.provenance.is_annotated(),
+            ),
+        }
+        if let Some(exchanges) = facts.exchanges {
+            let (sum, min, max) = &mut self.exchanges;
+            *min = if self.conversations == 0 {
+                exchanges
+            } else {
+                (*min).min(exchanges)
+            };
+            *max = (*max).max(exchanges);
+            *sum += exchanges;
+            self.conversations += 1;
+            self.several_exchanges |= exchanges > 1;
+        }
+        if let Some(pair) = facts.pair {
+            self.pairs += 1;
+            let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            self.marker_margin += signed(pair.chosen_markers) - signed(pair.rejected_markers);
+            self.word_margin += signed(pair.chosen_words) - signed(pair.rejected_words);
+            if pair.chosen_markers > pair.rejected_markers {
+                self.chosen_ahead += 1;
+            }
+        }
+    }
+
+    /// Count one line: `messages` the conversation (a pair's prompt), `response` its answer.
+    fn add_line(
+        &mut self,
+        messages: &[Message],
+        response: &str,
+        provenance: &Provenance,
+        annotated: bool,
+    ) {
         let stats = &mut self.stats;
         stats.samples += 1;
-        if record.is_annotated() {
+        if annotated {
             stats.annotated += 1;
         }
-        if record.system().is_some() {
+        if messages.iter().any(|m| m.role == "system") {
             stats.with_system += 1;
         }
-        if record.messages.iter().filter(|m| m.role == "user").count() > 1 {
+        if messages.iter().filter(|m| m.role == "user").count() > 1 {
             stats.multi_turn += 1;
         }
-        self.prompt_lengths.push(char_len(record.prompt()));
-        self.response_lengths.push(char_len(record.response()));
-        *stats.sources.entry(source_of(record)).or_default() += 1;
-        if let Some(category) = record.input_text("category") {
+        self.prompt_lengths.push(char_len(first_user(messages)));
+        self.response_lengths.push(char_len(response));
+        *stats.sources.entry(source_of(provenance)).or_default() += 1;
+        if let Some(category) = input_text(provenance, "category") {
             *stats.categories.entry(category).or_default() += 1;
         }
-        for step in record.steps() {
+        for step in provenance.steps() {
             stats.steps += 1;
             let reason = step
                 .finish_reason
@@ -158,8 +253,31 @@ impl StatsBuilder {
     pub fn finish(mut self) -> DatasetStats {
         self.stats.prompt_chars = LengthStats::from_lengths(&mut self.prompt_lengths);
         self.stats.response_chars = LengthStats::from_lengths(&mut self.response_lengths);
+        if self.several_exchanges {
+            let (sum, min, max) = self.exchanges;
+            self.stats.turns = Some(TurnStats {
+                conversations: self.conversations,
+                min,
+                mean: round(sum as f64 / self.conversations as f64, 100.0),
+                max,
+            });
+        }
+        if self.pairs > 0 {
+            let n = self.pairs as f64;
+            self.stats.pairs = Some(PairStats {
+                pairs: self.pairs,
+                marker_margin: round(self.marker_margin as f64 / n, 100.0),
+                word_margin: round(self.word_margin as f64 / n, 10.0),
+                chosen_more_markers: round(self.chosen_ahead as f64 / n, 10_000.0),
+            });
+        }
         self.stats
     }
+}
+
+/// `x` rounded to `1 / scale` (`scale` 100: two decimals).
+fn round(x: f64, scale: f64) -> f64 {
+    (x * scale).round() / scale
 }
 
 fn char_len(text: &str) -> u32 {

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::read::read_records;
+use super::read::read_samples;
 use super::text::{Sample, truncate_chars};
 use super::{Result, dataset_name};
 
@@ -20,15 +20,15 @@ pub fn sample_records(path: &Path, n: usize, seed: u64) -> Result<(u64, Vec<Samp
     let mut rng = SplitMix64(seed);
     let mut reservoir: Vec<Sample> = Vec::with_capacity(n.min(1024));
     let mut seen: u64 = 0;
-    for item in read_records(path)? {
+    for item in read_samples(path)? {
         let (line, record) = item?;
         seen += 1;
         if reservoir.len() < n {
-            reservoir.push(Sample::from_record(line, record));
+            reservoir.push(Sample::from_line(line, record));
         } else if n > 0 {
             let j = rng.below(seen);
             if j < n as u64 {
-                reservoir[j as usize] = Sample::from_record(line, record);
+                reservoir[j as usize] = Sample::from_line(line, record);
             }
         }
     }
@@ -77,11 +77,27 @@ fn render_one(out: &mut String, index: usize, sample: &Sample, full: bool) {
             if full { None } else { Some(PROMPT_CHARS) },
         );
     }
-    if full {
-        // The whole conversation, turn by turn.
+    let several =
+        sample.exchanges() > 1 || sample.messages.iter().filter(|m| m.role == "user").count() > 1;
+    if full || several {
+        // The whole conversation, turn by turn (shortened unless `full`).
+        let limit = |chars| if full { None } else { Some(chars) };
         for message in sample.messages.iter().filter(|m| m.role != "system") {
-            field(out, &message.role, &message.content, None);
+            let chars = if message.role == "user" {
+                PROMPT_CHARS
+            } else {
+                RESPONSE_CHARS
+            };
+            field(out, &message.role, &message.content, limit(chars));
         }
+        if let Some(pair) = &sample.pair {
+            field(out, "chosen", &pair.chosen, limit(RESPONSE_CHARS));
+            field(out, "rejected", &pair.rejected, limit(RESPONSE_CHARS));
+        }
+    } else if let Some(pair) = &sample.pair {
+        field(out, "prompt", sample.prompt(), Some(PROMPT_CHARS));
+        field(out, "chosen", &pair.chosen, Some(RESPONSE_CHARS));
+        field(out, "rejected", &pair.rejected, Some(RESPONSE_CHARS));
     } else {
         field(out, "prompt", sample.prompt(), Some(PROMPT_CHARS));
         field(out, "response", sample.response(), Some(RESPONSE_CHARS));

@@ -2,9 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::format::{ChatLine, Message, first_user, last_assistant};
+use serde_json::Value;
 
-/// A dataset sample prepared for display: the conversation, its source and, for annotated data, its steps.
+use crate::format::{
+    ChatLine, Message, PreferenceLine, Provenance, SampleLine, Step, first_user, last_assistant,
+};
+
+/// A dataset sample prepared for display: the conversation (for a pair: its prompt, with the two
+/// answers in [`Sample::pair`]), its source and, for annotated data, its steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     /// Line number in the dataset file (1-based).
@@ -15,10 +20,22 @@ pub struct Sample {
     pub source: String,
     /// `input_data.category`, if any.
     pub category: Option<String>,
-    /// The conversation: the training messages.
+    /// The conversation: the training messages (for a pair: the prompt).
     pub messages: Vec<Message>,
     /// The model calls (empty for minimal data).
     pub steps: Vec<SampleStep>,
+    /// The two answers of a preference pair; `None` for a conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<Answers>,
+}
+
+/// The answers of a preference pair, as displayed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answers {
+    /// The preferred answer's text.
+    pub chosen: String,
+    /// The other answer's text.
+    pub rejected: String,
 }
 
 /// One model call of a [`Sample`].
@@ -43,36 +60,50 @@ pub struct SampleStep {
 impl Sample {
     /// The display view of a record read at `line`.
     pub fn from_record(line: u64, record: ChatLine) -> Self {
-        let steps = record
-            .steps()
-            .iter()
-            .map(|step| SampleStep {
-                model: model_name(&step.model),
-                prompt: step
-                    .messages
-                    .iter()
-                    .rev()
-                    .find(|m| m.role == "user")
-                    .map(|m| m.content.clone())
-                    .unwrap_or_default(),
-                response: step.text.clone(),
-                finish_reason: step.finish_reason.clone(),
-                success: step.success,
-                cached: step.cached,
-                error: step
-                    .error
-                    .as_ref()
-                    .map(|e| format!("{}: {}", e.kind, e.message)),
-            })
-            .collect();
         Self {
             line,
-            source: source_of(&record),
-            category: record.input_text("category"),
+            source: source_of(&record.provenance),
+            category: input_text(&record.provenance, "category"),
+            steps: steps_of(record.steps()),
             id: record.id,
             messages: record.messages,
-            steps,
+            pair: None,
         }
+    }
+
+    /// The display view of a sample line of either kind read at `line`.
+    pub fn from_line(line: u64, sample: SampleLine) -> Self {
+        match sample {
+            SampleLine::Chat(record) => Self::from_record(line, record),
+            SampleLine::Preference(pair) => Self::from_pair(line, pair),
+        }
+    }
+
+    fn from_pair(line: u64, pair: PreferenceLine) -> Self {
+        let answers = Answers {
+            chosen: pair.chosen_text().to_owned(),
+            rejected: pair.rejected_text().to_owned(),
+        };
+        Self {
+            line,
+            source: source_of(&pair.provenance),
+            category: input_text(&pair.provenance, "category"),
+            steps: steps_of(pair.steps()),
+            id: pair.id,
+            messages: pair.prompt,
+            pair: Some(answers),
+        }
+    }
+
+    /// Assistant turns of the conversation (1 for a pair).
+    pub fn exchanges(&self) -> usize {
+        if self.pair.is_some() {
+            return 1;
+        }
+        self.messages
+            .iter()
+            .filter(|m| m.role == "assistant")
+            .count()
     }
 
     /// The first user message's content, or `""`.
@@ -80,17 +111,53 @@ impl Sample {
         first_user(&self.messages)
     }
 
-    /// The last assistant message's content, or `""`.
+    /// The last assistant message's content, or `""`; for a pair, `chosen`.
     pub fn response(&self) -> &str {
-        last_assistant(&self.messages)
+        match &self.pair {
+            Some(answers) => &answers.chosen,
+            None => last_assistant(&self.messages),
+        }
     }
 }
 
-/// `input_data.source` of a record as text, or `"unknown"`.
-pub(crate) fn source_of(record: &ChatLine) -> String {
-    record
-        .input_text("source")
-        .unwrap_or_else(|| "unknown".to_owned())
+/// The display view of steps.
+fn steps_of(steps: &[Step]) -> Vec<SampleStep> {
+    steps
+        .iter()
+        .map(|step| SampleStep {
+            model: model_name(&step.model),
+            prompt: step
+                .messages
+                .iter()
+                .rev()
+                .find(|m| m.role == "user")
+                .map(|m| m.content.clone())
+                .unwrap_or_default(),
+            response: step.text.clone(),
+            finish_reason: step.finish_reason.clone(),
+            success: step.success,
+            cached: step.cached,
+            error: step
+                .error
+                .as_ref()
+                .map(|e| format!("{}: {}", e.kind, e.message)),
+        })
+        .collect()
+}
+
+/// `input_data.<key>` of a line as text (a non-string as its JSON text); `None` when absent or
+/// `null` (as [`ChatLine::input_text`], for lines of either kind).
+pub(crate) fn input_text(provenance: &Provenance, key: &str) -> Option<String> {
+    match provenance.input_data.as_ref()?.get(key)? {
+        Value::Null => None,
+        Value::String(text) => Some(text.clone()),
+        value => Some(value.to_string()),
+    }
+}
+
+/// `input_data.source` of a line as text, or `"unknown"`.
+pub(crate) fn source_of(provenance: &Provenance) -> String {
+    input_text(provenance, "source").unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// A step's model alias for display: `?` when the line names none.

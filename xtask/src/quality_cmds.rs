@@ -157,8 +157,9 @@ pub(crate) fn check_cmd(
     Ok(all_passed)
 }
 
-/// `cargo xtask check --file PATH [--json] [--samples]`: check any chat JSONL (lines with
-/// `messages`, `id` optional) with the default thresholds and `identity/voice.toml`, treating the
+/// `cargo xtask check --file PATH [--json] [--samples]`: check any JSONL of conversations
+/// (lines with `messages`) or preference pairs (`prompt`, `chosen`, `rejected`), `id` optional,
+/// with the default thresholds and `identity/voice.toml`, treating the
 /// file as a whole training set. With `json`, prints one JSON object per sample
 /// (`{"id", "verdict", "reasons", "markers"}`) and then one line with the dataset-level results.
 /// Returns whether everything passed.
@@ -245,6 +246,21 @@ fn print_report(
             report.checks.len(),
             stats.samples,
             report.failing_samples
+        );
+    }
+    if let Some(turns) = &stats.turns {
+        println!(
+            "  exchanges per conversation: min {}, mean {}, max {} ({} conversations)",
+            turns.min, turns.mean, turns.max, turns.conversations
+        );
+    }
+    if let Some(pairs) = &stats.pairs {
+        println!(
+            "  pairs: chosen − rejected {:+} voice markers, {:+} words on average; chosen ahead in markers in {:.1}% of {} pairs",
+            pairs.marker_margin,
+            pairs.word_margin,
+            pairs.chosen_more_markers * 100.0,
+            pairs.pairs
         );
     }
     for check in &report.checks {

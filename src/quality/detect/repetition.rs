@@ -226,6 +226,45 @@ pub(crate) fn echo(reply: &[String], prompt: &[String]) -> Option<String> {
     None
 }
 
+/// A reply that repeats another text of its conversation (an earlier reply, or the system
+/// message): the same words, over half its word trigrams taken from it, or a run of more than
+/// [`MAX_COPIED_RUN`] words copied from it. `what` names the other text in the detail.
+pub(crate) fn repeats(reply: &[String], other: &[String], what: &str) -> Option<String> {
+    if reply.is_empty() || other.is_empty() {
+        return None;
+    }
+    if reply == other {
+        return Some(format!("says again {what}, word for word"));
+    }
+    let other_trigrams: HashSet<&[String]> = other.windows(3).collect();
+    let reply_trigrams: Vec<&[String]> = reply.windows(3).collect();
+    if reply_trigrams.len() >= MIN_COPIED_TRIGRAMS {
+        let copied = reply_trigrams
+            .iter()
+            .filter(|t| other_trigrams.contains(*t))
+            .count();
+        let share = copied as f64 / reply_trigrams.len() as f64;
+        if share > MAX_COPIED_TRIGRAM_SHARE {
+            return Some(format!(
+                "{:.0}% of its word trigrams are copied from {what}",
+                share * 100.0
+            ));
+        }
+    }
+    copied_run(reply, other)
+        .map(|(len, run)| format!("copies {len} words in a row from {what}: '{run}'"))
+}
+
+/// The longest run of words `reply` copies from `source` when it is longer than
+/// [`MAX_COPIED_RUN`]: its length and the run, quoted.
+pub(crate) fn copied_run(reply: &[String], source: &[String]) -> Option<(usize, String)> {
+    let (len, at) = longest_common_run(
+        &reply[..reply.len().min(RUN_SCAN_WORDS)],
+        &source[..source.len().min(RUN_SCAN_WORDS)],
+    );
+    (len > MAX_COPIED_RUN).then(|| (len, quote(&reply[at..at + len].join(" "))))
+}
+
 /// The longest run of words that `a` and `b` share: (length, start in `a`).
 /// Words in a row a reply may share with an example reply of its prompt (few-shot turns) before
 /// it counts as copied, when at least [`MIN_COPIED_CONTENT_WORDS`] of them are content words.
