@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cache::{CacheError, CacheKey, ResponseCache};
 use crate::dispatch::{DispatchError, DispatchOptions, DispatchStats, Dispatcher, Lane};
+use crate::format::SampleLine;
 use crate::manifest::{Manifest, ManifestError};
 use crate::models::{ModelFingerprint, ModelSpec, ModelsConfig, ModelsError};
 use crate::progress::Progress;
@@ -524,11 +525,20 @@ impl JudgePlan {
             source,
         };
         let mut items = Vec::new();
-        for entry in quality::read_records(dataset).map_err(dataset_err)? {
-            let (_, record) = entry.map_err(dataset_err)?;
+        for entry in quality::read_samples(dataset).map_err(dataset_err)? {
+            // A pair is judged on its chosen answer (the one meant to be in character), after
+            // its prompt; a conversation on its last answer, after the turns before it.
+            let (id, conversation) = match entry.map_err(dataset_err)?.1 {
+                SampleLine::Chat(record) => (record.id, record.messages),
+                SampleLine::Preference(pair) => {
+                    let mut messages = pair.prompt;
+                    messages.extend(pair.chosen);
+                    (pair.id, messages)
+                }
+            };
             items.push(Item {
-                messages: judge_messages(&narrative, &record.messages),
-                id: record.id,
+                messages: judge_messages(&narrative, &conversation),
+                id,
             });
         }
         if items.is_empty() {

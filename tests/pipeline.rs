@@ -14,8 +14,8 @@ use shaping::graph::{Evaluated, plan};
 use shaping::manifest::State;
 use shaping::run::{RunError, RunOptions, describe_in};
 use shaping::{
-    Ctx, Declare, FileDep, Message, ModelDep, Pipeline, PipelineError, Task, TrainingSample,
-    model_request,
+    Ctx, Declare, FileDep, Message, ModelDep, Pipeline, PipelineError, PreferenceSample, Task,
+    TrainingSample, model_request,
 };
 use testkit::MockConfig;
 
@@ -744,4 +744,126 @@ fn best_of_picks_a_passing_candidate_among_junk() {
     assert_eq!(samples[0]["messages"][1]["content"], sound_reply("waffles"));
     assert_eq!(samples[0]["steps"].as_array().unwrap().len(), 3);
     assert!(!env.path("training/data/picky.errors.jsonl").exists());
+}
+
+/// Preference pairs from the model's reply: `same` records pair a reply with itself (invalid).
+struct Pairs {
+    prompts: FileDep,
+    model: ModelDep,
+}
+
+impl Pipeline for Pairs {
+    const NAME: &'static str = "pairs";
+
+    type Sample = PreferenceSample;
+
+    fn declare(deps: &mut Declare) -> Self {
+        Self {
+            prompts: deps.file("prompts", "inputs/pairs.txt"),
+            model: deps.model("m"),
+        }
+    }
+
+    async fn run(&self, ctx: &Ctx) -> Result<Vec<PreferenceSample>, PipelineError> {
+        let records = Prompt::lines(&self.prompts.read()?, Self::NAME);
+        ctx.run_task(records, |t: Task, r: Prompt| async move {
+            let prompt = vec![Message::user(r.prompt.clone())];
+            let chosen = t
+                .request(model_request(prompt.clone(), &self.model))
+                .await
+                .ok_text()?
+                .to_owned();
+            let rejected = if r.prompt.starts_with("same") {
+                chosen.clone()
+            } else {
+                format!("plain answer to {}", r.prompt)
+            };
+            Ok(PreferenceSample::new(r.id, prompt, chosen, rejected).score("margin", 1.0))
+        })
+        .await
+    }
+}
+
+/// Conversations of two exchanges; `open` records end on the user's turn (invalid).
+struct Turns {
+    prompts: FileDep,
+    model: ModelDep,
+}
+
+impl Pipeline for Turns {
+    const NAME: &'static str = "turns";
+
+    type Sample = TrainingSample;
+
+    fn declare(deps: &mut Declare) -> Self {
+        Self {
+            prompts: deps.file("prompts", "inputs/turns.txt"),
+            model: deps.model("m"),
+        }
+    }
+
+    async fn run(&self, ctx: &Ctx) -> Result<Vec<TrainingSample>, PipelineError> {
+        let records = Prompt::lines(&self.prompts.read()?, Self::NAME);
+        ctx.run_task(records, |t: Task, r: Prompt| async move {
+            let mut messages = vec![Message::system("Be brief."), Message::user(r.prompt.clone())];
+            let first = t.request(model_request(messages.clone(), &self.model)).await;
+            messages.push(Message::assistant(first.ok_text()?));
+            messages.push(Message::user(format!("and then? ({})", r.prompt)));
+            if !r.prompt.starts_with("open") {
+                let second = t.request(model_request(messages.clone(), &self.model)).await;
+                messages.push(Message::assistant(second.ok_text()?));
+            }
+            Ok(TrainingSample::new(r.id, messages))
+        })
+        .await
+    }
+}
+
+#[test]
+fn samples_of_either_kind_are_written_in_their_format_and_invalid_ones_become_errors() {
+    let env = echo_repo(MockConfig::new());
+    env.write("inputs/pairs.txt", "pie\nsame pie\ncoffee\n");
+    env.write("inputs/turns.txt", "pie\nopen pie\ncoffee\n");
+
+    let description = describe_in::<Pairs>(env.root(), &env.crate_dir("pairs")).unwrap();
+    assert_eq!(description.kind, shaping::SampleKind::Preference);
+    env.run::<Pairs>(run_args()).expect("one invalid pair of three");
+    let pairs = read_jsonl(&env.output("pairs"));
+    assert_eq!(pairs.len(), 2);
+    let first = &pairs[0];
+    assert_eq!(first["prompt"], serde_json::json!([{"role": "user", "content": "pie"}]));
+    assert_eq!(first["chosen"][0]["role"], "assistant");
+    assert_eq!(first["rejected"][0]["content"], "plain answer to pie");
+    assert_eq!(first["scores"]["margin"], 1.0);
+    assert_eq!(first["steps"].as_array().unwrap().len(), 1, "provenance kept");
+    let errors = read_jsonl(&env.errors("pairs"));
+    assert_eq!(errors.len(), 1);
+    let error = &errors[0]["__ERROR__"];
+    assert_eq!(error["error"], "invalid_sample");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("'pairs-1'")
+            && message.contains("preference")
+            && message.contains("chosen and rejected are the same text"),
+        "{message}"
+    );
+    assert_eq!(env.manifest_json("pairs")["kind"], "preference");
+
+    env.run::<Turns>(run_args()).expect("one invalid conversation of three");
+    let conversations = read_jsonl(&env.output("turns"));
+    assert_eq!(conversations.len(), 2);
+    let roles: Vec<&str> = conversations[0]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["system", "user", "assistant", "user", "assistant"]);
+    let errors = read_jsonl(&env.errors("turns"));
+    let message = errors[0]["__ERROR__"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("ends on a user turn"),
+        "{message}"
+    );
+    assert_eq!(env.manifest_json("turns")["kind"], "chat");
 }

@@ -20,9 +20,9 @@ const CONVERSATIONS_PER_OPENER: usize = 5;
 /// in between, so a conversation has `2 * EXCHANGES` turns after the system prompt.
 const EXCHANGES: usize = 2;
 
-/// Candidates per line, four at a time: a second round only when the first has none passing.
+/// Candidates per line, asked one at a time until one passes: the cheapest search on two cores,
+/// where every conversation waits on its lines in turn but many conversations run at once.
 const CANDIDATES: u32 = 8;
-const ROUND: u32 = 4;
 
 /// Reply budget per line.
 const MAX_TOKENS: u32 = 90;
@@ -59,9 +59,20 @@ struct Conversation {
 
 /// Who said a line: the copy whose lines are the sample's assistant turns, or the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Copy {
+enum Speaker {
     Answering,
     Opening,
+}
+
+impl Speaker {
+    /// A line of `said_by` as this copy sees it: its own lines are the assistant's.
+    fn message(self, said_by: Speaker, text: &str) -> Message {
+        if said_by == self {
+            Message::assistant(text)
+        } else {
+            Message::user(text)
+        }
+    }
 }
 
 impl Pipeline for SelfInteraction {
@@ -109,19 +120,19 @@ impl Pipeline for SelfInteraction {
         };
         ctx.run_task(records, |t: Task, record: Conversation| {
             async move {
-                let mut lines = vec![(Copy::Opening, record.opener)];
+                let mut lines = vec![(Speaker::Opening, record.opener)];
                 for exchange in 0..EXCHANGES {
-                    let answer = self.speak(&t, context, Copy::Answering, &lines).await?;
-                    lines.push((Copy::Answering, answer));
+                    let answer = self.speak(&t, context, Speaker::Answering, &lines).await?;
+                    lines.push((Speaker::Answering, answer));
                     if exchange + 1 < EXCHANGES {
-                        let reply = self.speak(&t, context, Copy::Opening, &lines).await?;
-                        lines.push((Copy::Opening, reply));
+                        let reply = self.speak(&t, context, Speaker::Opening, &lines).await?;
+                        lines.push((Speaker::Opening, reply));
                     }
                 }
                 let mut messages = vec![Message::system(SAMPLE_SYSTEM)];
                 messages.extend(lines.into_iter().map(|(copy, text)| match copy {
-                    Copy::Opening => Message::user(text),
-                    Copy::Answering => Message::assistant(text),
+                    Speaker::Opening => Message::user(text),
+                    Speaker::Answering => Message::assistant(text),
                 }));
                 Ok(TrainingSample::new(record.id, messages))
             }
@@ -138,23 +149,36 @@ impl SelfInteraction {
         &self,
         t: &Task,
         context: Context<'_>,
-        speaker: Copy,
-        lines: &[(Copy, String)],
+        speaker: Speaker,
+        lines: &[(Speaker, String)],
     ) -> Result<String, PipelineError> {
         let mut messages = vec![Message::system(context.system)];
         messages.extend(context.examples.iter().cloned());
-        messages.extend(recent(lines).iter().map(|(copy, text)| {
-            if *copy == speaker {
-                Message::assistant(text.clone())
-            } else {
-                Message::user(text.clone())
-            }
-        }));
+        messages.extend(
+            recent(lines)
+                .iter()
+                .map(|(copy, text)| speaker.message(*copy, text)),
+        );
+        // Judged as the gate will judge the written sample: against the whole conversation
+        // from this copy's side, so repeating one of its earlier lines (which it no longer
+        // sees) is an echo.
+        let whole: Vec<Message> = std::iter::once(Message::system(SAMPLE_SYSTEM))
+            .chain(lines.iter().map(|(copy, text)| speaker.message(*copy, text)))
+            .collect();
+        let detectors = t.detectors();
         let request = model_request(messages, &self.identity).max_tokens(MAX_TOKENS);
         let chosen = t
             .best_of(request, CANDIDATES)
-            .in_rounds_of(ROUND)
+            .in_rounds_of(1)
             .postprocess(|text| shaping::trim_to_last_sentence(text).to_owned())
+            .accept(move |text| {
+                let verdict = detectors.judge_in_conversation(&whole, text, None);
+                if verdict.passed() {
+                    Ok(())
+                } else {
+                    Err(verdict.reasons().join("; "))
+                }
+            })
             .pick()
             .await?;
         Ok(chosen.text)
@@ -170,7 +194,7 @@ struct Context<'a> {
 
 /// The most recent [`HISTORY_LINES`] lines whose text fits [`HISTORY_CHARS`] (always the last
 /// one).
-fn recent(lines: &[(Copy, String)]) -> &[(Copy, String)] {
+fn recent(lines: &[(Speaker, String)]) -> &[(Speaker, String)] {
     let mut total = 0;
     let mut start = lines.len();
     while start > 0 && lines.len() - start < HISTORY_LINES {
@@ -191,15 +215,15 @@ mod tests {
 
     #[test]
     fn the_history_keeps_the_newest_lines_that_fit() {
-        let line = |copy, n: usize| (copy, "x".repeat(n));
+        let line = |speaker, n: usize| (speaker, "x".repeat(n));
         let lines = vec![
-            line(Copy::Opening, 2_000),
-            line(Copy::Answering, 1_000),
-            line(Copy::Opening, 1_000),
+            line(Speaker::Opening, 2_000),
+            line(Speaker::Answering, 1_000),
+            line(Speaker::Opening, 1_000),
         ];
         assert_eq!(recent(&lines).len(), 2.min(HISTORY_LINES));
         assert_eq!(recent(&lines[2..]).len(), 1);
-        let huge = vec![line(Copy::Opening, 10_000)];
+        let huge = vec![line(Speaker::Opening, 10_000)];
         assert_eq!(recent(&huge).len(), 1, "the last line is always kept");
     }
 }

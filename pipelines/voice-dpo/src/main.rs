@@ -10,7 +10,6 @@ use std::path::Path;
 
 use serde::Serialize;
 use shaping::format::ChatLine;
-use shaping::quality::Turn;
 use shaping::{
     Ctx, Declare, FileDep, Message, ModelDep, Pipeline, PipelineError, PreferenceSample, Task,
     model_request,
@@ -56,27 +55,28 @@ impl Pipeline for VoiceDpo {
         let questions = read_questions(self.chosen.path())?;
         ctx.run_task(questions, |t: Task, question: Question| async move {
             let prompt = vec![Message::user(question.prompt.clone())];
-            let chosen_markers = markers(&t, &question.prompt, &question.chosen);
+            let detectors = t.detectors();
+            let chosen_markers = detectors.markers(&question.chosen).len();
             let mut reasons = Vec::new();
-            for _ in 0..REJECTED_CANDIDATES {
+            for candidate in 1..=REJECTED_CANDIDATES {
                 let request = model_request(prompt.clone(), &self.base).max_tokens(MAX_TOKENS);
                 let response = t.request(request).await;
                 let rejected = shaping::trim_to_last_sentence(response.ok_text()?).to_owned();
-                let rejected_markers = markers(&t, &question.prompt, &rejected);
-                match pair_problem(&question.chosen, chosen_markers, &rejected, rejected_markers)
-                {
-                    Some(problem) => reasons.push(problem),
-                    None => {
-                        return Ok(PreferenceSample::new(
-                            question.id,
-                            prompt,
-                            question.chosen,
-                            rejected,
-                        )
-                        .score("chosen_voice_markers", chosen_markers as f64)
-                        .score("rejected_voice_markers", rejected_markers as f64));
-                    }
+                // The gate's pair rules: not empty, not chosen again, not more in voice.
+                let problems = detectors.check_pair(&question.chosen, &rejected);
+                if problems.is_empty() {
+                    let rejected_markers = detectors.markers(&rejected).len();
+                    return Ok(
+                        PreferenceSample::new(question.id, prompt, question.chosen, rejected)
+                            .score("chosen_voice_markers", chosen_markers as f64)
+                            .score("rejected_voice_markers", rejected_markers as f64),
+                    );
                 }
+                reasons.extend(
+                    problems
+                        .iter()
+                        .map(|problem| format!("rejected candidate {candidate}: {problem}")),
+                );
             }
             Err(PipelineError::filtered(
                 format!("no rejected answer of {REJECTED_CANDIDATES} made a valid pair"),
@@ -84,37 +84,6 @@ impl Pipeline for VoiceDpo {
             ))
         })
         .await
-    }
-}
-
-/// The distinct voice markers `reply` shows, as the quality gate counts them.
-fn markers(t: &Task, prompt: &str, reply: &str) -> usize {
-    let turn = Turn {
-        prompt,
-        reply,
-        finish_reason: None,
-    };
-    t.detectors().judge(&turn).markers.len()
-}
-
-/// Why `rejected` cannot be paired with `chosen`, in the gate's words; `None` when it can.
-fn pair_problem(
-    chosen: &str,
-    chosen_markers: usize,
-    rejected: &str,
-    rejected_markers: usize,
-) -> Option<String> {
-    let normalise = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
-    if rejected.trim().is_empty() {
-        Some("empty: the rejected answer has no text".to_owned())
-    } else if normalise(chosen) == normalise(rejected) {
-        Some("pair: rejected is the same text as chosen".to_owned())
-    } else if rejected_markers > chosen_markers {
-        Some(format!(
-            "pair: rejected shows more voice markers ({rejected_markers}) than chosen ({chosen_markers})"
-        ))
-    } else {
-        None
     }
 }
 
