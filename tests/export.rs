@@ -330,6 +330,15 @@ fn every_format_of_every_kind_reads_back_record_for_record() {
                         exported.path,
                         repo.path(&format!("training/export/{NAME}.{format}.jsonl"))
                     );
+                    assert_eq!(
+                        exported.card,
+                        repo.path(&format!("training/export/{NAME}.{format}.card.md"))
+                    );
+                    let card = std::fs::read_to_string(&exported.card).expect("card");
+                    assert!(
+                        card.contains(&format!("data_files=\"{NAME}.{format}.jsonl\"")),
+                        "{card}"
+                    );
                     // Minimal records: the format's keys only, no provenance or scores.
                     let keys = match (format, kind) {
                         (ExportFormat::Trl, SampleKind::Chat) => vec!["id", "messages"],
@@ -421,7 +430,9 @@ fn parquet_has_the_datasets_schema_and_a_card() {
         "| narrative | `identity/NARRATIVE.md` | `feedfacefeedface` |",
         "| `volume` | passed | 3 samples (need at least 1) |",
         "Every check passed",
-        "cargo xtask export dee-data --format parquet",
+        "| reproduce | `git checkout 0123456789abcdef0123456789abcdef01234567 && cargo xtask data dee-data && cargo xtask export dee-data --format parquet`",
+        "| generated at | 2026-11-30T12:00:00Z |",
+        "size_categories:\n- n<1K\n",
         "0123456789abcdef0123456789abcdef01234567",
     ] {
         assert!(card.contains(needle), "card lacks {needle:?}:\n{card}");

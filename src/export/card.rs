@@ -52,6 +52,7 @@ pub(crate) fn render(input: &CardInput<'_>) -> String {
     out.push_str("---\n");
     let _ = writeln!(out, "pretty_name: {}", yaml(&title));
     out.push_str("task_categories:\n- text-generation\n");
+    let _ = writeln!(out, "size_categories:\n- {}", size_category(m.samples));
     out.push_str("tags:\n- shaping\n- synthetic\n");
     let _ = writeln!(
         out,
@@ -138,7 +139,12 @@ pub(crate) fn render(input: &CardInput<'_>) -> String {
     row("kind", m.kind.to_string());
     row("samples", m.samples.to_string());
     row("failed records (not exported)", m.errors.to_string());
-    row("generated at", m.generated_at.to_string());
+    row(
+        "generated at",
+        m.generated_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| m.generated_at.to_string()),
+    );
     row(
         "pipeline commit",
         if m.commit_dirty {
@@ -154,7 +160,18 @@ pub(crate) fn render(input: &CardInput<'_>) -> String {
     if let Some(limit) = m.limit {
         row("limit", limit.to_string());
     }
-    row("reproduce", format!("`{}`", input.command));
+    let checkout = if m.pipeline_commit == "unknown" {
+        String::new()
+    } else {
+        format!("git checkout {} && ", m.pipeline_commit)
+    };
+    row(
+        "reproduce",
+        format!(
+            "`{checkout}cargo xtask data {} && {}` (answers come from the response cache when it holds them)",
+            m.pipeline, input.command
+        ),
+    );
     out.push('\n');
 
     out.push_str("### Models\n\n");
@@ -199,6 +216,18 @@ pub(crate) fn render(input: &CardInput<'_>) -> String {
     out.push_str("## Checks\n\n");
     out.push_str(&checks(m.checks.as_ref()));
     out
+}
+
+/// The Hub's size bucket for `n` rows.
+fn size_category(n: u64) -> &'static str {
+    match n {
+        0..1_000 => "n<1K",
+        1_000..10_000 => "1K<n<10K",
+        10_000..100_000 => "10K<n<100K",
+        100_000..1_000_000 => "100K<n<1M",
+        1_000_000..10_000_000 => "1M<n<10M",
+        _ => "10M<n<100M",
+    }
 }
 
 fn columns(format: ExportFormat, kind: SampleKind) -> String {

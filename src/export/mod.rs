@@ -12,7 +12,8 @@
 //! Layout (default `-o`, under [`EXPORT_DIR`]):
 //!
 //! * `trl`, `openai`, `sharegpt`: one JSONL file, `training/export/<name>.<format>.jsonl`,
-//!   written atomically (temporary file, rename).
+//!   written atomically (temporary file, rename), and its card beside it,
+//!   `<name>.<format>.card.md`.
 //! * `parquet`: a directory laid out as a Hugging Face dataset repository,
 //!   `training/export/<name>/` holding [`PARQUET_SHARD`] and the card [`CARD_FILE`] (YAML front
 //!   matter with the `configs`/`data_files` and `dataset_info.features` that `datasets` reads).
@@ -228,6 +229,9 @@ pub struct Exported {
     /// The files written, relative to `path` for a directory (`data/…parquet`, `README.md`),
     /// else the file name.
     pub files: Vec<String>,
+    /// The dataset card: `README.md` in a Parquet export, `<name>.<format>.card.md` beside a
+    /// JSONL one.
+    pub card: PathBuf,
     /// Samples written.
     pub samples: u64,
     /// Set when the data was not CURRENT and `--allow-stale` let it through: what is wrong.
@@ -309,9 +313,9 @@ pub fn export(request: &ExportRequest<'_>) -> Result<Exported, ExportError> {
         .clone()
         .unwrap_or_else(|| default_out(request.root, request.name, request.format));
     let samples = SampleReader::open(request.output, manifest.kind)?;
+    let voice = crate::quality::Voice::load(request.root)?;
     match request.format {
         ExportFormat::Parquet => {
-            let voice = crate::quality::Voice::load(request.root)?;
             let (samples, files) =
                 write_parquet_dir(&out, samples, manifest.kind, |data_files, samples| {
                     let mut manifest = manifest.clone();
@@ -328,6 +332,7 @@ pub fn export(request: &ExportRequest<'_>) -> Result<Exported, ExportError> {
             Ok(Exported {
                 format: request.format,
                 kind: manifest.kind,
+                card: out.join(CARD_FILE),
                 path: out,
                 files,
                 samples,
@@ -345,11 +350,24 @@ pub fn export(request: &ExportRequest<'_>) -> Result<Exported, ExportError> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            let card_path = crate::format::sibling_with_suffix(&out, "card.md");
+            let mut card_manifest = manifest.clone();
+            card_manifest.samples = samples;
+            let card = card::render(&card::CardInput {
+                identity: voice.name.as_deref(),
+                manifest: &card_manifest,
+                format,
+                data_files: std::slice::from_ref(&name),
+                command: &request.command,
+                not_current: warning.as_deref(),
+            });
+            crate::output::write_atomic(&card_path, card.as_bytes())?;
             Ok(Exported {
                 format,
                 kind: manifest.kind,
                 path: out,
                 files: vec![name],
+                card: card_path,
                 samples,
                 warning,
             })

@@ -77,11 +77,12 @@ pub(crate) fn export_cmd(ws: &Workspace, args: ExportArgs) -> Result<i32> {
         eprintln!("warning: exporting data that is not CURRENT (--allow-stale): {warning}");
     }
     println!(
-        "exported {} {} samples of '{}' as {format} to {}",
+        "exported {} {} samples of '{}' as {format} to {} (card: {})",
         exported.samples,
         exported.kind,
         args.name,
-        exported.path.display()
+        exported.path.display(),
+        exported.card.display()
     );
     if let Some(repo) = &args.push {
         let client = HubClient::from_env()?;
