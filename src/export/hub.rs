@@ -36,6 +36,9 @@ use super::ExportError;
 /// The largest regular (non-LFS) file inlined in a commit: 10 MB.
 pub const MAX_INLINE_BYTES: u64 = 10 * 1024 * 1024;
 
+/// How long an API request (not an LFS upload) may take.
+const API_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A Hub endpoint with a write token.
 #[derive(Clone)]
 pub struct HubClient {
@@ -330,10 +333,17 @@ impl HubClient {
         request: reqwest::RequestBuilder,
         accept: &[u16],
     ) -> Result<reqwest::Response, ExportError> {
-        let request = if step != "LFS upload" && url.starts_with(&format!("{}/", self.endpoint)) {
+        let upload = step == "LFS upload";
+        let request = if !upload && url.starts_with(&format!("{}/", self.endpoint)) {
             request.bearer_auth(&self.token)
         } else {
             request
+        };
+        // API calls answer quickly; an upload takes as long as the bytes take.
+        let request = if upload {
+            request
+        } else {
+            request.timeout(API_TIMEOUT)
         };
         let error = |status: Option<u16>, message: String| ExportError::Hub {
             step,

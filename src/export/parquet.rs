@@ -84,13 +84,22 @@ pub(crate) struct ParquetShard {
     ids: Vec<ByteArray>,
     lists: Vec<ListBuffer>,
     rows: u64,
+    rows_per_group: usize,
 }
 
 impl ParquetShard {
-    /// Start writing `kind` rows to `file`.
+    /// Start writing `kind` rows to `file`, [`ROW_GROUP_ROWS`] rows per row group.
     pub(crate) fn create(
         file: File,
         kind: SampleKind,
+    ) -> Result<Self, parquet::errors::ParquetError> {
+        Self::with_row_groups(file, kind, ROW_GROUP_ROWS)
+    }
+
+    fn with_row_groups(
+        file: File,
+        kind: SampleKind,
+        rows_per_group: usize,
     ) -> Result<Self, parquet::errors::ParquetError> {
         let schema = Arc::new(parse_message_type(&schema(kind))?);
         let properties = WriterProperties::builder()
@@ -107,6 +116,7 @@ impl ParquetShard {
                 .map(|_| ListBuffer::default())
                 .collect(),
             rows: 0,
+            rows_per_group: rows_per_group.max(1),
         })
     }
 
@@ -122,7 +132,7 @@ impl ParquetShard {
             }
         }
         self.rows += 1;
-        if self.ids.len() >= ROW_GROUP_ROWS {
+        if self.ids.len() >= self.rows_per_group {
             self.flush()?;
         }
         Ok(())
@@ -211,6 +221,45 @@ mod tests {
         assert_eq!(
             row.to_string(),
             r#"{id: "p-1", prompt: [{role: "system", content: "s"}, {role: "user", content: "q"}], chosen: [{role: "assistant", content: "yes, hon"}], rejected: [{role: "assistant", content: "yes"}]}"#
+        );
+    }
+
+    #[test]
+    fn rows_keep_their_order_across_row_groups() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("x.parquet");
+        let file = File::create(&path).expect("create");
+        let mut shard = ParquetShard::with_row_groups(file, SampleKind::Chat, 10).expect("shard");
+        for i in 0..25 {
+            let mut messages = vec![Message::user(format!("q{i}"))];
+            for turn in 0..i % 3 {
+                messages.push(Message::assistant(format!("a{i}.{turn}")));
+                messages.push(Message::user(format!("q{i}.{turn}")));
+            }
+            messages.push(Message::assistant(format!("a{i}")));
+            shard
+                .push(&SampleLine::Chat(crate::format::ChatLine::minimal(
+                    format!("c{i}"),
+                    messages,
+                )))
+                .expect("push");
+        }
+        assert_eq!(shard.finish().expect("finish"), 25);
+        let reader = SerializedFileReader::new(File::open(&path).expect("open")).expect("reader");
+        assert_eq!(reader.metadata().num_row_groups(), 3);
+        let rows: Vec<String> = reader
+            .get_row_iter(None)
+            .expect("rows")
+            .map(|row| row.expect("row").to_string())
+            .collect();
+        assert_eq!(rows.len(), 25);
+        assert_eq!(
+            rows[14],
+            r#"{id: "c14", messages: [{role: "user", content: "q14"}, {role: "assistant", content: "a14.0"}, {role: "user", content: "q14.0"}, {role: "assistant", content: "a14.1"}, {role: "user", content: "q14.1"}, {role: "assistant", content: "a14"}]}"#
+        );
+        assert_eq!(
+            rows[24],
+            r#"{id: "c24", messages: [{role: "user", content: "q24"}, {role: "assistant", content: "a24"}]}"#
         );
     }
 }
