@@ -167,6 +167,7 @@ fn export_in(
         out: None,
         allow_stale,
         command: format!("cargo xtask export {NAME} --format {format}"),
+        hub_repo: None,
     })
 }
 
@@ -430,6 +431,7 @@ fn parquet_has_the_datasets_schema_and_a_card() {
         "| narrative | `identity/NARRATIVE.md` | `feedfacefeedface` |",
         "| `volume` | passed | 3 samples (need at least 1) |",
         "Every check passed",
+        "ds = load_dataset(\"training/export/dee-data\", split=\"train\")",
         "| reproduce | `git checkout 0123456789abcdef0123456789abcdef01234567 && cargo xtask data dee-data && cargo xtask export dee-data --format parquet`",
         "| generated at | 2026-11-30T12:00:00Z |",
         "size_categories:\n- n<1K\n",

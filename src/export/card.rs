@@ -27,6 +27,8 @@ pub(crate) struct CardInput<'a> {
     pub(crate) command: &'a str,
     /// Why the data was exported although it is not CURRENT (`--allow-stale`), if it is not.
     pub(crate) not_current: Option<&'a str>,
+    /// The Hub repository the export is pushed to, if any.
+    pub(crate) hub_repo: Option<&'a str>,
 }
 
 /// A YAML string scalar (double-quoted, escaped as JSON, which YAML accepts).
@@ -108,11 +110,21 @@ pub(crate) fn render(input: &CardInput<'_>) -> String {
 
     out.push_str("## Loading\n\n");
     match input.format {
-        ExportFormat::Parquet => out.push_str(
-            "```python\nfrom datasets import load_dataset\n\nds = load_dataset(\"<this repository or directory>\", split=\"train\")\n```\n\n",
-        ),
+        ExportFormat::Parquet => {
+            let source = input.hub_repo.map_or_else(
+                || yaml(&format!("{}/{}", super::EXPORT_DIR, m.pipeline)),
+                yaml,
+            );
+            let _ = writeln!(
+                out,
+                "```python\nfrom datasets import load_dataset\n\nds = load_dataset({source}, split=\"train\")\n```\n"
+            );
+        }
         _ => {
-            let file = input.data_files.first().map_or("data.jsonl", String::as_str);
+            let file = input
+                .data_files
+                .first()
+                .map_or("data.jsonl", String::as_str);
             let _ = writeln!(
                 out,
                 "```python\nfrom datasets import load_dataset\n\nds = load_dataset(\"json\", data_files={}, split=\"train\")\n```\n",

@@ -215,6 +215,9 @@ pub struct ExportRequest<'a> {
     pub allow_stale: bool,
     /// The command that makes this export, recorded in the card.
     pub command: String,
+    /// The Hub repository (`owner/name`) the export is pushed to, if any: the card's loading
+    /// example names it.
+    pub hub_repo: Option<&'a str>,
 }
 
 /// What an export wrote.
@@ -327,6 +330,7 @@ pub fn export(request: &ExportRequest<'_>) -> Result<Exported, ExportError> {
                         data_files,
                         command: &request.command,
                         not_current: warning.as_deref(),
+                        hub_repo: request.hub_repo,
                     })
                 })?;
             Ok(Exported {
@@ -360,6 +364,7 @@ pub fn export(request: &ExportRequest<'_>) -> Result<Exported, ExportError> {
                 data_files: std::slice::from_ref(&name),
                 command: &request.command,
                 not_current: warning.as_deref(),
+                hub_repo: None,
             });
             crate::output::write_atomic(&card_path, card.as_bytes())?;
             Ok(Exported {

@@ -72,6 +72,7 @@ pub(crate) fn export_cmd(ws: &Workspace, args: ExportArgs) -> Result<i32> {
         out: args.out.clone(),
         allow_stale: args.allow_stale,
         command,
+        hub_repo: args.push.as_deref(),
     })?;
     if let Some(warning) = &exported.warning {
         eprintln!("warning: exporting data that is not CURRENT (--allow-stale): {warning}");
