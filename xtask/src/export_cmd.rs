@@ -45,6 +45,14 @@ pub(crate) fn export_cmd(ws: &Workspace, args: ExportArgs) -> Result<i32> {
         (Some(format), _) => format,
         (None, _) => ExportFormat::Parquet,
     };
+    // A push that cannot happen fails before anything is built or written.
+    let hub = match &args.push {
+        Some(repo) => {
+            export::hub::parse_repo(repo)?;
+            Some(HubClient::from_env()?)
+        }
+        None => None,
+    };
     let pipelines = ws.describe_all()?;
     let Some(description) = pipelines.iter().find(|d| d.name == args.name) else {
         return Err(crate::unknown_pipeline(&args.name, &pipelines).into());
@@ -85,8 +93,7 @@ pub(crate) fn export_cmd(ws: &Workspace, args: ExportArgs) -> Result<i32> {
         exported.path.display(),
         exported.card.display()
     );
-    if let Some(repo) = &args.push {
-        let client = HubClient::from_env()?;
+    if let (Some(repo), Some(client)) = (&args.push, &hub) {
         let pushed = client.push(
             repo,
             &exported.path,
