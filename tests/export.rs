@@ -420,7 +420,6 @@ fn parquet_has_the_datasets_schema_and_a_card() {
         "---\npretty_name: \"Dee: dee-data\"",
         "configs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n",
         "  - name: chosen\n    list:\n    - name: role\n      dtype: string\n    - name: content\n      dtype: string\n",
-        "    num_examples: 2\n",
         "- dpo\n",
         "2 preference pairs for Dee",
         "| pipeline | `dee-data` |",

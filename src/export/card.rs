@@ -67,12 +67,9 @@ pub(crate) fn render(input: &CardInput<'_>) -> String {
     if input.format == ExportFormat::Parquet {
         out.push_str("configs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n");
         out.push_str("dataset_info:\n");
+        // No `splits`: `datasets` wants their Arrow size in bytes, which only Arrow knows; the
+        // sample count is in the card's text.
         out.push_str(&parquet::card_features(m.kind));
-        let _ = writeln!(
-            out,
-            "  splits:\n  - name: train\n    num_examples: {}",
-            m.samples
-        );
     }
     out.push_str("---\n\n");
 
