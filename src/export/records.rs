@@ -68,7 +68,7 @@ pub(crate) struct ShareGptPreference<'a> {
 }
 
 /// ShareGPT's name for a role: `human` for the user, `gpt` for the assistant.
-pub(crate) fn sharegpt_role(role: &str) -> &str {
+fn sharegpt_role(role: &str) -> &str {
     match role {
         "user" => "human",
         "assistant" => "gpt",
