@@ -19,7 +19,7 @@ impl ShapingExitCode {
     pub const USAGE: i32 = 2;
     /// A quality check failed, or a review snapshot is new or changed (`check`, `review`).
     pub const CHECKS_FAILED: i32 = 3;
-    /// An output is not CURRENT (`status --check`).
+    /// An output is not CURRENT (`status --check`; `export` without `--allow-stale`).
     pub const STALE_DATA: i32 = 4;
     /// More than `--max-error-share` of the records failed; the previous output was kept.
     pub const TOO_MANY_RECORD_ERRORS: i32 = 5;

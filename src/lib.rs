@@ -10,6 +10,7 @@ pub mod cli;
 pub mod description;
 pub mod dispatch;
 pub mod exit_code;
+pub mod export;
 pub mod fingerprint;
 pub mod format;
 pub mod graph;

@@ -28,6 +28,7 @@ const LAYERS: &[&str] = &[
     "graph",
     "schedule",
     "judge",
+    "export",
     "run",
     "cli",
 ];

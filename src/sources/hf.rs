@@ -101,6 +101,17 @@ pub fn hf_token(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<Stri
     Some(token.trim().to_owned()).filter(|t| !t.is_empty())
 }
 
+/// The Hub's base URL, with `var` reading the environment: `HF_ENDPOINT` if set and non-empty,
+/// else `https://huggingface.co`; without a trailing `/`.
+pub fn hf_endpoint(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> String {
+    var("HF_ENDPOINT")
+        .map(|v| v.to_string_lossy().trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "https://huggingface.co".into())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
 /// A Hub endpoint and optional token.
 #[derive(Clone)]
 pub struct HfHub {
@@ -132,9 +143,8 @@ impl HfHub {
     /// `HF_ENDPOINT` (default `https://huggingface.co`) and the token found the way the Hugging
     /// Face tools find it (see [`hf_token`]).
     pub fn from_env() -> Self {
-        let endpoint = std::env::var("HF_ENDPOINT").ok().filter(|s| !s.is_empty());
         let token = hf_token(|name| std::env::var_os(name));
-        HfHub::new(endpoint.unwrap_or_else(|| "https://huggingface.co".into())).with_token(token)
+        HfHub::new(hf_endpoint(|name| std::env::var_os(name))).with_token(token)
     }
 
     /// Sets (or clears) the bearer token.

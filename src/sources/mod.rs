@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 
 pub use custom::{custom_loader, example_turns, load_custom};
 pub use fields::FieldMap;
-pub use hf::{HfCache, HfDataset, HfHub, hf_token};
+pub use hf::{HfCache, HfDataset, HfHub, hf_endpoint, hf_token};
 pub use knowledge::{
     Fact, Section, facts_to_records, knowledge_records, markdown_sections, section_facts,
     sections_to_records,

@@ -1,4 +1,5 @@
-//! Mock OpenAI chat-completions / Anthropic Messages HTTP server for tests and benchmarks.
+//! Mock OpenAI chat-completions / Anthropic Messages HTTP server for tests and benchmarks, and a
+//! mock Hugging Face Hub for uploads ([`MockHub`]).
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -18,11 +19,13 @@
 
 mod config;
 mod fault;
+mod hub;
 mod limiter;
 mod server;
 mod stats;
 
 pub use config::{Api, ChatMessage, ChatView, MockConfig, Responder, default_reply};
 pub use fault::{Fault, FaultPlan, MarkerFault, RandomFaults};
+pub use hub::{HubCommit, HubRequest, MockHub};
 pub use server::{MockBody, MockError, MockServer};
 pub use stats::{RecordedRequest, Stats, max_in_any_window, per_second_histogram};

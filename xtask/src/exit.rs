@@ -37,6 +37,25 @@ pub(crate) fn code_of_error(error: &anyhow::Error) -> i32 {
                 shaping::lock::LockError::Io { .. } => ShapingExitCode::UNEXPECTED,
             };
         }
+        if let Some(e) = cause.downcast_ref::<shaping::export::ExportError>() {
+            use shaping::export::ExportError as E;
+            return match e {
+                E::NotCurrent { .. } => ShapingExitCode::STALE_DATA,
+                E::InvalidRepo { .. } | E::NotADirectory { .. } => ShapingExitCode::USAGE,
+                E::Missing { .. }
+                | E::Manifest(_)
+                | E::Identity(_)
+                | E::BadLine { .. }
+                | E::WrongKind { .. }
+                | E::BadShape { .. }
+                | E::NoToken
+                | E::Hub {
+                    status: Some(401 | 403),
+                    ..
+                } => ShapingExitCode::SETUP_ERROR,
+                _ => ShapingExitCode::UNEXPECTED,
+            };
+        }
         let setup = cause.is::<shaping::repo::RepoError>()
             || cause.is::<shaping::models::ModelsError>()
             || cause.is::<shaping::quality::QualityError>()

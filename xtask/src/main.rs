@@ -2,6 +2,7 @@
 
 mod bench;
 mod exit;
+mod export_cmd;
 mod judge_cmd;
 mod quality_cmds;
 mod workspace;
@@ -125,6 +126,10 @@ enum Command {
     },
     /// Run the review snapshot tests and open the review of changed datasets.
     Review,
+    /// Write a dataset in a training-ready format (trl, openai, sharegpt, parquet) and
+    /// optionally push it to the Hugging Face Hub. Refuses data that is not CURRENT
+    /// (STALE_DATA (4)) unless --allow-stale.
+    Export(export_cmd::ExportArgs),
     /// Benchmark the dispatcher: bench-pipeline (built like `run` builds pipelines) against a separate mock-llm.
     Bench(bench::BenchArgs),
     /// Run every test of the workspace (after setup). Extra arguments go to `cargo test`.
@@ -347,6 +352,7 @@ fn run(cli: Cli) -> Result<i32> {
                 ShapingExitCode::CHECKS_FAILED
             })
         }
+        Command::Export(args) => export_cmd::export_cmd(&ws, args),
         Command::Test { args } => {
             workspace::ensure_build_prerequisites()?;
             ws.ensure_all_local_models()?;

@@ -38,6 +38,25 @@ fn each_failure_class_has_its_own_code() {
     assert_eq!(code, ShapingExitCode::USAGE, "{stderr}");
     assert!(stderr.contains("no pipeline named 'nosuch'"), "{stderr}");
 
+    // export: an unknown --format names the flag and its values; an unknown pipeline; --push
+    // with a JSONL format: USAGE.
+    let (code, stderr) = xtask(root, &["export", "x", "--format", "csv"]);
+    assert_eq!(code, ShapingExitCode::USAGE, "{stderr}");
+    assert!(
+        stderr.contains("invalid value 'csv' for '--format <FORMAT>'")
+            && stderr.contains("trl, openai, sharegpt, parquet"),
+        "{stderr}"
+    );
+    let (code, stderr) = xtask(root, &["export", "nosuch", "--format", "trl"]);
+    assert_eq!(code, ShapingExitCode::USAGE, "{stderr}");
+    assert!(stderr.contains("no pipeline named 'nosuch'"), "{stderr}");
+    let (code, stderr) = xtask(root, &["export", "x", "--format", "trl", "--push", "me/x"]);
+    assert_eq!(code, ShapingExitCode::USAGE, "{stderr}");
+    assert!(
+        stderr.contains("--push uploads the Parquet export"),
+        "{stderr}"
+    );
+
     // Chat JSONL that checks but fails: CHECKS_FAILED.
     let failing = root.join("failing.jsonl");
     let line = r#"{"id":"a","messages":[{"role":"user","content":"Hi?"},{"role":"assistant","content":"I am an AI language model."}]}"#;
