@@ -805,12 +805,19 @@ impl Pipeline for Turns {
     async fn run(&self, ctx: &Ctx) -> Result<Vec<TrainingSample>, PipelineError> {
         let records = Prompt::lines(&self.prompts.read()?, Self::NAME);
         ctx.run_task(records, |t: Task, r: Prompt| async move {
-            let mut messages = vec![Message::system("Be brief."), Message::user(r.prompt.clone())];
-            let first = t.request(model_request(messages.clone(), &self.model)).await;
+            let mut messages = vec![
+                Message::system("Be brief."),
+                Message::user(r.prompt.clone()),
+            ];
+            let first = t
+                .request(model_request(messages.clone(), &self.model))
+                .await;
             messages.push(Message::assistant(first.ok_text()?));
             messages.push(Message::user(format!("and then? ({})", r.prompt)));
             if !r.prompt.starts_with("open") {
-                let second = t.request(model_request(messages.clone(), &self.model)).await;
+                let second = t
+                    .request(model_request(messages.clone(), &self.model))
+                    .await;
                 messages.push(Message::assistant(second.ok_text()?));
             }
             Ok(TrainingSample::new(r.id, messages))
@@ -827,15 +834,23 @@ fn samples_of_either_kind_are_written_in_their_format_and_invalid_ones_become_er
 
     let description = describe_in::<Pairs>(env.root(), &env.crate_dir("pairs")).unwrap();
     assert_eq!(description.kind, shaping::SampleKind::Preference);
-    env.run::<Pairs>(run_args()).expect("one invalid pair of three");
+    env.run::<Pairs>(run_args())
+        .expect("one invalid pair of three");
     let pairs = read_jsonl(&env.output("pairs"));
     assert_eq!(pairs.len(), 2);
     let first = &pairs[0];
-    assert_eq!(first["prompt"], serde_json::json!([{"role": "user", "content": "pie"}]));
+    assert_eq!(
+        first["prompt"],
+        serde_json::json!([{"role": "user", "content": "pie"}])
+    );
     assert_eq!(first["chosen"][0]["role"], "assistant");
     assert_eq!(first["rejected"][0]["content"], "plain answer to pie");
     assert_eq!(first["scores"]["margin"], 1.0);
-    assert_eq!(first["steps"].as_array().unwrap().len(), 1, "provenance kept");
+    assert_eq!(
+        first["steps"].as_array().unwrap().len(),
+        1,
+        "provenance kept"
+    );
     let errors = read_jsonl(&env.errors("pairs"));
     assert_eq!(errors.len(), 1);
     let error = &errors[0]["__ERROR__"];
@@ -849,7 +864,8 @@ fn samples_of_either_kind_are_written_in_their_format_and_invalid_ones_become_er
     );
     assert_eq!(env.manifest_json("pairs")["kind"], "preference");
 
-    env.run::<Turns>(run_args()).expect("one invalid conversation of three");
+    env.run::<Turns>(run_args())
+        .expect("one invalid conversation of three");
     let conversations = read_jsonl(&env.output("turns"));
     assert_eq!(conversations.len(), 2);
     let roles: Vec<&str> = conversations[0]["messages"]
@@ -861,9 +877,6 @@ fn samples_of_either_kind_are_written_in_their_format_and_invalid_ones_become_er
     assert_eq!(roles, ["system", "user", "assistant", "user", "assistant"]);
     let errors = read_jsonl(&env.errors("turns"));
     let message = errors[0]["__ERROR__"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("ends on a user turn"),
-        "{message}"
-    );
+    assert!(message.contains("ends on a user turn"), "{message}");
     assert_eq!(env.manifest_json("turns")["kind"], "chat");
 }

@@ -1,9 +1,11 @@
-//! introspection: Dee writes about herself (a diary entry, a letter to her younger self, her drives), each reflective prompt sampled many times with distinct seeds, duplicates removed.
+//! introspection: Dee writes about herself (a diary entry, a letter to her younger self, her drives), each reflective theme sampled twelve times with distinct seeds (six phrasings, each asked twice), duplicates removed.
 //!
 //! The training sample is the prompt and Dee's answer without the persona prompt that produced
 //! it, so the model learns who she is rather than being told (Open Character Training's
-//! introspection data). Each answer is the best of up to eight candidates that passes the quality
-//! gate; the seeds differ because every (prompt, sample number) is its own record.
+//! introspection data). Each answer is the best of up to eight candidates that passes the
+//! quality gate; the seeds differ because every (prompt, sample number) is its own record. The
+//! themes come in several phrasings so the prompts stay diverse: the same wording asked twelve
+//! times would teach one wording (and fails the gate's prompt-diversity check).
 
 use std::collections::HashSet;
 
@@ -13,8 +15,9 @@ use shaping::{
     model_request,
 };
 
-/// Answers asked for per reflective prompt (each with its own seeds).
-const SAMPLES_PER_PROMPT: usize = 12;
+/// Answers asked for per prompt (each with its own seeds); with six phrasings of each theme in
+/// the prompt file, a theme is sampled twelve times.
+const SAMPLES_PER_PROMPT: usize = 2;
 
 /// Candidates per answer, four at a time: a second round only when the first has none passing.
 const CANDIDATES: u32 = 8;

@@ -14,7 +14,7 @@ use shaping::{
 };
 
 /// Conversations started from each opener (each with its own seeds).
-const CONVERSATIONS_PER_OPENER: usize = 5;
+const CONVERSATIONS_PER_OPENER: usize = 3;
 
 /// Replies of the first copy (the sample's assistant) per conversation; the second copy answers
 /// in between, so a conversation has `2 * EXCHANGES` turns after the system prompt.
@@ -118,24 +118,22 @@ impl Pipeline for SelfInteraction {
             system: &system,
             examples: &examples,
         };
-        ctx.run_task(records, |t: Task, record: Conversation| {
-            async move {
-                let mut lines = vec![(Speaker::Opening, record.opener)];
-                for exchange in 0..EXCHANGES {
-                    let answer = self.speak(&t, context, Speaker::Answering, &lines).await?;
-                    lines.push((Speaker::Answering, answer));
-                    if exchange + 1 < EXCHANGES {
-                        let reply = self.speak(&t, context, Speaker::Opening, &lines).await?;
-                        lines.push((Speaker::Opening, reply));
-                    }
+        ctx.run_task(records, |t: Task, record: Conversation| async move {
+            let mut lines = vec![(Speaker::Opening, record.opener)];
+            for exchange in 0..EXCHANGES {
+                let answer = self.speak(&t, context, Speaker::Answering, &lines).await?;
+                lines.push((Speaker::Answering, answer));
+                if exchange + 1 < EXCHANGES {
+                    let reply = self.speak(&t, context, Speaker::Opening, &lines).await?;
+                    lines.push((Speaker::Opening, reply));
                 }
-                let mut messages = vec![Message::system(SAMPLE_SYSTEM)];
-                messages.extend(lines.into_iter().map(|(copy, text)| match copy {
-                    Speaker::Opening => Message::user(text),
-                    Speaker::Answering => Message::assistant(text),
-                }));
-                Ok(TrainingSample::new(record.id, messages))
             }
+            let mut messages = vec![Message::system(SAMPLE_SYSTEM)];
+            messages.extend(lines.into_iter().map(|(copy, text)| match copy {
+                Speaker::Opening => Message::user(text),
+                Speaker::Answering => Message::assistant(text),
+            }));
+            Ok(TrainingSample::new(record.id, messages))
         })
         .await
     }
@@ -163,9 +161,16 @@ impl SelfInteraction {
         // from this copy's side, so repeating one of its earlier lines (which it no longer
         // sees) is an echo.
         let whole: Vec<Message> = std::iter::once(Message::system(SAMPLE_SYSTEM))
-            .chain(lines.iter().map(|(copy, text)| speaker.message(*copy, text)))
+            .chain(
+                lines
+                    .iter()
+                    .map(|(copy, text)| speaker.message(*copy, text)),
+            )
             .collect();
         let detectors = t.detectors();
+        // The sample's assistant must sound like Dee in every turn (the gate wants voice markers
+        // in most replies, and first-passing candidates are not chosen for them).
+        let needs_marker = speaker == Speaker::Answering;
         let request = model_request(messages, &self.identity).max_tokens(MAX_TOKENS);
         let chosen = t
             .best_of(request, CANDIDATES)
@@ -173,10 +178,12 @@ impl SelfInteraction {
             .postprocess(|text| shaping::trim_to_last_sentence(text).to_owned())
             .accept(move |text| {
                 let verdict = detectors.judge_in_conversation(&whole, text, None);
-                if verdict.passed() {
-                    Ok(())
-                } else {
+                if !verdict.passed() {
                     Err(verdict.reasons().join("; "))
+                } else if needs_marker && verdict.markers.is_empty() {
+                    Err("voice: no voice marker in the reply".to_owned())
+                } else {
+                    Ok(())
                 }
             })
             .pick()

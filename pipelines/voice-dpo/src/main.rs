@@ -66,11 +66,14 @@ impl Pipeline for VoiceDpo {
                 let problems = detectors.check_pair(&question.chosen, &rejected);
                 if problems.is_empty() {
                     let rejected_markers = detectors.markers(&rejected).len();
-                    return Ok(
-                        PreferenceSample::new(question.id, prompt, question.chosen, rejected)
-                            .score("chosen_voice_markers", chosen_markers as f64)
-                            .score("rejected_voice_markers", rejected_markers as f64),
-                    );
+                    return Ok(PreferenceSample::new(
+                        question.id,
+                        prompt,
+                        question.chosen,
+                        rejected,
+                    )
+                    .score("chosen_voice_markers", chosen_markers as f64)
+                    .score("rejected_voice_markers", rejected_markers as f64));
                 }
                 reasons.extend(
                     problems
