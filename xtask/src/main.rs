@@ -100,8 +100,9 @@ enum Command {
         /// Only these datasets (default: all, plus the training-set check over all of them).
         #[arg(conflicts_with = "file")]
         names: Vec<String>,
-        /// Check any chat JSONL file (`{"id"?, "messages"}` per line) with the default
-        /// thresholds and identity/voice.toml, as a whole training set.
+        /// Check any JSONL of samples, conversations (`{"id"?, "messages"}`) or preference
+        /// pairs (`{"id"?, "prompt", "chosen", "rejected"}`), with the default thresholds and
+        /// identity/voice.toml, as a whole training set.
         #[arg(long, value_name = "PATH")]
         file: Option<std::path::PathBuf>,
         /// Machine-readable output (with --file: one JSON object per sample, then the results).
