@@ -106,8 +106,15 @@ pub struct MockConfig {
     pub faults: FaultPlan,
     /// Keep a log of every request (headers, messages). Disable for long benchmarks.
     pub record_requests: bool,
-    /// Seed for the jitter RNG.
+    /// Seed for the jitter RNG (and, plus the batch number, for the order of batch results).
     pub seed: u64,
+    /// Time from a batch's creation until it ends (OpenAI: `validating` for the first quarter,
+    /// then `in_progress`; Anthropic: `in_progress`). Default 200 ms; can be changed at runtime
+    /// with `MockServer::set_batch_latency`.
+    pub batch_latency: Duration,
+    /// List batch results (OpenAI output/error files, Anthropic results) in a shuffled order,
+    /// never the input order (default on), so clients must match them by `custom_id`.
+    pub batch_shuffle: bool,
 }
 
 impl Default for MockConfig {
@@ -127,6 +134,8 @@ impl Default for MockConfig {
             faults: FaultPlan::default(),
             record_requests: true,
             seed: 0,
+            batch_latency: Duration::from_millis(200),
+            batch_shuffle: true,
         }
     }
 }
@@ -147,6 +156,8 @@ impl fmt::Debug for MockConfig {
             .field("faults", &self.faults)
             .field("record_requests", &self.record_requests)
             .field("seed", &self.seed)
+            .field("batch_latency", &self.batch_latency)
+            .field("batch_shuffle", &self.batch_shuffle)
             .finish_non_exhaustive()
     }
 }
@@ -221,9 +232,19 @@ impl MockConfig {
         self.record_requests = on;
         self
     }
-    /// Seed the jitter RNG.
+    /// Seed the jitter RNG and the order of batch results.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
+        self
+    }
+    /// Time from a batch's creation until it ends.
+    pub fn batch_latency(mut self, d: Duration) -> Self {
+        self.batch_latency = d;
+        self
+    }
+    /// Shuffle batch results (default) or list them in input order.
+    pub fn batch_shuffle(mut self, on: bool) -> Self {
+        self.batch_shuffle = on;
         self
     }
 }

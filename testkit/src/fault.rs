@@ -31,6 +31,9 @@ pub enum Fault {
     Delay(Duration),
     /// A complete 200 response with body `not json`.
     InvalidJson,
+    /// The item expires in a batch (`batch_expired` / `expired` result); an interactive
+    /// request with it gets a 504.
+    Expire,
 }
 
 /// A prompt-marker rule: requests whose last user message contains `marker` get `fault`,

@@ -1,4 +1,5 @@
-//! Mock OpenAI chat-completions / Anthropic Messages HTTP server for tests and benchmarks, and a
+//! Mock OpenAI chat-completions / Anthropic Messages HTTP server (with both providers' batch
+//! APIs) for tests and benchmarks, and a
 //! mock Hugging Face Hub for uploads ([`MockHub`]).
 //!
 //! ```no_run
@@ -17,6 +18,7 @@
 //! # }
 //! ```
 
+mod batch;
 mod config;
 mod fault;
 mod hub;
@@ -24,6 +26,7 @@ mod limiter;
 mod server;
 mod stats;
 
+pub use batch::BatchSnapshot;
 pub use config::{Api, ChatMessage, ChatView, MockConfig, Responder, default_reply};
 pub use fault::{Fault, FaultPlan, MarkerFault, RandomFaults};
 pub use hub::{HubCommit, HubRequest, MockHub};

@@ -25,6 +25,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 
+use crate::batch::{self, BatchSnapshot, BatchStore};
 use crate::config::{Api, ChatMessage, ChatView, MockConfig};
 use crate::fault::{Fault, FaultEngine, FaultPlan};
 use crate::limiter::{Admit, Limiter};
@@ -52,11 +53,15 @@ pub struct MockServer {
     task: Option<JoinHandle<()>>,
 }
 
-struct Shared {
-    cfg: MockConfig,
+pub(crate) struct Shared {
+    pub(crate) cfg: MockConfig,
+    /// The bound address (for URLs the server hands out, like a batch's `results_url`).
+    pub(crate) addr: SocketAddr,
     start: Instant,
-    rec: Mutex<Recorder>,
-    faults: Mutex<FaultEngine>,
+    pub(crate) rec: Mutex<Recorder>,
+    pub(crate) faults: Mutex<FaultEngine>,
+    /// Stored files and provider batches.
+    pub(crate) batches: BatchStore,
     limiter: Mutex<Limiter>,
     rng: Mutex<StdRng>,
     /// `MockConfig::max_in_flight` slots (requests beyond them queue).
@@ -67,7 +72,7 @@ struct Shared {
     max_conns: AtomicUsize,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -95,6 +100,8 @@ impl MockServer {
         let start = Instant::now();
         let plan = std::mem::take(&mut config.faults);
         let shared = Arc::new(Shared {
+            addr,
+            batches: BatchStore::new(config.batch_latency),
             start,
             rec: Mutex::new(Recorder::new(start)),
             faults: Mutex::new(FaultEngine::new(plan)),
@@ -205,6 +212,18 @@ impl MockServer {
     /// Replace the fault plan; `nth` indices count from now.
     pub fn set_fault_plan(&self, plan: FaultPlan) {
         *lock(&self.shared.faults) = FaultEngine::new(plan);
+    }
+
+    /// Change the time from a batch's creation until it ends; applies to existing batches too
+    /// (still measured from their creation), so a pending batch can be made due at once.
+    pub fn set_batch_latency(&self, latency: Duration) {
+        self.shared.batches.set_latency(latency);
+    }
+
+    /// All provider batches (both formats), oldest first, with their status as a GET would
+    /// report it now (computing it finishes batches that are due, like a GET does).
+    pub fn batches(&self) -> Vec<BatchSnapshot> {
+        batch::snapshots(&self.shared)
     }
 
     /// Clear counters, timestamps and the log (limiter state is kept).
@@ -400,7 +419,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-type Resp = Response<MockBody>;
+pub(crate) type Resp = Response<MockBody>;
 
 /// (request limit, remaining requests, token limit, remaining tokens, reset).
 type LimitHeaders = (
@@ -411,12 +430,12 @@ type LimitHeaders = (
     Duration,
 );
 
-fn json_response(status: u16, body: &Value) -> Resp {
+pub(crate) fn json_response(status: u16, body: &Value) -> Resp {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     raw_response(status, Bytes::from(bytes))
 }
 
-fn raw_response(status: u16, body: Bytes) -> Resp {
+pub(crate) fn raw_response(status: u16, body: Bytes) -> Resp {
     let mut r = Response::new(MockBody::full(body));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut()
@@ -451,7 +470,7 @@ fn content_text(v: &Value) -> String {
     }
 }
 
-fn parse_view(api: Api, raw: Value) -> ChatView {
+pub(crate) fn parse_view(api: Api, raw: Value) -> ChatView {
     let model = raw
         .get("model")
         .and_then(Value::as_str)
@@ -507,7 +526,7 @@ fn parse_view(api: Api, raw: Value) -> ChatView {
     }
 }
 
-fn prompt_tokens(view: &ChatView) -> u64 {
+pub(crate) fn prompt_tokens(view: &ChatView) -> u64 {
     let mut chars = view.system.as_deref().map_or(0, |s| s.chars().count());
     for m in &view.messages {
         chars += m.content.chars().count();
@@ -515,7 +534,7 @@ fn prompt_tokens(view: &ChatView) -> u64 {
     (chars as u64).div_ceil(4).max(1)
 }
 
-enum Finish {
+pub(crate) enum Finish {
     Stop,
     Length,
     StopSequence(String),
@@ -578,6 +597,9 @@ async fn handle(
         Err(_) => Bytes::new(),
     };
     let Some(api) = api else {
+        if let Some(resp) = batch::route(&shared, &parts, body) {
+            return Ok(resp);
+        }
         let resp = other_route(&shared, &parts);
         let status = resp.status().as_u16();
         let idx = record_arrival(&shared, &parts, Api::OpenAi, None);
@@ -625,6 +647,11 @@ async fn handle(
                 finish(&shared, idx, Some(400));
                 return Ok(resp);
             }
+            Fault::Expire => {
+                let resp = status_fault(&shared, api, 504, Duration::from_secs(1), view.as_ref());
+                finish(&shared, idx, Some(504));
+                return Ok(resp);
+            }
             Fault::InvalidJson => {
                 finish(&shared, idx, Some(200));
                 return Ok(raw_response(200, Bytes::from_static(b"not json")));
@@ -661,7 +688,7 @@ fn other_route(shared: &Shared, parts: &hyper::http::request::Parts) -> Resp {
     )
 }
 
-fn record_arrival(
+pub(crate) fn record_arrival(
     shared: &Shared,
     parts: &hyper::http::request::Parts,
     api: Api,
@@ -703,7 +730,7 @@ fn record_arrival(
     index
 }
 
-fn finish(shared: &Shared, idx: u64, status: Option<u16>) {
+pub(crate) fn finish(shared: &Shared, idx: u64, status: Option<u16>) {
     let mut rec = lock(&shared.rec);
     if let Some(code) = status {
         *rec.stats.by_status.entry(code).or_insert(0) += 1;
@@ -718,7 +745,7 @@ fn finish(shared: &Shared, idx: u64, status: Option<u16>) {
     }
 }
 
-fn openai_error(
+pub(crate) fn openai_error(
     status: u16,
     message: String,
     etype: &str,
@@ -731,7 +758,7 @@ fn openai_error(
     )
 }
 
-fn anthropic_error(status: u16, etype: &str, message: String) -> Resp {
+pub(crate) fn anthropic_error(status: u16, etype: &str, message: String) -> Resp {
     json_response(
         status,
         &json!({"type": "error", "error": {"type": etype, "message": message}}),
@@ -781,7 +808,7 @@ fn add_429_headers(shared: &Shared, api: Api, r: &mut Resp, retry_after: Duratio
     }
 }
 
-fn status_fault(
+pub(crate) fn status_fault(
     shared: &Shared,
     api: Api,
     code: u16,
@@ -799,6 +826,7 @@ fn status_fault(
             429 => openai_error(429, format!("Rate limit reached for requests on {model} in organization org-mock. Please try again in {}ms.", retry_after.as_millis()), "requests", Some("rate_limit_exceeded"), None),
             500 => openai_error(500, "The server had an error while processing your request. Sorry about that!".into(), "server_error", None, None),
             502 => openai_error(502, "Bad gateway.".into(), "server_error", None, None),
+            504 => openai_error(504, "Gateway timeout.".into(), "server_error", None, None),
             503 => openai_error(503, "The engine is currently overloaded, please try again later.".into(), "server_error", None, None),
             c => openai_error(c, format!("Injected error {c}."), if c >= 500 { "server_error" } else { "invalid_request_error" }, None, None),
         },
@@ -811,6 +839,7 @@ fn status_fault(
             413 => anthropic_error(413, "request_too_large", "Request exceeds the maximum allowed number of bytes.".into()),
             429 => anthropic_error(429, "rate_limit_error", "This request would exceed the rate limit for your organization. Please try again later.".into()),
             500 => anthropic_error(500, "api_error", "Internal server error".into()),
+            504 => anthropic_error(504, "timeout_error", "Request timed out.".into()),
             529 => anthropic_error(529, "overloaded_error", "Overloaded".into()),
             c => anthropic_error(c, if c >= 500 { "api_error" } else { "invalid_request_error" }, format!("Injected error {c}.")),
         },
@@ -823,7 +852,7 @@ fn status_fault(
     r
 }
 
-fn context_length(api: Api, tokens: u64) -> Resp {
+pub(crate) fn context_length(api: Api, tokens: u64) -> Resp {
     match api {
         Api::OpenAi => openai_error(
             400,
@@ -846,7 +875,11 @@ fn context_length(api: Api, tokens: u64) -> Resp {
     }
 }
 
-fn check_auth(shared: &Shared, api: Api, parts: &hyper::http::request::Parts) -> Option<Resp> {
+pub(crate) fn check_auth(
+    shared: &Shared,
+    api: Api,
+    parts: &hyper::http::request::Parts,
+) -> Option<Resp> {
     let key = shared.cfg.api_key.as_deref()?;
     let h = &parts.headers;
     match api {
@@ -880,7 +913,7 @@ fn check_auth(shared: &Shared, api: Api, parts: &hyper::http::request::Parts) ->
     }
 }
 
-fn bad_request(api: Api, msg: String) -> Resp {
+pub(crate) fn bad_request(api: Api, msg: String) -> Resp {
     match api {
         Api::OpenAi => openai_error(400, msg, "invalid_request_error", None, None),
         Api::Anthropic => anthropic_error(400, "invalid_request_error", msg),
@@ -906,6 +939,12 @@ fn validate(
     let Some(view) = view else {
         return Some(bad_request(api, "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly.)".into()));
     };
+    validate_view(shared, api, view)
+}
+
+/// The body checks of [`validate`] (model, messages, max_tokens, known model), without the
+/// header checks; used for batch items too.
+pub(crate) fn validate_view(shared: &Shared, api: Api, view: &ChatView) -> Option<Resp> {
     if view.model.is_empty() {
         return Some(bad_request(
             api,
@@ -951,7 +990,7 @@ fn validate(
     None
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -1079,45 +1118,11 @@ async fn serve(
         rec.stats.held_count += 1;
     }
 
-    let body = match api {
-        Api::OpenAi => {
-            let finish_reason = match fin {
-                Finish::Length => "length",
-                _ => "stop",
-            };
-            json!({
-                "id": format!("chatcmpl-mock{idx}"),
-                "object": "chat.completion",
-                "created": unix_now(),
-                "model": view.model,
-                "system_fingerprint": "fp_mock",
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": null},
-                    "logprobs": null,
-                    "finish_reason": finish_reason,
-                }],
-                "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
-            })
-        }
-        Api::Anthropic => {
-            let (stop_reason, stop_sequence) = match fin {
-                Finish::Stop => ("end_turn", Value::Null),
-                Finish::Length => ("max_tokens", Value::Null),
-                Finish::StopSequence(s) => ("stop_sequence", Value::String(s)),
-            };
-            json!({
-                "id": format!("msg_mock{idx:012}"),
-                "type": "message",
-                "role": "assistant",
-                "content": [{"type": "text", "text": text}],
-                "model": view.model,
-                "stop_reason": stop_reason,
-                "stop_sequence": stop_sequence,
-                "usage": {"input_tokens": prompt, "output_tokens": completion},
-            })
-        }
+    let id = match api {
+        Api::OpenAi => format!("chatcmpl-mock{idx}"),
+        Api::Anthropic => format!("msg_mock{idx:012}"),
     };
+    let body = completion_json(api, &view, &id, text, fin, prompt, completion);
     let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
     let (mut r, status) = match fault {
         Some(Fault::TruncatedJson) => {
@@ -1167,4 +1172,73 @@ async fn serve(
     }
     finish(shared, idx, status);
     r
+}
+
+/// The interactive answer to `view`: reply text from the responder, shaped by stop sequences and
+/// `max_tokens`, as the body of a successful response with this `id`.
+pub(crate) fn answer(shared: &Shared, api: Api, view: &ChatView, id: &str) -> Value {
+    let prompt = prompt_tokens(view);
+    let (text, fin, completion) = shape_reply((shared.cfg.responder)(view), view);
+    completion_json(api, view, id, text, fin, prompt, completion)
+}
+
+fn completion_json(
+    api: Api,
+    view: &ChatView,
+    id: &str,
+    text: String,
+    fin: Finish,
+    prompt: u64,
+    completion: u64,
+) -> Value {
+    match api {
+        Api::OpenAi => {
+            let finish_reason = match fin {
+                Finish::Length => "length",
+                _ => "stop",
+            };
+            json!({
+                "id": id,
+                "object": "chat.completion",
+                "created": unix_now(),
+                "model": view.model,
+                "system_fingerprint": "fp_mock",
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": null},
+                    "logprobs": null,
+                    "finish_reason": finish_reason,
+                }],
+                "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+            })
+        }
+        Api::Anthropic => {
+            let (stop_reason, stop_sequence) = match fin {
+                Finish::Stop => ("end_turn", Value::Null),
+                Finish::Length => ("max_tokens", Value::Null),
+                Finish::StopSequence(s) => ("stop_sequence", Value::String(s)),
+            };
+            json!({
+                "id": id,
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "text", "text": text}],
+                "model": view.model,
+                "stop_reason": stop_reason,
+                "stop_sequence": stop_sequence,
+                "usage": {"input_tokens": prompt, "output_tokens": completion},
+            })
+        }
+    }
+}
+
+/// Status and JSON body of a fully built response (the error responses built here).
+pub(crate) fn resp_json(r: Resp) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let body = r
+        .into_body()
+        .data
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    (status, body)
 }

@@ -86,6 +86,20 @@ pub struct Stats {
     pub held_micros_total: u64,
     /// Requests counted in `held_micros_total`.
     pub held_count: u64,
+    /// Files uploaded with `POST /v1/files`.
+    pub files_uploaded: u64,
+    /// Batches created (OpenAI `POST /v1/batches` and Anthropic `POST /v1/messages/batches`).
+    pub batches_created: u64,
+    /// GETs of one batch (`GET /v1/batches/{id}`, `GET /v1/messages/batches/{id}`).
+    pub batch_polls: u64,
+    /// Batch cancellations accepted.
+    pub batches_cancelled: u64,
+    /// Batch items answered successfully.
+    pub batch_items_succeeded: u64,
+    /// Batch items that did not succeed: errored, expired or cancelled.
+    pub batch_items_failed: u64,
+    /// Downloads of batch results: OpenAI output/error file contents, Anthropic results.
+    pub result_downloads: u64,
     /// Requests by last user message (not serialized; can be large).
     #[serde(skip)]
     pub by_prompt: HashMap<String, u64>,

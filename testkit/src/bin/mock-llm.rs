@@ -71,6 +71,9 @@ struct Args {
     /// Seed for fault and jitter randomness.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Time from a batch's creation until it ends (OpenAI / Anthropic batch APIs), in ms.
+    #[arg(long, default_value_t = 200)]
+    batch_latency_ms: u64,
     /// Require this API key (Bearer / x-api-key).
     #[arg(long)]
     api_key: Option<String>,
@@ -148,6 +151,7 @@ fn build_config(a: &Args) -> Result<MockConfig, String> {
         .latency(Duration::from_millis(a.latency_ms))
         .jitter(Duration::from_millis(a.jitter_ms))
         .seed(a.seed)
+        .batch_latency(Duration::from_millis(a.batch_latency_ms))
         .record_requests(a.record_requests)
         .faults(if rates.is_empty() {
             FaultPlan::none()
