@@ -753,7 +753,7 @@ async fn set_batch_latency_finishes_pending_batch_and_lists() {
     assert_eq!(al["first_id"], aid.as_str());
     assert_eq!(al["has_more"], false);
 
-    s.set_batch_latency(Duration::from_millis(1));
+    s.set_batch_latency(Duration::ZERO);
     let (_, g) = send(&c, &s, reqwest::Method::GET, &path, Api::OpenAi, None).await;
     assert_eq!(g["status"], "completed");
     assert!(g["output_file_id"].is_string());
