@@ -80,6 +80,11 @@ pub struct RunArgs {
     /// Fail at once instead of waiting when another run of this pipeline holds its lock.
     #[arg(long)]
     pub no_wait: bool,
+    /// Send requests through the providers' batch APIs (OpenAI Batch, Anthropic Message
+    /// Batches) at batch prices: answers can take up to 24 hours; an interrupted run resumes
+    /// its jobs.
+    #[arg(long)]
+    pub batch: bool,
 }
 
 /// Entry point of a pipeline binary (see [`crate::pipeline_main!`]): finds the repository from
@@ -161,6 +166,7 @@ impl From<RunArgs> for RunOptions {
             } else {
                 crate::lock::Wait::Yes
             },
+            batch: args.batch,
         }
     }
 }

@@ -70,6 +70,8 @@ pub struct DispatchOptions {
     /// long (with jitter): such failures are usually one bad request, not an overloaded server,
     /// and a record that waits holds its slot in the record window.
     pub first_retry: Duration,
+    /// Where batch-mode aliases keep their jobs (`.shaping/batches/<pipeline>/`).
+    pub batch_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for DispatchOptions {
@@ -81,6 +83,7 @@ impl Default for DispatchOptions {
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(30),
             first_retry: Duration::from_millis(40),
+            batch_dir: None,
         }
     }
 }
@@ -118,6 +121,9 @@ impl Pacer {
 
 /// One endpoint+model: provider, caps, pacing, pause.
 pub struct Lane {
+    alias: String,
+    /// Requests go through a batch API: they run inside their record's future, not as tasks.
+    batch: bool,
     provider: Arc<dyn Provider>,
     concurrency: Semaphore,
     requests: Option<Pacer>,
@@ -152,6 +158,8 @@ impl Lane {
             )
         });
         Self {
+            alias: spec.alias.clone(),
+            batch: spec.batch,
             provider,
             concurrency: Semaphore::new(concurrency),
             requests,
@@ -178,6 +186,13 @@ impl Lane {
         if paused.is_none_or(|p| p < until) {
             *paused = Some(until);
         }
+    }
+
+    fn is_paused(&self) -> bool {
+        self.paused_until
+            .lock()
+            .expect("pause lock")
+            .is_some_and(|t| t > Instant::now())
     }
 
     async fn wait_while_paused(&self) {
@@ -219,7 +234,21 @@ pub struct Dispatcher {
 /// Build the provider of a spec for one of `share` processes using it (reads API keys from the
 /// environment now, so a missing key fails before any request).
 pub fn make_provider(spec: &ModelSpec, share: u32) -> Result<Arc<dyn Provider>, DispatchError> {
-    let config = spec.provider_config()?.with_budget_share(share);
+    make_provider_with(spec, share, None, Arc::default())
+}
+
+/// [`make_provider`], with the batch state directory and the counters a batch provider reports
+/// to.
+fn make_provider_with(
+    spec: &ModelSpec,
+    share: u32,
+    batch_dir: Option<std::path::PathBuf>,
+    stats: Arc<DispatchStats>,
+) -> Result<Arc<dyn Provider>, DispatchError> {
+    let config = spec
+        .provider_config()?
+        .with_budget_share(share)
+        .with_batch_state(batch_dir, stats);
     crate::provider::build(config).map_err(|e| DispatchError::Provider {
         alias: spec.alias.clone(),
         message: e.to_string(),
@@ -256,7 +285,12 @@ impl Dispatcher {
         if let Some(lane) = self.lanes.lock().expect("lanes lock").get(&key) {
             return Ok(Arc::clone(lane));
         }
-        let provider = make_provider(spec, self.options.budget_share)?;
+        let provider = make_provider_with(
+            spec,
+            self.options.budget_share,
+            self.options.batch_dir.clone(),
+            Arc::clone(&self.stats),
+        )?;
         let lane = Arc::new(Lane::new(spec, provider, self.options.budget_share));
         Ok(Arc::clone(
             self.lanes
@@ -295,30 +329,80 @@ impl Dispatcher {
     /// and a freed slot goes straight to the next waiting request, without passing through the
     /// (single) task that drives a pipeline's records. Dropping the returned future aborts the
     /// request.
-    pub async fn execute(
-        self: &Arc<Self>,
-        lane: &Arc<Lane>,
+    pub fn execute<'a>(
+        self: &'a Arc<Self>,
+        lane: &'a Arc<Lane>,
         request: ChatRequest,
         key: CacheKey,
-    ) -> Response {
+    ) -> impl Future<Output = Response> + Send + 'a {
+        // A plain function returning a small future: every record of the window holds it
+        // while its request waits, so it keeps only what the wait needs.
         let requested_at = OffsetDateTime::now_utc();
+        let pending = self.start_request(lane, request, key, requested_at);
+        async move {
+            let mut response = match pending {
+                Pending::Done(response) => return *response,
+                Pending::Inline(future) => future.await,
+                Pending::Spawned(task) => task.join().await,
+            };
+            if response.error.is_some() {
+                response.requested_at = requested_at;
+            }
+            response
+        }
+    }
+
+    /// The cache lookup, then the request started: inline (boxed) for a batch lane, as its own
+    /// task otherwise.
+    fn start_request<'a>(
+        self: &'a Arc<Self>,
+        lane: &'a Arc<Lane>,
+        request: ChatRequest,
+        key: CacheKey,
+        requested_at: OffsetDateTime,
+    ) -> Pending<'a> {
         if self.options.cache_mode == CacheMode::ReadWrite
             && let Some(cache) = &self.cache
         {
             match cache.get(&key) {
                 Ok(Some(hit)) => {
                     DispatchStats::add(&self.stats.cache_hits, 1);
+                    lane.provider.answer_stored(&request);
                     // The original request's times, so the replayed step is the same.
-                    return Response::from_cached(hit, true);
+                    return Pending::Done(Box::new(Response::from_cached(hit, true)));
                 }
                 Ok(None) => {}
-                Err(e) => return failure(ErrorKind::Local, e.to_string()),
+                Err(e) => return Pending::Done(Box::new(failure(ErrorKind::Local, e.to_string()))),
             }
         }
+        if lane.batch {
+            // A batch provider only queues the request and waits for its job: nothing to gain
+            // from a task of its own, and a job's worth of requests wait at once, so each
+            // costs only this boxed future (interrupting drops it with its record).
+            Pending::Inline(Box::pin(self.send_batched(
+                lane,
+                request,
+                key,
+                requested_at,
+            )))
+        } else {
+            Pending::Spawned(self.spawn_request(lane, request, key, requested_at))
+        }
+    }
+
+    /// Start the request's own task. A plain function, so the waiting `execute` future holds
+    /// only the handle and not a copy of the task's future (every record's future holds it).
+    fn spawn_request(
+        self: &Arc<Self>,
+        lane: &Arc<Lane>,
+        request: ChatRequest,
+        key: CacheKey,
+        requested_at: OffsetDateTime,
+    ) -> AbortOnDrop {
         let dispatcher = Arc::clone(self);
         let lane = Arc::clone(lane);
         let mut cancelled = self.cancel.subscribe();
-        let request_task = AbortOnDrop(tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             tokio::select! {
                 response = dispatcher.send_with_retries(&lane, &request, key, requested_at) => response,
                 _ = cancelled.wait_for(|c| *c) => failure(
@@ -326,12 +410,7 @@ impl Dispatcher {
                     "interrupted before an answer arrived".into(),
                 ),
             }
-        }));
-        let mut response = request_task.join().await;
-        if response.error.is_some() {
-            response.requested_at = requested_at;
-        }
-        response
+        }))
     }
 
     async fn send_with_retries(
@@ -352,11 +431,17 @@ impl Dispatcher {
                 let Ok(_lane_permit) = lane.concurrency.acquire().await else {
                     return failure(ErrorKind::Cancelled, "dispatcher closed".into());
                 };
-                lane.wait_while_paused().await;
-                if let Some(pacer) = &lane.requests {
-                    pacer.until_ready().await;
+                // Waits that only some lanes need are boxed: every request in flight holds this
+                // future (in batch mode, a whole job's worth of them), so its size counts.
+                if lane.is_paused() {
+                    Box::pin(lane.wait_while_paused()).await;
                 }
-                lane.take_tokens(estimate).await;
+                if let Some(pacer) = &lane.requests {
+                    Box::pin(pacer.until_ready()).await;
+                }
+                if lane.tokens.is_some() {
+                    Box::pin(lane.take_tokens(estimate)).await;
+                }
                 DispatchStats::add(&self.stats.requests_sent, 1);
                 self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
                 let result =
@@ -383,42 +468,122 @@ impl Dispatcher {
                     // Commit the answer while still holding the slots: "in flight" then covers
                     // everything received but not yet durable, so a kill re-pays at most the
                     // lane's concurrency.
-                    Ok(reply) => Ok(self.accept(lane, reply, key, requested_at).await),
+                    Ok(reply) => {
+                        let accepted = Box::pin(self.accept(lane, reply, key, requested_at)).await;
+                        if accepted.0.error.is_none() {
+                            lane.provider.answer_stored(request);
+                        }
+                        Ok(accepted)
+                    }
                     Err(error) => Err(error),
                 }
             };
             match outcome {
                 Ok((response, used)) => {
-                    if used > estimate {
-                        lane.take_tokens(used - estimate).await;
+                    if used > estimate && lane.tokens.is_some() {
+                        Box::pin(lane.take_tokens(used - estimate)).await;
                     }
                     return response;
                 }
                 Err(error) => {
-                    if error.kind == ErrorKind::RateLimited {
-                        DispatchStats::add(&self.stats.rate_limited, 1);
-                    }
-                    if !error.kind.is_retryable() || attempt >= lane.max_retries {
-                        DispatchStats::add(&self.stats.failed, 1);
-                        let message = if error.kind.is_retryable() {
-                            format!("{error} (gave up after {} attempts)", attempt + 1)
-                        } else {
-                            error.to_string()
-                        };
-                        return failure(error.kind, message);
-                    }
-                    // The lane is already paused (above) when the server said how long or
-                    // rate-limited us; this request waits at least as long itself.
-                    let delay = error
-                        .hints
-                        .pause()
-                        .unwrap_or_else(|| self.retry_delay(error.kind, attempt));
-                    DispatchStats::add(&self.stats.retries, 1);
+                    let delay = match self.after_failure(lane, &error, attempt) {
+                        Ok(delay) => delay,
+                        Err(response) => return *response,
+                    };
                     attempt += 1;
-                    tokio::time::sleep(delay).await;
+                    Box::pin(tokio::time::sleep(delay)).await;
                 }
             }
         }
+    }
+
+    /// A request of a batch lane: queued by the batch provider until its job's answer is
+    /// back. No slots, pacing or timeout (the job has its own 24-hour window); failed items
+    /// (expired, a server error) are retried as interactive ones are, into a later job. Its
+    /// future is small: a job's worth of them wait at once.
+    async fn send_batched(
+        &self,
+        lane: &Lane,
+        request: ChatRequest,
+        key: CacheKey,
+        requested_at: OffsetDateTime,
+    ) -> Response {
+        let mut attempt = 0u32;
+        loop {
+            DispatchStats::add(&self.stats.requests_sent, 1);
+            // One statement: only the provider's boxed future is held while the job runs.
+            let next = self.after_batched(
+                lane,
+                &request,
+                key,
+                requested_at,
+                lane.provider.send(&request).await,
+                attempt,
+            );
+            match next {
+                Batched::Accept(accepting) => return accepting.await,
+                Batched::Retry(delay) => {
+                    attempt += 1;
+                    Box::pin(tokio::time::sleep(delay)).await;
+                }
+                Batched::Failed(response) => return *response,
+            }
+        }
+    }
+
+    /// What a batch lane's request does with its job's answer.
+    fn after_batched<'a>(
+        &'a self,
+        lane: &'a Lane,
+        request: &'a ChatRequest,
+        key: CacheKey,
+        requested_at: OffsetDateTime,
+        result: Result<ProviderReply, ProviderError>,
+        attempt: u32,
+    ) -> Batched<'a> {
+        match result {
+            Ok(reply) => Batched::Accept(Box::pin(async move {
+                let (response, _) = self.accept(lane, reply, key, requested_at).await;
+                if response.error.is_none() {
+                    lane.provider.answer_stored(request);
+                }
+                response
+            })),
+            Err(error) => match self.after_failure(lane, &error, attempt) {
+                Ok(delay) => Batched::Retry(delay),
+                Err(response) => Batched::Failed(response),
+            },
+        }
+    }
+
+    /// Count a failed attempt: how long to wait before retrying it, or (not retryable, or out
+    /// of retries) the failed response.
+    fn after_failure(
+        &self,
+        lane: &Lane,
+        error: &ProviderError,
+        attempt: u32,
+    ) -> Result<Duration, Box<Response>> {
+        if error.kind == ErrorKind::RateLimited {
+            DispatchStats::add(&self.stats.rate_limited, 1);
+        }
+        if !error.kind.is_retryable() || attempt >= lane.max_retries {
+            DispatchStats::add(&self.stats.failed, 1);
+            let message = if error.kind.is_retryable() {
+                format!("{error} (gave up after {} attempts)", attempt + 1)
+            } else {
+                error.to_string()
+            };
+            return Err(Box::new(failure(error.kind, message)));
+        }
+        // The lane is already paused (by the caller) when the server said how long or
+        // rate-limited us; this request waits at least as long itself.
+        let delay = error
+            .hints
+            .pause()
+            .unwrap_or_else(|| self.retry_delay(error.kind, attempt));
+        DispatchStats::add(&self.stats.retries, 1);
+        Ok(delay)
     }
 
     /// The wait before retry number `attempt + 1` of a failure of `kind` the server gave no
@@ -490,6 +655,21 @@ impl Dispatcher {
         (Response::from_cached(entry, false), used)
     }
 
+    /// Ask every lane's provider to check it can serve the run ([`Provider::preflight`]),
+    /// before anything is sent; the first failure names its alias.
+    pub async fn preflight(&self) -> Result<(), DispatchError> {
+        for (_, lane) in self.lanes() {
+            lane.provider
+                .preflight()
+                .await
+                .map_err(|e| DispatchError::Provider {
+                    alias: lane.alias.clone(),
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
     /// Lanes by key, for summaries.
     pub fn lanes(&self) -> Vec<(String, Arc<Lane>)> {
         let lanes = self.lanes.lock().expect("lanes lock");
@@ -506,6 +686,26 @@ impl Dispatcher {
 fn with_equal_jitter(delay: Duration) -> Duration {
     let half = delay / 2;
     half + Duration::from_secs_f64(half.as_secs_f64() * rand::rng().random::<f64>())
+}
+
+/// A request as [`Dispatcher::execute`] started it.
+enum Pending<'a> {
+    /// Answered already (from the cache, or failed before sending).
+    Done(Box<Response>),
+    /// Waiting in its record's future (batch lanes).
+    Inline(std::pin::Pin<Box<dyn Future<Output = Response> + Send + 'a>>),
+    /// Running as its own task.
+    Spawned(AbortOnDrop),
+}
+
+/// The next move of a batch lane's request after its job answered.
+enum Batched<'a> {
+    /// Commit the answer to the cache, then return it.
+    Accept(std::pin::Pin<Box<dyn Future<Output = Response> + Send + 'a>>),
+    /// Retry after this long (the item failed or expired).
+    Retry(Duration),
+    /// Give up with this response.
+    Failed(Box<Response>),
 }
 
 /// A spawned request that is aborted when its caller stops waiting for it.

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::model_fetch::model_cache_dir;
 use crate::provider::Params;
+use crate::provider::batch::{BatchApi, BatchConfig, BatchSettings};
 use crate::provider::local::LocalModelConfig;
 pub use crate::provider::local::Requantize;
 use crate::provider::replicas::{HealthPolicy, ReplicaSetConfig, Wire};
@@ -79,6 +80,16 @@ pub enum ModelsError {
         /// The environment variable that should hold the key.
         var: String,
     },
+    /// Batch mode was asked for an alias whose provider has no batch API.
+    #[error(
+        "model '{alias}' is {what}, which has no batch API: batch mode needs an openai or anthropic alias with one `base_url` (run without --batch, or use another alias)"
+    )]
+    NoBatchApi {
+        /// The alias.
+        alias: String,
+        /// What serves it.
+        what: String,
+    },
 }
 
 /// Which wire protocol / backend serves an alias.
@@ -127,6 +138,11 @@ struct ModelEntry {
     max_retries: Option<u32>,
     price_input_per_mtok: Option<f64>,
     price_output_per_mtok: Option<f64>,
+    batch: Option<bool>,
+    batch_poll_secs: Option<f64>,
+    batch_collect_secs: Option<f64>,
+    batch_max_requests: Option<usize>,
+    batch_price_factor: Option<f64>,
     params: Option<Params>,
 }
 
@@ -160,7 +176,12 @@ impl ModelEntry {
             connect_timeout_secs,
             max_retries,
             price_input_per_mtok,
-            price_output_per_mtok
+            price_output_per_mtok,
+            batch,
+            batch_poll_secs,
+            batch_collect_secs,
+            batch_max_requests,
+            batch_price_factor
         );
         if let Some(local_params) = local.params {
             let base = self.params.take().unwrap_or_default();
@@ -220,6 +241,11 @@ pub struct ModelSpec {
     pub price_output_per_mtok: Option<f64>,
     /// Default sampling parameters of the alias (a request's own parameters take precedence).
     pub params: Params,
+    /// Whether requests go through the provider's batch API (`batch = true`, or `--batch`).
+    /// In batch mode the lane holds up to a job's worth of requests and ignores `rpm`/`tpm`.
+    pub batch: bool,
+    /// How the alias uses its batch API; `None` when it has none (local models, replica sets).
+    pub batch_settings: Option<BatchSettings>,
 }
 
 /// One endpoint of a replica set.
@@ -253,10 +279,11 @@ impl ModelSpec {
                 )
             }
             _ => format!(
-                "{}:{}:{}",
+                "{}:{}:{}{}",
                 self.provider,
                 self.base_url.as_deref().unwrap_or(""),
-                self.model
+                self.model,
+                if self.batch { ":batch" } else { "" }
             ),
         }
     }
@@ -283,15 +310,46 @@ impl ModelSpec {
         }
     }
 
-    /// Estimated cost in dollars of the given usage, if prices are configured.
+    /// Estimated cost in dollars of the given usage, if prices are configured; at batch prices
+    /// (`batch_price_factor` of the interactive ones) in batch mode.
     pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> Option<f64> {
         if self.price_input_per_mtok.is_none() && self.price_output_per_mtok.is_none() {
             return None;
         }
-        Some(
-            input_tokens as f64 / 1e6 * self.price_input_per_mtok.unwrap_or(0.0)
-                + output_tokens as f64 / 1e6 * self.price_output_per_mtok.unwrap_or(0.0),
-        )
+        let interactive = input_tokens as f64 / 1e6 * self.price_input_per_mtok.unwrap_or(0.0)
+            + output_tokens as f64 / 1e6 * self.price_output_per_mtok.unwrap_or(0.0);
+        Some(interactive * self.batch_price_factor().unwrap_or(1.0))
+    }
+
+    /// In batch mode, the batch price as a share of the interactive one.
+    pub fn batch_price_factor(&self) -> Option<f64> {
+        self.batch_settings
+            .as_ref()
+            .filter(|_| self.batch)
+            .map(|s| s.price_factor)
+    }
+
+    /// This alias in batch mode (`--batch`): an error naming the alias when its provider has no
+    /// batch API. The lane then holds up to a job's worth of requests (the record window grows
+    /// with it), does not pace by `rpm`/`tpm` (batch APIs have their own queues), and waits up
+    /// to 25 hours for an answer (jobs have a 24-hour completion window).
+    pub fn in_batch_mode(mut self) -> Result<Self, ModelsError> {
+        let Some(settings) = &self.batch_settings else {
+            return Err(ModelsError::NoBatchApi {
+                alias: self.alias.clone(),
+                what: if self.provider == ProviderKind::LlamaCpp {
+                    "a local llama-cpp model".to_owned()
+                } else {
+                    "a replica set (`base_urls`)".to_owned()
+                },
+            });
+        };
+        self.max_concurrency = settings.max_requests;
+        self.rpm = None;
+        self.tpm = None;
+        self.timeout = self.timeout.max(Duration::from_secs(25 * 3600));
+        self.batch = true;
+        Ok(self)
     }
 
     /// The provider configuration of this alias, with its API key read from the environment
@@ -313,6 +371,21 @@ impl ModelSpec {
             ProviderKind::Anthropic => Some(Wire::Anthropic),
             ProviderKind::LlamaCpp => None,
         };
+        if self.batch
+            && let Some(settings) = &self.batch_settings
+        {
+            return Ok(ProviderConfig::Batch(BatchConfig {
+                alias: self.alias.clone(),
+                api: match self.provider {
+                    ProviderKind::Anthropic => BatchApi::Anthropic,
+                    _ => BatchApi::OpenAi,
+                },
+                http: http()?,
+                settings: settings.clone(),
+                state_dir: None,
+                stats: None,
+            }));
+        }
         if let Some(wire) = wire
             && !self.replicas.is_empty()
         {
@@ -583,7 +656,8 @@ fn resolve_entry(alias: &str, entry: ModelEntry, path: &Path) -> Result<ModelSpe
             "`rpm` and `tpm` must be positive (leave them out for no limit)",
         ));
     }
-    Ok(ModelSpec {
+    let batch_settings = batch_settings(provider, &replicas, &entry, &invalid)?;
+    let spec = ModelSpec {
         alias: alias.to_owned(),
         provider,
         model,
@@ -608,7 +682,76 @@ fn resolve_entry(alias: &str, entry: ModelEntry, path: &Path) -> Result<ModelSpe
         price_input_per_mtok: entry.price_input_per_mtok,
         price_output_per_mtok: entry.price_output_per_mtok,
         params: entry.params.unwrap_or_default(),
-    })
+        batch: false,
+        batch_settings,
+    };
+    if entry.batch == Some(true) {
+        if spec.batch_settings.is_none() {
+            return Err(invalid(&format!(
+                "`batch = true` needs a provider with a batch API (openai or anthropic with one `base_url`); this alias is {}",
+                if provider == ProviderKind::LlamaCpp {
+                    "a local llama-cpp model"
+                } else {
+                    "a replica set (`base_urls`)"
+                }
+            )));
+        }
+        return spec.in_batch_mode();
+    }
+    Ok(spec)
+}
+
+/// The batch settings of an alias whose provider has a batch API (`None` otherwise), checked
+/// against the provider's limits.
+fn batch_settings(
+    provider: ProviderKind,
+    replicas: &[Replica],
+    entry: &ModelEntry,
+    invalid: &dyn Fn(&str) -> ModelsError,
+) -> Result<Option<BatchSettings>, ModelsError> {
+    let api = match provider {
+        _ if !replicas.is_empty() => None,
+        ProviderKind::OpenAi => Some(BatchApi::OpenAi),
+        ProviderKind::Anthropic => Some(BatchApi::Anthropic),
+        ProviderKind::LlamaCpp => None,
+    };
+    let Some(api) = api else {
+        return Ok(None);
+    };
+    let mut settings = BatchSettings::for_api(api);
+    let positive = |v: f64, field: &str| -> Result<Duration, ModelsError> {
+        if v.is_finite() && v > 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(invalid(&format!(
+                "`{field}` must be a positive number of seconds"
+            )))
+        }
+    };
+    if let Some(v) = entry.batch_poll_secs {
+        settings.poll_interval = positive(v, "batch_poll_secs")?;
+    }
+    if let Some(v) = entry.batch_collect_secs {
+        settings.collect_quiet = positive(v, "batch_collect_secs")?;
+    }
+    if let Some(n) = entry.batch_max_requests {
+        if n == 0 || n > settings.max_requests {
+            return Err(invalid(&format!(
+                "`batch_max_requests` must be between 1 and {} ({api}'s limit per job)",
+                settings.max_requests
+            )));
+        }
+        settings.max_requests = n;
+    }
+    if let Some(f) = entry.batch_price_factor {
+        if !(f.is_finite() && f > 0.0 && f <= 1.0) {
+            return Err(invalid(
+                "`batch_price_factor` is the batch price as a share of the interactive one: more than 0, at most 1",
+            ));
+        }
+        settings.price_factor = f;
+    }
+    Ok(Some(settings))
 }
 
 /// The endpoints of `base_urls`, checked: `Ok(empty)` when the alias has `base_url` (or

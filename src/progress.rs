@@ -91,8 +91,19 @@ impl Progress {
         let s = &self.stats;
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
         let sent = DispatchStats::get(&s.requests_sent);
+        let jobs = DispatchStats::get(&s.batches_submitted);
+        let batch = if jobs > 0 {
+            format!(
+                "batch jobs {} of {jobs} ended, {} requests waiting in jobs, task step {}; ",
+                DispatchStats::get(&s.batches_ended),
+                DispatchStats::get(&s.batch_waiting),
+                DispatchStats::get(&s.deepest_step),
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{:.1} req/s, tokens {} in / {} out, {} retries, {} failed records, {} cache hits",
+            "{batch}{:.1} req/s, tokens {} in / {} out, {} retries, {} failed records, {} cache hits",
             sent as f64 / secs,
             DispatchStats::get(&s.input_tokens),
             DispatchStats::get(&s.output_tokens),

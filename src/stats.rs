@@ -23,6 +23,16 @@ pub struct DispatchStats {
     pub output_tokens: AtomicU64,
     /// Requests being sent right now (a gauge, not a total).
     pub in_flight: AtomicU64,
+    /// Batch mode: jobs sent to the provider (or resumed from an earlier run).
+    pub batches_submitted: AtomicU64,
+    /// Batch mode: jobs that ended and whose results were downloaded.
+    pub batches_ended: AtomicU64,
+    /// Batch mode: requests put into jobs by this run (resubmissions included).
+    pub batch_requests: AtomicU64,
+    /// Batch mode: requests waiting for their job's answer right now (a gauge).
+    pub batch_waiting: AtomicU64,
+    /// The furthest step (1-based) any record's task has asked for so far.
+    pub deepest_step: AtomicU64,
 }
 
 impl DispatchStats {

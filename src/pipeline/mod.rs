@@ -293,10 +293,25 @@ impl CtxInner {
         record_key: &str,
         step: u32,
     ) -> (Response, Step) {
-        let alias = request.model.alias();
+        // The request is started by a plain function, so that while it waits this future holds
+        // little more than the dispatcher's (every record of the window holds one).
+        let (bound, pending) = self.start(request, record_key, step);
+        let response = pending.await;
+        let params = request.params.clone().or(&bound.spec.params);
+        let step = response.step(request.model.alias(), request.messages.clone(), params);
+        (response, step)
+    }
+
+    /// The request's cache key and seed, sent to the dispatcher.
+    fn start<'a>(
+        &'a self,
+        request: &ModelRequest,
+        record_key: &str,
+        step: u32,
+    ) -> (&'a BoundModel, impl Future<Output = Response> + Send + 'a) {
         let bound = self
             .models
-            .get(alias)
+            .get(request.model.alias())
             .expect("model handles come from declare(); lanes are bound for all of them");
         let params = request.params.clone().or(&bound.spec.params);
         let key = CacheKey::new(
@@ -309,12 +324,14 @@ impl CtxInner {
         let derived_seed = u64::from_le_bytes(key.0[..8].try_into().expect("8 bytes"));
         let chat = ChatRequest {
             messages: request.messages.clone(),
-            params: params.clone(),
+            params,
             derived_seed,
         };
-        let response = self.dispatcher.execute(&bound.lane, chat, key).await;
-        let step = response.step(alias, request.messages.clone(), params);
-        (response, step)
+        self.dispatcher
+            .stats
+            .deepest_step
+            .fetch_max(u64::from(step) + 1, std::sync::atomic::Ordering::Relaxed);
+        (bound, self.dispatcher.execute(&bound.lane, chat, key))
     }
 }
 
@@ -434,9 +451,13 @@ impl Ctx {
         // first record still running is doing; places restore input order in the output.
         let mut outcomes = futures::stream::iter(records.enumerate())
             .map(|(index, record)| {
-                let input = serde_json::to_value(&record).unwrap_or(serde_json::Value::Null);
-                let record_key =
-                    crate::fingerprint::sha256_hex(serde_json::to_vec(&input).unwrap_or_default());
+                // The input is kept as its JSON text while the record runs (a `Value` map
+                // costs several times more, and every record of a window holds one).
+                let input = serde_json::to_value(&record)
+                    .and_then(|value| serde_json::to_vec(&value))
+                    .unwrap_or_else(|_| b"null".to_vec())
+                    .into_boxed_slice();
+                let record_key = crate::fingerprint::sha256_hex(&input);
                 let handle = Task {
                     state: Arc::new(TaskState {
                         ctx: Arc::clone(inner),
@@ -445,11 +466,12 @@ impl Ctx {
                         next_step: AtomicU32::new(0),
                     }),
                 };
-                let future = task(handle.clone(), record);
-                async move {
-                    let outcome = AssertUnwindSafe(future).catch_unwind().await;
-                    (output_place(stage, index), input, handle, outcome)
-                }
+                // A combinator, not an `async move` block: such a block would hold the task's
+                // future twice (captured, and moved into `catch_unwind`), and every record of
+                // the window holds one.
+                AssertUnwindSafe(task(handle.clone(), record))
+                    .catch_unwind()
+                    .map(move |outcome| (output_place(stage, index), input, handle, outcome))
             })
             .buffer_unordered(inner.window.max(1));
         while let Some((place, input, handle, outcome)) = outcomes.next().await {
@@ -460,6 +482,8 @@ impl Ctx {
                 ));
             }
             let steps = handle.take_steps();
+            let input: serde_json::Value =
+                serde_json::from_slice(&input).unwrap_or(serde_json::Value::Null);
             // A sample that breaks its kind's shape rules is the record's error, not a line.
             let outcome = outcome.map(|result| {
                 result.and_then(|sample| match sample.check() {
@@ -511,7 +535,7 @@ impl Ctx {
 struct TaskState {
     ctx: Arc<CtxInner>,
     record_key: String,
-    steps: Mutex<Vec<Option<Step>>>,
+    steps: Mutex<Vec<Option<Box<Step>>>>,
     next_step: AtomicU32,
 }
 
@@ -529,11 +553,17 @@ impl Task {
         request: ModelRequest,
     ) -> impl Future<Output = Response> + Send + 'static {
         let step = self.state.next_step.fetch_add(1, Ordering::Relaxed);
-        self.state.steps.lock().expect("steps lock").push(None);
+        {
+            // One slot at a time (a Vec's first push reserves four), each a pointer until the
+            // step is done: every record of the window holds these.
+            let mut steps = self.state.steps.lock().expect("steps lock");
+            steps.reserve_exact(1);
+            steps.push(None);
+        }
         let state = Arc::clone(&self.state);
         async move {
             let (response, recorded) = state.ctx.execute(&request, &state.record_key, step).await;
-            state.steps.lock().expect("steps lock")[step as usize] = Some(recorded);
+            state.steps.lock().expect("steps lock")[step as usize] = Some(Box::new(recorded));
             response
         }
     }
@@ -560,6 +590,7 @@ impl Task {
         std::mem::take(&mut *self.state.steps.lock().expect("steps lock"))
             .into_iter()
             .flatten()
+            .map(|step| *step)
             .collect()
     }
 }

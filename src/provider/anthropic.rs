@@ -11,7 +11,7 @@ use super::{
     RateLimitHints, Usage,
 };
 
-const API_VERSION: &str = "2023-06-01";
+pub(crate) const API_VERSION: &str = "2023-06-01";
 /// Anthropic requires `max_tokens`; used when neither request nor models.toml sets it.
 pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 
@@ -52,61 +52,8 @@ impl AnthropicProvider {
         })
     }
 
-    /// System messages become the top-level `system` field; consecutive same-role turns are merged.
     fn body(&self, request: &ChatRequest) -> Value {
-        let system: Vec<&str> = request
-            .messages
-            .iter()
-            .filter(|m| m.role == "system")
-            .map(|m| m.content.as_str())
-            .collect();
-        let mut turns: Vec<Value> = Vec::new();
-        for m in request.messages.iter().filter(|m| m.role != "system") {
-            let role = if m.role == "assistant" {
-                "assistant"
-            } else {
-                "user"
-            };
-            match turns.last_mut() {
-                Some(last) if last["role"] == role => {
-                    let merged = format!(
-                        "{}\n\n{}",
-                        last["content"].as_str().unwrap_or(""),
-                        m.content
-                    );
-                    last["content"] = json!(merged);
-                }
-                _ => turns.push(json!({ "role": role, "content": m.content })),
-            }
-        }
-        let p = &request.params;
-        let mut body = json!({
-            "model": self.model,
-            "messages": turns,
-            "max_tokens": p.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-        });
-        if !system.is_empty() {
-            body["system"] = json!(system.join("\n\n"));
-        }
-        if let Some(t) = p.temperature {
-            body["temperature"] = json!(t);
-        }
-        if let Some(t) = p.top_p {
-            body["top_p"] = json!(t);
-        }
-        if !p.stop.is_empty() {
-            body["stop_sequences"] = json!(p.stop);
-        }
-        if let Some(schema) = &p.json_schema {
-            // No native schema mode: ask for it explicitly (the caller validates).
-            let instruction = format!("Reply with JSON only, matching this JSON schema: {schema}");
-            let joined = match body.get("system").and_then(Value::as_str) {
-                Some(s) => format!("{s}\n\n{instruction}"),
-                None => instruction,
-            };
-            body["system"] = json!(joined);
-        }
-        body
+        request_body(&self.model, request)
     }
 
     async fn send_inner(&self, request: &ChatRequest) -> Result<ProviderReply, ProviderError> {
@@ -127,34 +74,101 @@ impl AnthropicProvider {
             &self.model,
         )
         .await?;
-        let Some(blocks) = value["content"].as_array() else {
-            return Err(ProviderError {
-                kind: ErrorKind::BadBody,
-                status: Some(status),
-                message: "response has no content".into(),
-                hints,
-            });
-        };
-        let text: String = blocks
-            .iter()
-            .filter(|b| b["type"] == "text")
-            .filter_map(|b| b["text"].as_str())
-            .collect();
-        let finish_reason = value["stop_reason"].as_str().map(|r| match r {
-            "max_tokens" => "length".to_owned(),
-            "end_turn" | "stop_sequence" => "stop".to_owned(),
-            other => other.to_owned(),
-        });
-        Ok(ProviderReply {
-            text,
-            finish_reason,
-            usage: Usage {
-                input_tokens: value["usage"]["input_tokens"].as_u64().unwrap_or(0),
-                output_tokens: value["usage"]["output_tokens"].as_u64().unwrap_or(0),
-            },
-            hints,
-        })
+        message_reply(&value, status, hints)
     }
+}
+
+/// The Messages API body of `request` for `model` (also a batch request's `params`). System
+/// messages become the top-level `system` field; consecutive same-role turns are merged.
+pub(crate) fn request_body(model: &str, request: &ChatRequest) -> Value {
+    let system: Vec<&str> = request
+        .messages
+        .iter()
+        .filter(|m| m.role == "system")
+        .map(|m| m.content.as_str())
+        .collect();
+    let mut turns: Vec<Value> = Vec::new();
+    for m in request.messages.iter().filter(|m| m.role != "system") {
+        let role = if m.role == "assistant" {
+            "assistant"
+        } else {
+            "user"
+        };
+        match turns.last_mut() {
+            Some(last) if last["role"] == role => {
+                let merged = format!(
+                    "{}\n\n{}",
+                    last["content"].as_str().unwrap_or(""),
+                    m.content
+                );
+                last["content"] = json!(merged);
+            }
+            _ => turns.push(json!({ "role": role, "content": m.content })),
+        }
+    }
+    let p = &request.params;
+    let mut body = json!({
+        "model": model,
+        "messages": turns,
+        "max_tokens": p.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+    });
+    if !system.is_empty() {
+        body["system"] = json!(system.join("\n\n"));
+    }
+    if let Some(t) = p.temperature {
+        body["temperature"] = json!(t);
+    }
+    if let Some(t) = p.top_p {
+        body["top_p"] = json!(t);
+    }
+    if !p.stop.is_empty() {
+        body["stop_sequences"] = json!(p.stop);
+    }
+    if let Some(schema) = &p.json_schema {
+        // No native schema mode: ask for it explicitly (the caller validates).
+        let instruction = format!("Reply with JSON only, matching this JSON schema: {schema}");
+        let joined = match body.get("system").and_then(Value::as_str) {
+            Some(s) => format!("{s}\n\n{instruction}"),
+            None => instruction,
+        };
+        body["system"] = json!(joined);
+    }
+    body
+}
+
+/// The reply in a Messages API `message` object (an interactive answer, or a batch result's).
+pub(crate) fn message_reply(
+    value: &Value,
+    status: u16,
+    hints: RateLimitHints,
+) -> Result<ProviderReply, ProviderError> {
+    let Some(blocks) = value["content"].as_array() else {
+        return Err(ProviderError {
+            kind: ErrorKind::BadBody,
+            status: Some(status),
+            message: "response has no content".into(),
+            hints,
+        });
+    };
+    let text: String = blocks
+        .iter()
+        .filter(|b| b["type"] == "text")
+        .filter_map(|b| b["text"].as_str())
+        .collect();
+    let finish_reason = value["stop_reason"].as_str().map(|r| match r {
+        "max_tokens" => "length".to_owned(),
+        "end_turn" | "stop_sequence" => "stop".to_owned(),
+        other => other.to_owned(),
+    });
+    Ok(ProviderReply {
+        text,
+        finish_reason,
+        usage: Usage {
+            input_tokens: value["usage"]["input_tokens"].as_u64().unwrap_or(0),
+            output_tokens: value["usage"]["output_tokens"].as_u64().unwrap_or(0),
+        },
+        hints,
+    })
 }
 
 impl Provider for AnthropicProvider {
@@ -167,7 +181,7 @@ impl Provider for AnthropicProvider {
 }
 
 /// `anthropic-ratelimit-{requests,tokens}-{remaining,reset}`; resets are RFC 3339 instants.
-fn anthropic_hints(headers: &HeaderMap) -> RateLimitHints {
+pub(crate) fn anthropic_hints(headers: &HeaderMap) -> RateLimitHints {
     let num = |name| header_str(headers, name).and_then(|v| v.trim().parse::<u64>().ok());
     let until = |name| {
         header_str(headers, name).and_then(|v| {

@@ -5,6 +5,7 @@
 //! by the provider from the environment at construction and never leave it.
 
 pub mod anthropic;
+pub mod batch;
 pub mod gbnf;
 #[cfg(feature = "local-model")]
 pub mod llama_cpp;
@@ -64,6 +65,8 @@ pub enum ProviderConfig {
     LlamaCpp(local::LocalModelConfig),
     /// Several endpoints serving the same model (`base_urls`).
     Replicas(replicas::ReplicaSetConfig),
+    /// An OpenAI or Anthropic endpoint used through its batch API.
+    Batch(batch::BatchConfig),
 }
 
 impl ProviderConfig {
@@ -72,6 +75,23 @@ impl ProviderConfig {
     pub fn with_budget_share(self, share: u32) -> Self {
         match self {
             Self::Replicas(set) => Self::Replicas(set.with_budget_share(share)),
+            other => other,
+        }
+    }
+
+    /// Where a batch provider keeps its jobs, and the counters it reports to; other configs
+    /// are returned unchanged.
+    pub fn with_batch_state(
+        self,
+        dir: Option<std::path::PathBuf>,
+        stats: Arc<crate::stats::DispatchStats>,
+    ) -> Self {
+        match self {
+            Self::Batch(mut config) => {
+                config.state_dir = dir;
+                config.stats = Some(stats);
+                Self::Batch(config)
+            }
             other => other,
         }
     }
@@ -95,6 +115,9 @@ pub fn build(config: ProviderConfig) -> Result<Arc<dyn Provider>, BuildError> {
         ProviderConfig::LlamaCpp(local) => build_local(&local)?,
         ProviderConfig::Replicas(set) => {
             Arc::new(replicas::ReplicaProvider::new(&set).map_err(|e| error(&e))?)
+        }
+        ProviderConfig::Batch(config) => {
+            Arc::new(batch::BatchProvider::new(config).map_err(BuildError)?)
         }
     })
 }
@@ -265,6 +288,16 @@ pub trait Provider: Send + Sync {
         &'a self,
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ProviderReply, ProviderError>>;
+
+    /// Check, before any request is sent, that the provider can serve the run (a batch API
+    /// exists and takes the key) and pick up its saved state. The default does nothing.
+    fn preflight(&self) -> BoxFuture<'_, Result<(), ProviderError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The answer to `request` is now durable in the response cache (or was found there):
+    /// a provider holding its own copy (a batch job's downloaded results) may let it go.
+    fn answer_stored(&self, _request: &ChatRequest) {}
 
     /// Rough token count of a request's prompt, used to pace tokens-per-minute limits before
     /// the provider reports real usage. The default is ~4 characters a token.

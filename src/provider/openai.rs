@@ -58,30 +58,7 @@ impl OpenAiProvider {
     }
 
     fn body(&self, request: &ChatRequest) -> Value {
-        let mut body = json!({ "model": self.model, "messages": request.messages });
-        let p = &request.params;
-        if let Some(t) = p.temperature {
-            body["temperature"] = json!(t);
-        }
-        if let Some(t) = p.top_p {
-            body["top_p"] = json!(t);
-        }
-        if let Some(m) = p.max_tokens {
-            body["max_tokens"] = json!(m);
-        }
-        if !p.stop.is_empty() {
-            body["stop"] = json!(p.stop);
-        }
-        if let Some(s) = p.seed {
-            body["seed"] = json!(s);
-        }
-        if let Some(schema) = &p.json_schema {
-            body["response_format"] = json!({
-                "type": "json_schema",
-                "json_schema": { "name": "response", "schema": schema, "strict": true }
-            });
-        }
-        body
+        request_body(&self.model, request)
     }
 
     async fn send_inner(&self, request: &ChatRequest) -> Result<ProviderReply, ProviderError> {
@@ -95,26 +72,63 @@ impl OpenAiProvider {
         }
         let (value, status, hints) =
             send_for_json(builder, openai_hints, self.key_env.as_deref(), &self.model).await?;
-        let choice = &value["choices"][0];
-        let Some(text) = choice["message"]["content"].as_str() else {
-            return Err(ProviderError {
-                kind: ErrorKind::BadBody,
-                status: Some(status),
-                message: "response has no choices[0].message.content".into(),
-                hints,
-            });
-        };
-        let usage = Usage {
-            input_tokens: value["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
-            output_tokens: value["usage"]["completion_tokens"].as_u64().unwrap_or(0),
-        };
-        Ok(ProviderReply {
-            text: text.to_owned(),
-            finish_reason: choice["finish_reason"].as_str().map(str::to_owned),
-            usage,
-            hints,
-        })
+        completion_reply(&value, status, hints)
     }
+}
+
+/// The chat completions body of `request` for `model` (also a batch file line's `body`).
+pub(crate) fn request_body(model: &str, request: &ChatRequest) -> Value {
+    let mut body = json!({ "model": model, "messages": request.messages });
+    let p = &request.params;
+    if let Some(t) = p.temperature {
+        body["temperature"] = json!(t);
+    }
+    if let Some(t) = p.top_p {
+        body["top_p"] = json!(t);
+    }
+    if let Some(m) = p.max_tokens {
+        body["max_tokens"] = json!(m);
+    }
+    if !p.stop.is_empty() {
+        body["stop"] = json!(p.stop);
+    }
+    if let Some(s) = p.seed {
+        body["seed"] = json!(s);
+    }
+    if let Some(schema) = &p.json_schema {
+        body["response_format"] = json!({
+            "type": "json_schema",
+            "json_schema": { "name": "response", "schema": schema, "strict": true }
+        });
+    }
+    body
+}
+
+/// The reply in a `chat.completion` object (an interactive answer, or a batch result's body).
+pub(crate) fn completion_reply(
+    value: &Value,
+    status: u16,
+    hints: RateLimitHints,
+) -> Result<ProviderReply, ProviderError> {
+    let choice = &value["choices"][0];
+    let Some(text) = choice["message"]["content"].as_str() else {
+        return Err(ProviderError {
+            kind: ErrorKind::BadBody,
+            status: Some(status),
+            message: "response has no choices[0].message.content".into(),
+            hints,
+        });
+    };
+    let usage = Usage {
+        input_tokens: value["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+        output_tokens: value["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+    };
+    Ok(ProviderReply {
+        text: text.to_owned(),
+        finish_reason: choice["finish_reason"].as_str().map(str::to_owned),
+        usage,
+        hints,
+    })
 }
 
 impl Provider for OpenAiProvider {
@@ -226,7 +240,7 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .map(|s| Duration::from_secs_f64(s.max(0.0)))
 }
 
-fn openai_hints(headers: &HeaderMap) -> RateLimitHints {
+pub(crate) fn openai_hints(headers: &HeaderMap) -> RateLimitHints {
     let num = |name| header_str(headers, name).and_then(|v| v.trim().parse::<u64>().ok());
     let dur = |name| header_str(headers, name).and_then(parse_reset_duration);
     RateLimitHints {

@@ -48,6 +48,9 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Wait for another run of the pipeline that holds its lock, or fail at once.
     pub wait: crate::lock::Wait,
+    /// Every model through its provider's batch API (`--batch`); an alias whose provider has
+    /// none is an error before anything is sent.
+    pub batch: bool,
 }
 
 impl Default for RunOptions {
@@ -62,6 +65,7 @@ impl Default for RunOptions {
             max_error_share: 0.5,
             quiet: false,
             wait: crate::lock::Wait::Yes,
+            batch: false,
         }
     }
 }
@@ -218,6 +222,7 @@ pub fn run_in<P: Pipeline>(
     options: RunOptions,
 ) -> Result<ExitCode, RunError> {
     let prepared = prepare::prepare::<P>(root, crate_dir, &options)?;
+    bound_transient_memory();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -231,6 +236,19 @@ pub fn run_in<P: Pipeline>(
     // connections and timers to wind down.
     runtime.shutdown_background();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Keep large short-lived buffers (a batch job's upload, downloads, growing hash tables) from
+/// inflating the run's resident memory: glibc serves allocations of 128 KiB or more with their
+/// own mappings and returns them to the system when freed. By default it raises that threshold
+/// after the first such free, and later big buffers then come from the heap, where a run with
+/// 100,000 requests waiting leaves them stranded between small allocations.
+fn bound_transient_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before the runtime's threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
 
 fn budget_share() -> u32 {
@@ -259,6 +277,10 @@ async fn execute<P: Pipeline>(
         workers: options.workers,
         cache_mode: options.cache_mode,
         budget_share: budget_share(),
+        batch_dir: Some(crate::provider::batch::pipeline_dir(
+            &prepared.root,
+            P::NAME,
+        )),
         ..Default::default()
     };
     let dispatcher = Arc::new(Dispatcher::new(dispatch_options, cache));
@@ -274,6 +296,8 @@ async fn execute<P: Pipeline>(
             },
         );
     }
+    // Before any record starts: batch APIs exist and take the key, saved jobs are picked up.
+    dispatcher.preflight().await?;
     let lane_capacity: usize = bound.values().map(|b| b.spec.max_concurrency).sum();
     let window = options
         .workers
@@ -377,13 +401,35 @@ async fn execute<P: Pipeline>(
         sink.take().expect("the sink is taken once, here")
     };
     let mut cost = None::<f64>;
-    for bound in inner.models.values() {
+    let mut batch_models = serde_json::Map::new();
+    for (alias, bound) in &inner.models {
         let usage = bound.lane.usage();
         if let Some(c) = bound.spec.cost(usage.input_tokens, usage.output_tokens) {
             *cost.get_or_insert(0.0) += c;
         }
+        if let Some(factor) = bound.spec.batch_price_factor() {
+            batch_models.insert(
+                alias.clone(),
+                serde_json::json!({
+                    "price_factor": factor,
+                    "cost_usd": bound.spec.cost(usage.input_tokens, usage.output_tokens),
+                }),
+            );
+        }
     }
     let mut reports = std::mem::take(&mut *inner.reports.lock().expect("reports lock"));
+    if !batch_models.is_empty() {
+        let stats = &dispatcher.stats;
+        reports.insert(
+            "batch".to_owned(),
+            serde_json::json!({
+                "jobs": DispatchStats::get(&stats.batches_submitted),
+                "jobs_ended": DispatchStats::get(&stats.batches_ended),
+                "requests_in_jobs": DispatchStats::get(&stats.batch_requests),
+                "models": batch_models,
+            }),
+        );
+    }
     if let Some(best_of) = inner.best_of.report() {
         reports.insert(
             "best_of".to_owned(),

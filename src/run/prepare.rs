@@ -78,7 +78,14 @@ pub(crate) fn prepare<P: Pipeline>(
     let specs = declared
         .models
         .iter()
-        .map(|m| models.get(m.alias()).cloned())
+        .map(|m| {
+            let spec = models.get(m.alias()).cloned()?;
+            if options.batch {
+                spec.in_batch_mode()
+            } else {
+                Ok(spec)
+            }
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let (commit, commit_dirty) = git_status
         .join()

@@ -7,9 +7,20 @@ use crate::manifest::Manifest;
 /// Print the summary of a run whose manifest was just written.
 pub(crate) fn print_summary(name: &str, manifest: &Manifest, output: &Path) {
     let r = &manifest.run;
+    // The batch report names the aliases whose cost is at batch prices.
+    let at_batch_prices = manifest
+        .reports
+        .get("batch")
+        .and_then(|batch| batch["models"].as_object())
+        .filter(|models| !models.is_empty())
+        .map(|models| {
+            let aliases: Vec<&str> = models.keys().map(String::as_str).collect();
+            format!(" ({} at batch prices)", aliases.join(", "))
+        })
+        .unwrap_or_default();
     let cost = r
         .estimated_cost_usd
-        .map(|c| format!(", estimated cost ${c:.4}"))
+        .map(|c| format!(", estimated cost ${c:.4}{at_batch_prices}"))
         .unwrap_or_default();
     eprintln!(
         "{name}: {} samples, {} errors → {}\n  {} requests sent, {} cache hits, {} retries, {} failed requests; tokens {} in / {} out{cost}; {:.1}s",
