@@ -56,6 +56,13 @@ pub(crate) fn code_of_error(error: &anyhow::Error) -> i32 {
                 _ => ShapingExitCode::UNEXPECTED,
             };
         }
+        if let Some(e) = cause.downcast_ref::<shaping::provider::batch::admin::AdminError>() {
+            use shaping::provider::batch::admin::AdminError as E;
+            return match e {
+                E::UnknownJob(_) | E::NotRunning { .. } => ShapingExitCode::USAGE,
+                E::State(_) | E::Provider { .. } => ShapingExitCode::SETUP_ERROR,
+            };
+        }
         let setup = cause.is::<shaping::repo::RepoError>()
             || cause.is::<shaping::models::ModelsError>()
             || cause.is::<shaping::quality::QualityError>()

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's command line — a thin layer over the `shaping` library.
 
+mod batches_cmd;
 mod bench;
 mod exit;
 mod export_cmd;
@@ -44,7 +45,7 @@ enum Command {
     },
     /// Run one pipeline now, whatever its status. Flags after the name go to the pipeline
     /// (--limit N, --workers N, -o PATH, --annotate / --no-annotate, --no-cache, --refresh,
-    /// --no-wait).
+    /// --no-wait, --batch).
     Run {
         name: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -79,6 +80,19 @@ enum Command {
         clear: Vec<String>,
         #[arg(long)]
         all: bool,
+    },
+    /// Batch jobs (`run --batch`, `batch = true`): list them with their live status, cancel
+    /// one, or remove downloaded ones.
+    Batches {
+        /// Cancel this job (our id or the provider's).
+        #[arg(long, conflicts_with = "clean")]
+        cancel: Option<String>,
+        /// Remove the files of downloaded jobs.
+        #[arg(long)]
+        clean: bool,
+        /// Show saved state only; do not ask the providers.
+        #[arg(long)]
+        offline: bool,
     },
     /// Install build prerequisites (cmake, clang) and fetch the default local model.
     Setup,
@@ -285,6 +299,11 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(ShapingExitCode::OK)
         }
+        Command::Batches {
+            cancel,
+            clean,
+            offline,
+        } => batches_cmd::batches(ws.root(), cancel.as_deref(), clean, offline),
         Command::Setup => {
             workspace::ensure_build_prerequisites()?;
             let pipelines = ws.describe_all()?;

@@ -24,6 +24,9 @@ pub(super) struct MockBehaviour {
     pub(super) faults: Option<FaultMix>,
     /// Requests the server serves at once (more queue, like vLLM's `--max-num-seqs`).
     pub(super) max_in_flight: Option<usize>,
+    /// Batch mode: the client sends through the Batch API, and each job ends this long after
+    /// it is created (ms).
+    pub(super) batch_latency_ms: Option<u64>,
 }
 
 /// A share of requests answered correctly but very late.
@@ -125,6 +128,9 @@ impl Server {
         if let Some(n) = mock.max_in_flight {
             cmd.arg("--max-in-flight").arg(n.to_string());
         }
+        if let Some(ms) = mock.batch_latency_ms {
+            cmd.arg("--batch-latency-ms").arg(ms.to_string());
+        }
         if let Some(stragglers) = mock.stragglers {
             cmd.arg("--straggler-rate")
                 .arg(stragglers.share.to_string())
@@ -198,6 +204,9 @@ fn models_toml(scenario: &Scenario, base_url: &str) -> String {
     );
     if let Some(rpm) = scenario.client_rpm {
         text.push_str(&format!("rpm = {rpm}\n"));
+    }
+    if scenario.mock.batch_latency_ms.is_some() {
+        text.push_str("batch = true\nbatch_poll_secs = 0.5\nbatch_collect_secs = 0.5\n");
     }
     text
 }

@@ -10,10 +10,11 @@
 //! the same run without faults.
 //!
 //! One file per scenario (its configuration and how its goal is judged): `latency.rs`,
-//! `jitter.rs`, `stragglers.rs`, `faults.rs`, `rate.rs`, `overhead.rs`, `scale.rs` and `local.rs`
+//! `jitter.rs`, `stragglers.rs`, `faults.rs`, `rate.rs`, `overhead.rs`, `scale.rs`, `batch.rs` and `local.rs`
 //! (the embedded model, run through `bench-local`); `driver.rs` runs the mock server and the
 //! children.
 
+mod batch;
 mod driver;
 mod faults;
 mod jitter;
@@ -54,6 +55,8 @@ pub(crate) enum ScenarioChoice {
     Overhead,
     /// Many records: peak memory must stay bounded.
     Scale,
+    /// 100,000 records through the OpenAI Batch API (two jobs): peak memory < 256 MiB.
+    Batch,
     /// The embedded model: generated tok/s with 8, 16 and 32 concurrent requests vs one at a
     /// time, and with prompt KV sharing on vs off on a voice-prompts-like workload.
     Local,
@@ -150,6 +153,12 @@ pub(crate) struct BenchArgs {
     /// Records of the scale scenario.
     #[arg(long, default_value_t = 100_000)]
     pub scale_records: u64,
+    /// Records of the batch scenario (two jobs of 50,000 at OpenAI's limit).
+    #[arg(long, default_value_t = 100_000)]
+    pub batch_records: u64,
+    /// How long each job of the batch scenario takes at the mock (ms).
+    #[arg(long, default_value_t = 2000)]
+    pub batch_latency_ms: u64,
     /// Tokio worker threads of the mock server (2: a one-thread server falls behind the client
     /// when 512 responses come due in the same millisecond, and the bench measures the client).
     #[arg(long, default_value_t = 2)]
@@ -361,7 +370,7 @@ fn run_dispatcher_scenarios(
 /// The dispatcher scenarios `--scenario` selects, in a fixed order.
 fn scenarios(args: &BenchArgs) -> Vec<Scenario> {
     type Make = fn(&BenchArgs) -> Scenario;
-    let all: [(ScenarioChoice, Make); 7] = [
+    let all: [(ScenarioChoice, Make); 8] = [
         (ScenarioChoice::Latency, latency::scenario),
         (ScenarioChoice::Jitter, jitter::scenario),
         (ScenarioChoice::Stragglers, stragglers::scenario),
@@ -369,6 +378,7 @@ fn scenarios(args: &BenchArgs) -> Vec<Scenario> {
         (ScenarioChoice::Rate, rate::scenario),
         (ScenarioChoice::Overhead, overhead::scenario),
         (ScenarioChoice::Scale, scale::scenario),
+        (ScenarioChoice::Batch, batch::scenario),
     ];
     all.into_iter()
         .filter(|(choice, _)| args.scenario == ScenarioChoice::All || args.scenario == *choice)
