@@ -1,6 +1,13 @@
 //! The two batch wire formats: OpenAI's Batch API (a JSONL file upload, `/v1/batches`) and Anthropic's Message Batches, as one client.
 
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use tokio::io::{AsyncRead, ReadBuf};
 
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
@@ -173,28 +180,10 @@ impl BatchClient {
         state: &mut JobState,
         on_progress: &(dyn Fn(&JobState) -> Result<(), ProviderError> + Sync),
     ) -> Result<(), ProviderError> {
-        // Each request body is built around the file's bytes in one buffer: a job can be
-        // 200 MB.
-        let read_into = |body: &mut Vec<u8>| {
-            use std::io::Read;
-            std::fs::File::open(files.requests())
-                .and_then(|mut f| {
-                    // Exactly the file plus the envelope's closing bytes: no doubling growth.
-                    let len = f.metadata()?.len() as usize;
-                    body.reserve_exact(len + 128);
-                    f.read_to_end(body)
-                })
-                .map_err(|e| {
-                    ProviderError::new(
-                        ErrorKind::Local,
-                        format!("cannot read {}: {e}", files.requests().display()),
-                    )
-                })
-        };
         match self.api {
             BatchApi::OpenAi => {
                 if state.input_file_id.is_none() {
-                    let id = self.upload(&state.local_id, &read_into).await?;
+                    let id = self.upload(&state.local_id, files.requests()).await?;
                     state.input_file_id = Some(id);
                     on_progress(state)?;
                 }
@@ -216,24 +205,18 @@ impl BatchClient {
             }
             BatchApi::Anthropic => {
                 // `{"requests":[` + the lines with their newlines turned into commas + `]}`.
-                let mut body = b"{\"requests\":[".to_vec();
-                let start = body.len();
-                read_into(&mut body)?;
-                while body.last() == Some(&b'\n') {
-                    body.pop();
-                }
-                for byte in &mut body[start..] {
-                    if *byte == b'\n' {
-                        *byte = b',';
-                    }
-                }
-                body.extend_from_slice(b"]}");
+                let body = FileBody::open(
+                    b"{\"requests\":[".to_vec(),
+                    files.requests(),
+                    Lines::CommaSeparated,
+                    b"]}".to_vec(),
+                )?;
                 let created = self
                     .json(
                         self.client
                             .post(self.jobs_url())
                             .header(reqwest::header::CONTENT_TYPE, "application/json")
-                            .body(body),
+                            .body(reqwest::Body::wrap(body)),
                     )
                     .await?;
                 state.job_id = Some(job_id(&created)?);
@@ -242,23 +225,21 @@ impl BatchClient {
         Ok(())
     }
 
-    async fn upload(
-        &self,
-        local_id: &str,
-        read_into: &(dyn Fn(&mut Vec<u8>) -> Result<usize, ProviderError> + Sync),
-    ) -> Result<String, ProviderError> {
+    /// Upload a job's request file (multipart, `purpose=batch`); the provider's file id.
+    async fn upload(&self, local_id: &str, requests: PathBuf) -> Result<String, ProviderError> {
         let boundary = format!("shaping-batch-{local_id}");
-        let mut body = Vec::new();
-        body.extend_from_slice(
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n\
-                 --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{local_id}.jsonl\"\r\n\
-                 Content-Type: application/jsonl\r\n\r\n"
-            )
-            .as_bytes(),
+        let head = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{local_id}.jsonl\"\r\n\
+             Content-Type: application/jsonl\r\n\r\n"
         );
-        read_into(&mut body)?;
-        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let tail = format!("\r\n--{boundary}--\r\n");
+        let body = FileBody::open(
+            head.into_bytes(),
+            requests,
+            Lines::AsTheyAre,
+            tail.into_bytes(),
+        )?;
         let uploaded = self
             .json(
                 self.client
@@ -267,7 +248,7 @@ impl BatchClient {
                         reqwest::header::CONTENT_TYPE,
                         format!("multipart/form-data; boundary={boundary}"),
                     )
-                    .body(body),
+                    .body(reqwest::Body::wrap(body)),
             )
             .await?;
         uploaded["id"]
@@ -560,5 +541,207 @@ fn item_error(code: &str, message: &str) -> ProviderError {
             ErrorKind::Server,
             format!("batch item failed: {code}: {message}"),
         ),
+    }
+}
+
+/// How a job file's lines go into a request body.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Lines {
+    /// Byte for byte (OpenAI's JSONL upload).
+    AsTheyAre,
+    /// Separated by commas, without the last newline (the items of Anthropic's JSON array).
+    CommaSeparated,
+}
+
+/// Bytes of a job file read per body chunk.
+const UPLOAD_CHUNK: usize = 256 * 1024;
+
+/// A request body of a head, a job's request file and a tail, read from disk a chunk at a time
+/// as the connection takes it: a job file (up to 200 or 256 MB) is never in memory whole. Its
+/// exact length is known, so it goes out with a `Content-Length`, and every attempt of an upload
+/// opens the file again.
+struct FileBody {
+    head: Option<Bytes>,
+    file: tokio::fs::File,
+    path: PathBuf,
+    /// File bytes still to send.
+    remaining: u64,
+    lines: Lines,
+    tail: Option<Bytes>,
+    chunk: Vec<u8>,
+}
+
+impl FileBody {
+    fn open(
+        head: Vec<u8>,
+        path: PathBuf,
+        lines: Lines,
+        tail: Vec<u8>,
+    ) -> Result<Self, ProviderError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let cannot_read = |e: std::io::Error| {
+            ProviderError::new(
+                ErrorKind::Local,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        };
+        let mut file = std::fs::File::open(&path).map_err(cannot_read)?;
+        let mut size = file.metadata().map_err(cannot_read)?.len();
+        if lines == Lines::CommaSeparated {
+            // The last line's newline ends the array instead of separating an item.
+            let mut last = [0u8; 1];
+            if size > 0 {
+                file.seek(SeekFrom::Start(size - 1)).map_err(cannot_read)?;
+                file.read_exact(&mut last).map_err(cannot_read)?;
+                file.seek(SeekFrom::Start(0)).map_err(cannot_read)?;
+            }
+            if last != *b"\n" {
+                return Err(ProviderError::new(
+                    ErrorKind::Local,
+                    format!(
+                        "{} does not end with a complete request line",
+                        path.display()
+                    ),
+                ));
+            }
+            size -= 1;
+        }
+        Ok(Self {
+            head: Some(Bytes::from(head)),
+            file: tokio::fs::File::from_std(file),
+            path,
+            remaining: size,
+            lines,
+            tail: Some(Bytes::from(tail)),
+            chunk: Vec::new(),
+        })
+    }
+}
+
+impl http_body::Body for FileBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        if let Some(head) = this.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
+        if this.remaining > 0 {
+            let want = UPLOAD_CHUNK.min(usize::try_from(this.remaining).unwrap_or(UPLOAD_CHUNK));
+            this.chunk.resize(want, 0);
+            let mut buf = ReadBuf::new(&mut this.chunk[..want]);
+            return match Pin::new(&mut this.file).poll_read(cx, &mut buf) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("{} shrank while it was uploaded", this.path.display()),
+                    ))))
+                }
+                Poll::Ready(Ok(())) => {
+                    let mut data = buf.filled().to_vec();
+                    if this.lines == Lines::CommaSeparated {
+                        for byte in &mut data {
+                            if *byte == b'\n' {
+                                *byte = b',';
+                            }
+                        }
+                    }
+                    this.remaining -= data.len() as u64;
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from(data)))))
+                }
+            };
+        }
+        Poll::Ready(this.tail.take().map(|tail| Ok(Frame::data(tail))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none() && self.remaining == 0 && self.tail.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let pending = |part: &Option<Bytes>| part.as_ref().map_or(0, |b| b.len() as u64);
+        SizeHint::with_exact(pending(&self.head) + self.remaining + pending(&self.tail))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+
+    /// Everything a body yields, and the length it announced first.
+    async fn drain(mut body: FileBody) -> (Vec<u8>, Option<u64>) {
+        let announced = body.size_hint().exact();
+        let mut out = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            out.extend_from_slice(frame.unwrap().data_ref().unwrap());
+        }
+        assert!(body.is_end_stream());
+        (out, announced)
+    }
+
+    fn job_file(dir: &std::path::Path, lines: usize) -> (PathBuf, Vec<String>) {
+        let items: Vec<String> = (0..lines)
+            .map(|i| {
+                format!(
+                    r#"{{"custom_id":"{i:064}","params":{{"x":"{}"}}}}"#,
+                    "y".repeat(i % 300)
+                )
+            })
+            .collect();
+        let path = dir.join("job.requests.jsonl");
+        std::fs::write(
+            &path,
+            items.iter().map(|l| format!("{l}\n")).collect::<String>(),
+        )
+        .unwrap();
+        (path, items)
+    }
+
+    #[tokio::test]
+    async fn a_job_file_streams_in_chunks_with_its_exact_length() {
+        let dir = tempfile::tempdir().unwrap();
+        // About 1.1 MB: several chunks, lines split across chunk boundaries.
+        let (path, items) = job_file(dir.path(), 4000);
+        let file = std::fs::read(&path).unwrap();
+
+        let body = FileBody::open(
+            b"HEAD".to_vec(),
+            path.clone(),
+            Lines::AsTheyAre,
+            b"TAIL".to_vec(),
+        );
+        let (bytes, announced) = drain(body.unwrap()).await;
+        assert_eq!(bytes, [&b"HEAD"[..], &file, b"TAIL"].concat());
+        assert_eq!(announced, Some(bytes.len() as u64));
+
+        let body = FileBody::open(b"[".to_vec(), path, Lines::CommaSeparated, b"]".to_vec());
+        let (bytes, announced) = drain(body.unwrap()).await;
+        assert_eq!(announced, Some(bytes.len() as u64));
+        let parsed: Vec<Value> = serde_json::from_slice(&bytes).expect("one JSON array");
+        assert_eq!(parsed.len(), items.len());
+        assert_eq!(parsed[3999]["custom_id"], format!("{:064}", 3999));
+    }
+
+    #[test]
+    fn a_job_file_cut_mid_line_is_not_sent_as_an_array() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.requests.jsonl");
+        std::fs::write(&path, "{\"custom_id\":\"a\"}\n{\"custom_id\":").unwrap();
+        let err = FileBody::open(Vec::new(), path, Lines::CommaSeparated, Vec::new())
+            .err()
+            .expect("refused");
+        assert!(
+            err.message
+                .contains("does not end with a complete request line"),
+            "{err}"
+        );
     }
 }
