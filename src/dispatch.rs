@@ -381,9 +381,11 @@ impl Dispatcher {
             // costs only this boxed future (interrupting drops it with its record).
             Pending::Inline(Box::pin(self.send_batched(
                 lane,
-                request,
-                key,
-                requested_at,
+                Box::new(Queued {
+                    request,
+                    key,
+                    requested_at,
+                }),
             )))
         } else {
             Pending::Spawned(self.spawn_request(lane, request, key, requested_at))
@@ -501,23 +503,15 @@ impl Dispatcher {
     /// back. No slots, pacing or timeout (the job has its own 24-hour window); failed items
     /// (expired, a server error) are retried as interactive ones are, into a later job. Its
     /// future is small: a job's worth of them wait at once.
-    async fn send_batched(
-        &self,
-        lane: &Lane,
-        request: ChatRequest,
-        key: CacheKey,
-        requested_at: OffsetDateTime,
-    ) -> Response {
+    async fn send_batched(&self, lane: &Lane, queued: Box<Queued>) -> Response {
         let mut attempt = 0u32;
         loop {
             DispatchStats::add(&self.stats.requests_sent, 1);
             // One statement: only the provider's boxed future is held while the job runs.
             let next = self.after_batched(
                 lane,
-                &request,
-                key,
-                requested_at,
-                lane.provider.send(&request).await,
+                &queued,
+                lane.provider.send(&queued.request).await,
                 attempt,
             );
             match next {
@@ -535,17 +529,17 @@ impl Dispatcher {
     fn after_batched<'a>(
         &'a self,
         lane: &'a Lane,
-        request: &'a ChatRequest,
-        key: CacheKey,
-        requested_at: OffsetDateTime,
+        queued: &'a Queued,
         result: Result<ProviderReply, ProviderError>,
         attempt: u32,
     ) -> Batched<'a> {
         match result {
             Ok(reply) => Batched::Accept(Box::pin(async move {
-                let (response, _) = self.accept(lane, reply, key, requested_at).await;
+                let (response, _) = self
+                    .accept(lane, reply, queued.key, queued.requested_at)
+                    .await;
                 if response.error.is_none() {
-                    lane.provider.answer_stored(request);
+                    lane.provider.answer_stored(&queued.request);
                 }
                 response
             })),
@@ -696,6 +690,14 @@ enum Pending<'a> {
     Inline(std::pin::Pin<Box<dyn Future<Output = Response> + Send + 'a>>),
     /// Running as its own task.
     Spawned(AbortOnDrop),
+}
+
+/// A batch lane's request while it waits for its job, on the heap: the future that waits holds
+/// only a pointer to it.
+struct Queued {
+    request: ChatRequest,
+    key: CacheKey,
+    requested_at: OffsetDateTime,
 }
 
 /// The next move of a batch lane's request after its job answered.

@@ -180,7 +180,12 @@ pub fn sha256_file(path: &Path) -> Result<String, FingerprintError> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// sha256 of bytes, hex.
+/// sha256 of `bytes`.
+pub fn sha256(bytes: impl AsRef<[u8]>) -> [u8; 32] {
+    Sha256::digest(bytes.as_ref()).into()
+}
+
+/// sha256 of `bytes` as lowercase hex.
 pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
     hex::encode(Sha256::digest(bytes.as_ref()))
 }

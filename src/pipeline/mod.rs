@@ -290,7 +290,7 @@ impl CtxInner {
     async fn execute(
         &self,
         request: &ModelRequest,
-        record_key: &str,
+        record_key: RecordKey<'_>,
         step: u32,
     ) -> (Response, Step) {
         // The request is started by a plain function, so that while it waits this future holds
@@ -306,7 +306,7 @@ impl CtxInner {
     fn start<'a>(
         &'a self,
         request: &ModelRequest,
-        record_key: &str,
+        record_key: RecordKey<'_>,
         step: u32,
     ) -> (&'a BoundModel, impl Future<Output = Response> + Send + 'a) {
         let bound = self
@@ -314,6 +314,14 @@ impl CtxInner {
             .get(request.model.alias())
             .expect("model handles come from declare(); lanes are bound for all of them");
         let params = request.params.clone().or(&bound.spec.params);
+        let content_hex;
+        let record_key = match record_key {
+            RecordKey::Content(digest) => {
+                content_hex = hex::encode(digest);
+                content_hex.as_str()
+            }
+            RecordKey::Named(name) => name,
+        };
         let key = CacheKey::new(
             &bound.fingerprint,
             &request.messages,
@@ -359,7 +367,11 @@ impl Ctx {
         let n = self.inner.queries.fetch_add(1, Ordering::Relaxed);
         let (response, _) = self
             .inner
-            .execute(&request, &format!("query:{}", self.inner.pipeline), n)
+            .execute(
+                &request,
+                RecordKey::Named(&format!("query:{}", self.inner.pipeline)),
+                n,
+            )
             .await;
         response
     }
@@ -457,11 +469,11 @@ impl Ctx {
                     .and_then(|value| serde_json::to_vec(&value))
                     .unwrap_or_else(|_| b"null".to_vec())
                     .into_boxed_slice();
-                let record_key = crate::fingerprint::sha256_hex(&input);
+                let record_digest = crate::fingerprint::sha256(&input);
                 let handle = Task {
                     state: Arc::new(TaskState {
                         ctx: Arc::clone(inner),
-                        record_key,
+                        record_digest,
                         steps: Mutex::default(),
                         next_step: AtomicU32::new(0),
                     }),
@@ -532,9 +544,20 @@ impl Ctx {
     }
 }
 
+/// The record part of a request's cache key.
+#[derive(Clone, Copy)]
+enum RecordKey<'a> {
+    /// A record's content hash (hashed into the key as hex, as in every earlier version).
+    Content(&'a [u8; 32]),
+    /// A fixed name (`query`'s requests).
+    Named(&'a str),
+}
+
 struct TaskState {
     ctx: Arc<CtxInner>,
-    record_key: String,
+    /// sha256 of the record's input JSON (its hex is the record part of cache keys); kept as
+    /// bytes, not hex text, since every record of the window holds one.
+    record_digest: [u8; 32],
     steps: Mutex<Vec<Option<Box<Step>>>>,
     next_step: AtomicU32,
 }
@@ -562,7 +585,10 @@ impl Task {
         }
         let state = Arc::clone(&self.state);
         async move {
-            let (response, recorded) = state.ctx.execute(&request, &state.record_key, step).await;
+            let (response, recorded) = state
+                .ctx
+                .execute(&request, RecordKey::Content(&state.record_digest), step)
+                .await;
             state.steps.lock().expect("steps lock")[step as usize] = Some(Box::new(recorded));
             response
         }
