@@ -246,6 +246,30 @@ impl SampleLine {
     }
 }
 
+impl SampleLine {
+    /// A line from its parsed JSON, taking the value's strings over instead of copying them
+    /// (the readers of whole datasets use this; `Deserialize` goes through a value of its own).
+    pub fn from_value(value: Value) -> Result<Self, serde_json::Error> {
+        let is_pair = value
+            .as_object()
+            .is_some_and(|o| o.contains_key("chosen") || o.contains_key("rejected"));
+        let id = match value.get("id") {
+            Some(Value::String(id)) => Some(id.clone()),
+            Some(id @ Value::Number(_)) => Some(id.to_string()),
+            _ => None,
+        };
+        let parsed = if is_pair {
+            PreferenceLine::deserialize(value).map(Self::Preference)
+        } else {
+            ChatLine::deserialize(value).map(Self::Chat)
+        };
+        parsed.map_err(|error| match id {
+            Some(id) => serde::de::Error::custom(format!("record '{id}': {error}")),
+            None => error,
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for SampleLine {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = Value::deserialize(deserializer)?;

@@ -29,7 +29,7 @@ pub fn read_records(path: &Path) -> Result<JsonlReader<ChatLine>> {
 /// Read dataset lines of either kind one at a time: `(line number, sample)`. Blank lines are
 /// skipped.
 pub fn read_samples(path: &Path) -> Result<JsonlReader<SampleLine>> {
-    JsonlReader::open(path, |value, _| serde_json::from_value(value))
+    JsonlReader::open(path, |value, _| SampleLine::from_value(value))
 }
 
 /// Read any JSONL of samples (conversations or preference pairs) one line at a time: like
@@ -38,7 +38,7 @@ pub fn read_samples(path: &Path) -> Result<JsonlReader<SampleLine>> {
 pub fn read_any_samples(path: &Path) -> Result<JsonlReader<SampleLine>> {
     JsonlReader::open(path, |mut value, line| {
         with_line_id(&mut value, line);
-        serde_json::from_value(value)
+        SampleLine::from_value(value)
     })
 }
 
