@@ -15,7 +15,7 @@
 //! `same_answers` and `rejected_voice` for datasets of pairs. Their limit is 0 and not part of
 //! the quality config: a pipeline filters such samples, and a trainer cannot use them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
@@ -27,6 +27,7 @@ use super::config::{Loosening, QualityConfig, Voice, show_value};
 use super::detect::{Detectors, Finding, Reason, SampleFacts, Verdict};
 use super::read::{JsonlReader, read_any_samples, read_errors, read_samples};
 use super::stats::{DatasetStats, PairStats, StatsBuilder, TurnStats};
+use super::text::{FastMap, FastSet};
 use super::text::{Sample, errors_path_for, fnv1a, normalize, source_of, words};
 use crate::format::{SampleKind, SampleLine, first_user};
 
@@ -344,7 +345,7 @@ struct Checker<'a> {
     has_markers: bool,
     samples: u64,
     failing: u64,
-    by_reason: HashMap<Reason, Hits>,
+    by_reason: FastMap<Reason, Hits>,
     duplicate_ids: Hits,
     duplicate_responses: Hits,
     replies: u64,
@@ -352,13 +353,13 @@ struct Checker<'a> {
     without_marker: Hits,
     pairs: u64,
     several_exchanges: bool,
-    seen_ids: HashSet<String>,
-    seen_responses: HashSet<[u8; 16]>,
-    seen_prompts: HashSet<u64>,
+    seen_ids: FastSet<String>,
+    seen_responses: FastSet<[u8; 16]>,
+    seen_prompts: FastSet<u64>,
     repeated_prompts: Hits,
-    bigrams: HashSet<u64>,
+    bigrams: FastSet<u64>,
     bigram_total: u64,
-    source_examples: HashMap<String, Vec<String>>,
+    source_examples: FastMap<String, Vec<String>>,
 }
 
 impl<'a> Checker<'a> {
@@ -368,7 +369,7 @@ impl<'a> Checker<'a> {
             has_markers: detectors.has_markers(),
             samples: 0,
             failing: 0,
-            by_reason: HashMap::new(),
+            by_reason: FastMap::default(),
             duplicate_ids: Hits::default(),
             duplicate_responses: Hits::default(),
             replies: 0,
@@ -376,13 +377,13 @@ impl<'a> Checker<'a> {
             without_marker: Hits::default(),
             pairs: 0,
             several_exchanges: false,
-            seen_ids: HashSet::new(),
-            seen_responses: HashSet::new(),
-            seen_prompts: HashSet::new(),
+            seen_ids: FastSet::default(),
+            seen_responses: FastSet::default(),
+            seen_prompts: FastSet::default(),
             repeated_prompts: Hits::default(),
-            bigrams: HashSet::new(),
+            bigrams: FastSet::default(),
             bigram_total: 0,
-            source_examples: HashMap::new(),
+            source_examples: FastMap::default(),
         }
     }
 

@@ -257,7 +257,9 @@ fn last_exchange(messages: &[Message]) -> (&str, &str) {
 pub struct Detectors {
     refusals: Phrases,
     errors: Phrases,
-    markers: Vec<(String, Phrases)>,
+    /// The voice markers as declared, and the same in one automaton (by position).
+    markers: Vec<String>,
+    marker_phrases: Phrases,
     persona: persona::Persona,
     min_chars: u64,
     max_chars: u64,
@@ -274,20 +276,18 @@ impl Detectors {
             .map(|s| (*s).to_owned())
             .chain(voice.generic_phrases.iter().cloned())
             .chain(config.generic_phrases.iter().cloned());
-        let mut markers: Vec<(String, Phrases)> = Vec::new();
+        let mut markers: Vec<String> = Vec::new();
         for marker in voice.markers.iter().chain(config.voice_markers.iter()) {
-            let phrases = Phrases::words([marker]);
-            if !phrases.is_empty()
-                && !markers
-                    .iter()
-                    .any(|(m, _)| normalize(m) == normalize(marker))
+            if !normalize(marker).is_empty()
+                && !markers.iter().any(|m| normalize(m) == normalize(marker))
             {
-                markers.push((marker.clone(), phrases));
+                markers.push(marker.clone());
             }
         }
         Ok(Self {
             refusals: Phrases::words(refusals),
             errors: Phrases::substrings(ERROR_TEXT_PATTERNS),
+            marker_phrases: Phrases::words_in_order(&markers),
             markers,
             persona: persona::Persona::new(voice)?,
             min_chars: config.min_response_chars,
@@ -308,9 +308,11 @@ impl Detectors {
     }
 
     fn markers_of_normalized(&self, normalized: &str) -> Vec<String> {
+        let found = self.marker_phrases.found(normalized);
         self.markers
             .iter()
-            .filter(|(_, phrases)| phrases.find(normalized).is_some())
+            .zip(found)
+            .filter(|(_, found)| *found)
             .map(|(marker, _)| marker.clone())
             .collect()
     }

@@ -1,5 +1,6 @@
 //! Text helpers of the quality gate: the [`Sample`] view of a record, phrase matching, truncation.
 
+use aho_corasick::AhoCorasick;
 use serde::{Deserialize, Serialize};
 
 use serde_json::Value;
@@ -187,6 +188,7 @@ pub(crate) fn normalize(text: &str) -> String {
         for c in word.chars() {
             match c {
                 '\u{2018}' | '\u{2019}' | '\u{02bc}' => out.push('\''),
+                c if c.is_ascii() => out.push(c.to_ascii_lowercase()),
                 c => out.extend(c.to_lowercase()),
             }
         }
@@ -194,74 +196,109 @@ pub(crate) fn normalize(text: &str) -> String {
     out
 }
 
-/// A set of phrases matched case-insensitively against normalized text.
+/// A set of phrases matched case-insensitively against normalized text, all at once (one
+/// Aho-Corasick automaton: a reply is scanned once, however many phrases there are).
 #[derive(Debug, Clone)]
 pub(crate) struct Phrases {
+    /// Normalized, in the order `find` prefers them.
     phrases: Vec<String>,
     whole_words: bool,
+    /// `None` when there are no phrases.
+    automaton: Option<AhoCorasick>,
 }
 
 impl Phrases {
     /// Phrases that match only as whole words (a phrase edge that is a letter or digit must not
     /// touch another letter or digit).
     pub(super) fn words<I: IntoIterator<Item = S>, S: AsRef<str>>(phrases: I) -> Self {
-        Self::build(phrases, true)
+        Self::build(phrases, true, true)
     }
 
     /// Phrases that match anywhere.
     pub(super) fn substrings<I: IntoIterator<Item = S>, S: AsRef<str>>(phrases: I) -> Self {
-        Self::build(phrases, false)
+        Self::build(phrases, false, true)
     }
 
-    fn build<I: IntoIterator<Item = S>, S: AsRef<str>>(phrases: I, whole_words: bool) -> Self {
-        let mut phrases: Vec<String> = phrases
-            .into_iter()
-            .map(|p| normalize(p.as_ref()))
-            .filter(|p| !p.is_empty())
-            .collect();
-        phrases.sort();
-        phrases.dedup();
+    /// Whole-word phrases kept in the order given (duplicates included), so that
+    /// [`Phrases::found`] answers by position.
+    pub(super) fn words_in_order<I: IntoIterator<Item = S>, S: AsRef<str>>(phrases: I) -> Self {
+        Self::build(phrases, true, false)
+    }
+
+    fn build<I: IntoIterator<Item = S>, S: AsRef<str>>(
+        phrases: I,
+        whole_words: bool,
+        sorted: bool,
+    ) -> Self {
+        let mut phrases: Vec<String> = phrases.into_iter().map(|p| normalize(p.as_ref())).collect();
+        if sorted {
+            phrases.retain(|p| !p.is_empty());
+            phrases.sort();
+            phrases.dedup();
+        }
+        // Empty phrases (kept only to hold a place) never match.
+        let patterns = phrases.iter().map(|p| if p.is_empty() { "\0" } else { p });
+        let automaton = (!phrases.is_empty()).then(|| {
+            AhoCorasick::new(patterns).expect("phrases are short enough for an automaton")
+        });
         Self {
             phrases,
             whole_words,
+            automaton,
         }
     }
 
-    pub(super) fn is_empty(&self) -> bool {
-        self.phrases.is_empty()
-    }
-
-    /// The first phrase found in `normalized` (text already passed through [`normalize`]).
-    pub(super) fn find(&self, normalized: &str) -> Option<&str> {
-        self.phrases
+    /// Every match of a phrase in `normalized` that counts (at word edges for whole-word sets),
+    /// as the phrase's index.
+    fn matches<'a>(&'a self, normalized: &'a str) -> impl Iterator<Item = usize> + 'a {
+        self.automaton
             .iter()
-            .find(|p| self.occurs(normalized, p))
-            .map(String::as_str)
+            .flat_map(move |automaton| automaton.find_overlapping_iter(normalized))
+            .filter(move |m| {
+                let phrase = &self.phrases[m.pattern().as_usize()];
+                !phrase.is_empty()
+                    && (!self.whole_words || at_word_edges(normalized, phrase, m.start(), m.end()))
+            })
+            .map(|m| m.pattern().as_usize())
     }
 
-    fn occurs(&self, haystack: &str, phrase: &str) -> bool {
-        if !self.whole_words {
-            return haystack.contains(phrase);
+    /// The first phrase (in sorted order) found in `normalized` (text already passed through
+    /// [`normalize`]).
+    pub(super) fn find(&self, normalized: &str) -> Option<&str> {
+        self.matches(normalized)
+            .min()
+            .map(|i| self.phrases[i].as_str())
+    }
+
+    /// For each phrase, in the order given, whether it is found in `normalized`.
+    pub(super) fn found(&self, normalized: &str) -> Vec<bool> {
+        let mut found = vec![false; self.phrases.len()];
+        for i in self.matches(normalized) {
+            found[i] = true;
         }
-        let edge_start = phrase.chars().next().is_some_and(char::is_alphanumeric);
-        let edge_end = phrase
+        found
+    }
+}
+
+/// Whether `phrase`, found at `start..end` of `haystack`, stands as whole words there: an edge
+/// of the phrase that is a letter or digit does not touch another letter or digit.
+fn at_word_edges(haystack: &str, phrase: &str, start: usize, end: usize) -> bool {
+    let edge_start = phrase.chars().next().is_some_and(char::is_alphanumeric);
+    let edge_end = phrase
+        .chars()
+        .next_back()
+        .is_some_and(char::is_alphanumeric);
+    let before_ok = !edge_start
+        || !haystack[..start]
             .chars()
             .next_back()
             .is_some_and(char::is_alphanumeric);
-        haystack.match_indices(phrase).any(|(at, _)| {
-            let before_ok = !edge_start
-                || !haystack[..at]
-                    .chars()
-                    .next_back()
-                    .is_some_and(char::is_alphanumeric);
-            let after_ok = !edge_end
-                || !haystack[at + phrase.len()..]
-                    .chars()
-                    .next()
-                    .is_some_and(char::is_alphanumeric);
-            before_ok && after_ok
-        })
-    }
+    let after_ok = !edge_end
+        || !haystack[end..]
+            .chars()
+            .next()
+            .is_some_and(char::is_alphanumeric);
+    before_ok && after_ok
 }
 
 /// Built-in phrases of a generic assistant: refusals and AI self-references.
@@ -380,5 +417,63 @@ mod tests {
             Some("error code: 4")
         );
         assert!(p.find(&normalize("The Cubs won 4-2.")).is_none());
+    }
+}
+
+/// Hash maps and sets of the detectors and checks: many small keys (words, n-grams, hashes) per
+/// reply, hashed with [`FxHasher`] instead of SipHash (the data is the user's own, so there is
+/// no flooding to defend against).
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, BuildFxHasher>;
+/// See [`FastMap`].
+pub(crate) type FastSet<K> = std::collections::HashSet<K, BuildFxHasher>;
+/// Builds [`FxHasher`]s.
+pub(crate) type BuildFxHasher = std::hash::BuildHasherDefault<FxHasher>;
+
+/// The multiply-rotate hash of rustc and Firefox: a word at a time, no finalization.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher {
+    hash: u64,
+}
+
+impl FxHasher {
+    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
+    }
+}
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.add(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(last));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.hash
     }
 }

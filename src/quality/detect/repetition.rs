@@ -1,10 +1,9 @@
 //! Repetition detectors: degeneration (a reply that loops on itself) and echo (a reply copied
 //! from its prompt).
 
-use std::collections::{HashMap, HashSet};
-
 use super::quote;
 use super::words::is_stopword;
+use crate::quality::text::{FastMap, FastSet};
 
 /// A sentence of at least this many words may occur twice, not more.
 const LONG_SENTENCE_WORDS: usize = 5;
@@ -84,7 +83,7 @@ fn ends_with_abbreviation(before_period: &str) -> bool {
 /// Degeneration: repeated sentences, one phrase dominating, or few distinct word trigrams.
 pub(crate) fn degeneration(text: &str, words: &[String]) -> Option<String> {
     // Repeated sentences.
-    let mut counts: HashMap<Vec<String>, (usize, &str)> = HashMap::new();
+    let mut counts: FastMap<Vec<String>, (usize, &str)> = FastMap::default();
     for sentence in sentences(text) {
         let key = super::words::words(sentence);
         if key.len() < SHORT_SENTENCE_WORDS {
@@ -108,7 +107,7 @@ pub(crate) fn degeneration(text: &str, words: &[String]) -> Option<String> {
 
     // A phrase said again and again.
     for (n, limit) in &REPEATED_PHRASE {
-        let mut grams: HashMap<&[String], (usize, usize)> = HashMap::new();
+        let mut grams: FastMap<&[String], (usize, usize)> = FastMap::default();
         for (at, gram) in words.windows(*n).enumerate() {
             grams.entry(gram).or_insert((0, at)).0 += 1;
         }
@@ -128,7 +127,7 @@ pub(crate) fn degeneration(text: &str, words: &[String]) -> Option<String> {
         let mut best: Option<(usize, usize, usize, &[String])> = None;
         for n in 1..=3usize {
             // Per phrase: how often it occurs and where first (for a deterministic choice).
-            let mut grams: HashMap<&[String], (usize, usize)> = HashMap::new();
+            let mut grams: FastMap<&[String], (usize, usize)> = FastMap::default();
             for (at, gram) in words.windows(n).enumerate() {
                 if gram.iter().all(|w| is_stopword(w) || w.chars().count() < 2) {
                     continue;
@@ -160,7 +159,7 @@ pub(crate) fn degeneration(text: &str, words: &[String]) -> Option<String> {
     // Few distinct trigrams.
     if words.len() >= MIN_TRIGRAMS + 2 {
         let trigrams: Vec<&[String]> = words.windows(3).collect();
-        let distinct: HashSet<&[String]> = trigrams.iter().copied().collect();
+        let distinct: FastSet<&[String]> = trigrams.iter().copied().collect();
         let share = distinct.len() as f64 / trigrams.len() as f64;
         if share < MIN_DISTINCT_TRIGRAM_SHARE {
             return Some(format!(
@@ -188,7 +187,7 @@ pub(crate) fn echo(reply: &[String], prompt: &[String]) -> Option<String> {
     }
     // A short reply made almost only of the prompt's words hands the prompt back, reworded.
     if reply.len() >= MIN_ECHO_PROMPT_WORDS && reply.len() <= prompt.len() + MIN_ECHO_PROMPT_WORDS {
-        let prompt_words: HashSet<&String> = prompt.iter().collect();
+        let prompt_words: FastSet<&String> = prompt.iter().collect();
         let shared = reply.iter().filter(|w| prompt_words.contains(w)).count();
         let share = shared as f64 / reply.len() as f64;
         if share >= MIN_REWORDED_SHARE {
@@ -198,7 +197,7 @@ pub(crate) fn echo(reply: &[String], prompt: &[String]) -> Option<String> {
             ));
         }
     }
-    let prompt_trigrams: HashSet<&[String]> = prompt.windows(3).collect();
+    let prompt_trigrams: FastSet<&[String]> = prompt.windows(3).collect();
     let reply_trigrams: Vec<&[String]> = reply.windows(3).collect();
     if reply_trigrams.len() >= MIN_COPIED_TRIGRAMS {
         let copied = reply_trigrams
@@ -236,7 +235,7 @@ pub(crate) fn repeats(reply: &[String], other: &[String], what: &str) -> Option<
     if reply == other {
         return Some(format!("says again {what}, word for word"));
     }
-    let other_trigrams: HashSet<&[String]> = other.windows(3).collect();
+    let other_trigrams: FastSet<&[String]> = other.windows(3).collect();
     let reply_trigrams: Vec<&[String]> = reply.windows(3).collect();
     if reply_trigrams.len() >= MIN_COPIED_TRIGRAMS {
         let copied = reply_trigrams
@@ -275,7 +274,7 @@ const MIN_COPIED_CONTENT_WORDS: usize = 2;
 /// few-shot turns of the request), or `None`: the run of words, quoted.
 pub(crate) fn copied_from_examples(reply: &[String], examples: &[Vec<String>]) -> Option<String> {
     let n = MAX_SHARED_EXAMPLE_RUN + 1;
-    let example_ngrams: HashSet<&[String]> = examples.iter().flat_map(|e| e.windows(n)).collect();
+    let example_ngrams: FastSet<&[String]> = examples.iter().flat_map(|e| e.windows(n)).collect();
     if example_ngrams.is_empty() {
         return None;
     }
