@@ -194,6 +194,12 @@ pub fn load_jobs(dir: &Path) -> Result<Vec<JobState>, BatchError> {
             path: path.clone(),
             message: e.to_string(),
         })?;
+        if state.stage == Stage::Submitted && state.job_id.is_none() {
+            return Err(BatchError::State {
+                path,
+                message: "stage `submitted` without a `job_id`".to_owned(),
+            });
+        }
         jobs.push(state);
     }
     jobs.sort_by(|a, b| (a.created_at, &a.local_id).cmp(&(b.created_at, &b.local_id)));
@@ -229,4 +235,47 @@ pub fn all_jobs(root: &Path) -> Result<Vec<(String, JobState)>, BatchError> {
 /// The state directory of a pipeline's batch jobs.
 pub fn pipeline_dir(root: &Path, pipeline: &str) -> PathBuf {
     root.join(".shaping").join("batches").join(pipeline)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_file_that_cannot_be_followed_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = JobState {
+            local_id: "b1".to_owned(),
+            alias: "dee".to_owned(),
+            api: BatchApi::OpenAi,
+            base_url: "http://127.0.0.1:1/v1".to_owned(),
+            model: "m".to_owned(),
+            api_key_env: None,
+            created_at: 0,
+            requests: 1,
+            stage: Stage::Submitted,
+            input_file_id: Some("file-1".to_owned()),
+            job_id: Some("batch_1".to_owned()),
+            status: None,
+        };
+        let path = dir.path().join("b1.json");
+        fs::write(&path, serde_json::to_vec(&good).unwrap()).unwrap();
+        assert_eq!(load_jobs(dir.path()).unwrap().len(), 1);
+
+        let no_id = JobState {
+            job_id: None,
+            ..good
+        };
+        fs::write(&path, serde_json::to_vec(&no_id).unwrap()).unwrap();
+        let message = load_jobs(dir.path()).unwrap_err().to_string();
+        assert!(message.contains("b1.json"), "{message}");
+        assert!(message.contains("without a `job_id`"), "{message}");
+
+        fs::write(&path, b"{\"local_id\": 3}").unwrap();
+        let message = load_jobs(dir.path()).unwrap_err().to_string();
+        assert!(
+            message.contains("b1.json: not a batch job state file"),
+            "{message}"
+        );
+    }
 }
