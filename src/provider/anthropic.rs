@@ -5,7 +5,9 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
-use super::openai::{header_str, http_client, retry_after, send_for_json};
+use super::openai::{
+    NewProviderError, endpoint_url, header_str, http_client, retry_after, send_for_json,
+};
 use super::{
     BoxFuture, ChatRequest, ErrorKind, HttpConfig, Provider, ProviderError, ProviderReply,
     RateLimitHints, Usage,
@@ -18,7 +20,7 @@ pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 /// Client for one alias. `Debug` does not print the key.
 pub struct AnthropicProvider {
     client: reqwest::Client,
-    url: String,
+    url: reqwest::Url,
     model: String,
     api_key: Option<String>,
     key_env: Option<String>,
@@ -35,8 +37,8 @@ impl std::fmt::Debug for AnthropicProvider {
 
 impl AnthropicProvider {
     /// A provider for `spec` (default base URL `https://api.anthropic.com`, with or without
-    /// `/v1`); fails only when the HTTP client cannot be built.
-    pub fn new(spec: &HttpConfig) -> Result<Self, reqwest::Error> {
+    /// `/v1`); fails when the HTTP client cannot be built or the base URL does not parse.
+    pub fn new(spec: &HttpConfig) -> Result<Self, NewProviderError> {
         let base = spec
             .base_url
             .as_deref()
@@ -45,7 +47,7 @@ impl AnthropicProvider {
         let base = base.strip_suffix("/v1").unwrap_or(base);
         Ok(Self {
             client: http_client(spec)?,
-            url: format!("{base}/v1/messages"),
+            url: endpoint_url(base, "/v1/messages")?,
             model: spec.model.clone(),
             api_key: spec.api_key.clone(),
             key_env: spec.api_key_env.clone(),
@@ -59,7 +61,7 @@ impl AnthropicProvider {
     async fn send_inner(&self, request: &ChatRequest) -> Result<ProviderReply, ProviderError> {
         let mut builder = self
             .client
-            .post(&self.url)
+            .post(self.url.clone())
             .header("anthropic-version", API_VERSION)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(&self.body(request)).expect("body serializes"));

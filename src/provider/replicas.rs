@@ -226,7 +226,7 @@ fn is_endpoint_failure(kind: ErrorKind) -> bool {
 
 impl ReplicaProvider {
     /// One OpenAI-compatible or Anthropic provider per endpoint of `config`.
-    pub fn new(config: &ReplicaSetConfig) -> Result<Self, reqwest::Error> {
+    pub fn new(config: &ReplicaSetConfig) -> Result<Self, super::openai::NewProviderError> {
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         for http in &config.endpoints {
             let provider: Arc<dyn Provider> = match config.wire {

@@ -1,6 +1,10 @@
 //! Language mismatch: the reply's writing system or (for Latin script) its most likely language,
 //! from function-word counts, differs from the prompt's.
 
+use std::sync::LazyLock;
+
+use crate::quality::text::FastMap;
+
 /// Fewest letters in each text before scripts are compared.
 const MIN_SCRIPT_LETTERS: usize = 10;
 /// Share of letters a script needs to be a text's script.
@@ -130,18 +134,33 @@ const FUNCTION_WORDS: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// Each function word with the languages (bits, by index in [`FUNCTION_WORDS`]) it belongs to:
+/// one lookup per word instead of a scan of every list.
+static LANGUAGES_OF_WORD: LazyLock<FastMap<&'static str, u32>> = LazyLock::new(|| {
+    let mut map = FastMap::default();
+    for (index, (_, list)) in FUNCTION_WORDS.iter().enumerate() {
+        for word in *list {
+            *map.entry(*word).or_insert(0) |= 1 << index;
+        }
+    }
+    map
+});
+
 /// The language with the most function-word hits, when it has at least `min_hits` and twice the
 /// runner-up's.
 fn guess_language(text: &str, min_hits: usize) -> Option<&'static str> {
-    let words = super::words::words(text);
+    let mut hits = [0usize; FUNCTION_WORDS.len()];
+    for word in super::words::words(text) {
+        if let Some(&languages) = LANGUAGES_OF_WORD.get(word.as_str()) {
+            for (index, count) in hits.iter_mut().enumerate() {
+                *count += (languages >> index & 1) as usize;
+            }
+        }
+    }
     let mut scores: Vec<(&'static str, usize)> = FUNCTION_WORDS
         .iter()
-        .map(|(language, list)| {
-            (
-                *language,
-                words.iter().filter(|w| list.contains(&w.as_str())).count(),
-            )
-        })
+        .zip(hits)
+        .map(|((language, _), count)| (*language, count))
         .collect();
     scores.sort_by_key(|s| std::cmp::Reverse(s.1));
     let (best, hits) = scores[0];

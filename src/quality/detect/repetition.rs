@@ -125,11 +125,16 @@ pub(crate) fn degeneration(text: &str, words: &[String]) -> Option<String> {
     if total > 0 {
         // (count, n, first position, gram) of the best dominating phrase so far.
         let mut best: Option<(usize, usize, usize, &[String])> = None;
+        // Words that make no phrase on their own: stopwords and single characters.
+        let filler: Vec<bool> = words
+            .iter()
+            .map(|w| is_stopword(w) || w.chars().count() < 2)
+            .collect();
         for n in 1..=3usize {
             // Per phrase: how often it occurs and where first (for a deterministic choice).
             let mut grams: FastMap<&[String], (usize, usize)> = FastMap::default();
             for (at, gram) in words.windows(n).enumerate() {
-                if gram.iter().all(|w| is_stopword(w) || w.chars().count() < 2) {
+                if filler[at..at + n].iter().all(|&f| f) {
                     continue;
                 }
                 grams.entry(gram).or_insert((0, at)).0 += 1;

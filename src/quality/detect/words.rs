@@ -3,6 +3,8 @@
 
 use std::collections::BTreeSet;
 
+use crate::quality::text::FastSet;
+
 /// Content words of the prompt named in a relevance finding.
 const NAMED_PROMPT_WORDS: usize = 5;
 /// Fewest content words a prompt needs before relevance is judged ("Help." says too little).
@@ -307,9 +309,14 @@ const STOPWORDS: &[&str] = &[
     "yourselves",
 ];
 
+/// [`STOPWORDS`] as a set: a lookup is asked for every word of every reply, and a hash lookup is
+/// a fraction of a binary search's string comparisons.
+static STOPWORD_SET: std::sync::LazyLock<FastSet<&'static str>> =
+    std::sync::LazyLock::new(|| STOPWORDS.iter().copied().collect());
+
 /// Whether `word` (lowercase) is an English stopword.
 pub(crate) fn is_stopword(word: &str) -> bool {
-    STOPWORDS.binary_search(&word).is_ok()
+    STOPWORD_SET.contains(word)
 }
 
 /// A light suffix-stripping stemmer: `cleans`, `cleaning`, `cleaned` → `clean`; `stories` → `stori`.
