@@ -216,7 +216,8 @@ enum Goal {
     LatencyBound { share: f64, waves: bool },
     /// Achieved rate ≥ `share` of the RPM and < `max_429_share` of requests answered 429.
     RateBound { share: f64, max_429_share: f64 },
-    /// Client CPU per request ≤ this many µs.
+    /// Client CPU per request ≤ this many µs (the bare baseline client's CPU per request, in the
+    /// same run, is printed beside it: the host's speed moves both).
     CpuPerRequest { micros: f64 },
     /// Peak RSS below this many MiB.
     PeakRss { mib: f64 },
@@ -319,7 +320,7 @@ fn run_dispatcher_scenarios(
     };
     for scenario in scenarios {
         let baseline = match scenario.goal {
-            Goal::Baseline { .. } => {
+            Goal::Baseline { .. } | Goal::CpuPerRequest { .. } => {
                 eprintln!(
                     "bench: running {} with the bare baseline client: {} requests…",
                     scenario.name, scenario.requests
@@ -468,7 +469,7 @@ fn report(
             share,
             max_429_share,
         } => rate::judge(scenario, m, share, max_429_share),
-        Goal::CpuPerRequest { micros } => overhead::judge(scenario, m, micros),
+        Goal::CpuPerRequest { micros } => overhead::judge(&mut out, scenario, m, reference, micros),
         Goal::PeakRss { mib } => scale::judge(m, mib),
         Goal::Baseline { max_ratio } => stragglers::judge(&mut out, m, reference, max_ratio),
         Goal::FaultFree { max_ratio } => faults::judge(&mut out, scenario, m, reference, max_ratio),
