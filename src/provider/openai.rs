@@ -6,8 +6,8 @@ use reqwest::header::HeaderMap;
 use serde_json::Value;
 
 use super::{
-    BoxFuture, ChatRequest, ErrorKind, HttpConfig, Message, Provider, ProviderError,
-    ProviderReply, RateLimitHints, Usage,
+    BoxFuture, ChatRequest, ErrorKind, HttpConfig, Message, Provider, ProviderError, ProviderReply,
+    RateLimitHints, Usage,
 };
 
 /// Client for one alias. Holds the key privately; `Debug` does not print it.
@@ -84,7 +84,8 @@ impl OpenAiProvider {
     }
 
     async fn send_inner(&self, request: &ChatRequest) -> Result<ProviderReply, ProviderError> {
-        let body = serde_json::to_vec(&request_body(&self.model, request)).expect("body serializes");
+        let body =
+            serde_json::to_vec(&request_body(&self.model, request)).expect("body serializes");
         let mut builder = self
             .client
             .post(self.url.clone())
@@ -501,7 +502,10 @@ mod tests {
             "temperature",
             "top_p",
         ];
-        assert!(keys.windows(2).all(|pair| at(pair[0]) < at(pair[1])), "{text}");
+        assert!(
+            keys.windows(2).all(|pair| at(pair[0]) < at(pair[1])),
+            "{text}"
+        );
     }
 
     /// The typed fast path reads every completion it accepts exactly as the `Value` path does, and
