@@ -581,13 +581,16 @@ impl Dispatcher {
     }
 
     /// The wait before retry number `attempt + 1` of a failure of `kind` the server gave no
-    /// pause for. A 5xx, a cut connection or a malformed body is retried first after tens of
-    /// milliseconds, then on the usual exponential schedule (`backoff_base`, doubling); rate
-    /// limits and timeouts always use that schedule.
+    /// pause for. A 5xx, a cut connection, a malformed body or a timeout is retried first after
+    /// tens of milliseconds, then on the usual exponential schedule (`backoff_base`, doubling);
+    /// rate limits always use that schedule. (A timed-out request has already waited the whole
+    /// timeout, so another half second adds nothing but tail: the stuck request, not the
+    /// server's load, is what usually hangs, and overload shows up as 429s and 503s with
+    /// `Retry-After`, which keep their pauses.)
     fn retry_delay(&self, kind: ErrorKind, attempt: u32) -> Duration {
         let quick_first = matches!(
             kind,
-            ErrorKind::Server | ErrorKind::Connection | ErrorKind::BadBody
+            ErrorKind::Server | ErrorKind::Connection | ErrorKind::BadBody | ErrorKind::Timeout
         );
         match (quick_first, attempt) {
             (true, 0) => with_equal_jitter(self.options.first_retry),
@@ -757,10 +760,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_first_retry_of_a_server_cut_or_malformed_failure_is_quick() {
+    fn only_the_first_retry_of_a_server_cut_malformed_or_timed_out_failure_is_quick() {
         let dispatcher = Dispatcher::new(DispatchOptions::default(), None);
         for _ in 0..50 {
-            for kind in [ErrorKind::Server, ErrorKind::Connection, ErrorKind::BadBody] {
+            for kind in [
+                ErrorKind::Server,
+                ErrorKind::Connection,
+                ErrorKind::BadBody,
+                ErrorKind::Timeout,
+            ] {
                 let first = dispatcher.retry_delay(kind, 0);
                 assert!(
                     (Duration::from_millis(20)..=Duration::from_millis(40)).contains(&first),
@@ -777,7 +785,7 @@ mod tests {
                     "{kind:?} third {third:?}"
                 );
             }
-            for kind in [ErrorKind::RateLimited, ErrorKind::Timeout] {
+            for kind in [ErrorKind::RateLimited] {
                 let first = dispatcher.retry_delay(kind, 0);
                 assert!(
                     (Duration::from_millis(250)..=Duration::from_millis(500)).contains(&first),
