@@ -61,14 +61,14 @@ pub struct DispatchOptions {
     pub cache_mode: CacheMode,
     /// When `k` processes share the same models (parallel `data`), each takes 1/k of every limit.
     pub budget_share: u32,
-    /// Base delay of exponential backoff (rate limits without a server-given pause, timeouts;
-    /// later retries of the failures below).
+    /// Base delay of exponential backoff (rate limits without a server-given pause; later
+    /// retries of the failures below).
     pub backoff_base: Duration,
     /// Longest backoff before jitter: the doubling stops here.
     pub backoff_cap: Duration,
-    /// The first retry of a 5xx, a cut connection or a malformed body comes after about this
-    /// long (with jitter): such failures are usually one bad request, not an overloaded server,
-    /// and a record that waits holds its slot in the record window.
+    /// The first retry of a 5xx, a cut connection, a malformed body or a timeout comes after
+    /// about this long (with jitter): such failures are usually one bad request, not an
+    /// overloaded server, and a record that waits holds its slot in the record window.
     pub first_retry: Duration,
     /// Where batch-mode aliases keep their jobs (`.shaping/batches/<pipeline>/`).
     pub batch_dir: Option<std::path::PathBuf>,
