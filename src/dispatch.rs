@@ -785,13 +785,11 @@ mod tests {
                     "{kind:?} third {third:?}"
                 );
             }
-            for kind in [ErrorKind::RateLimited] {
-                let first = dispatcher.retry_delay(kind, 0);
-                assert!(
-                    (Duration::from_millis(250)..=Duration::from_millis(500)).contains(&first),
-                    "{kind:?} first retry after {first:?}"
-                );
-            }
+            let first = dispatcher.retry_delay(ErrorKind::RateLimited, 0);
+            assert!(
+                (Duration::from_millis(250)..=Duration::from_millis(500)).contains(&first),
+                "a rate limit's first retry after {first:?}"
+            );
         }
     }
 }
